@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Installs everything topserve needs on Debian 12: build toolchain, C++ libraries,
+# the Python reference stack (Debian's /usr/bin/python3) and validation tools.
+# Non-interactive, idempotent, meant to run as root (README, .ci/run and Dockerfile all call it).
+#
+#   scripts/install-deps.sh            # build + test + tools (default)
+#   scripts/install-deps.sh --runtime  # only the shared libraries the server needs (Docker runtime stage)
+set -euo pipefail
+
+mode=full
+case "${1:-}" in
+  --runtime) mode=runtime ;;
+  ""|--full) ;;
+  *) echo "usage: $0 [--full|--runtime]" >&2; exit 2 ;;
+esac
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then exec sudo -E "$0" "$@"; fi
+  echo "install-deps.sh: must run as root (or with sudo available)" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+runtime_pkgs=(
+  libgrpc++1.51 libprotobuf32 libdnnl2 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
+  libyaml-cpp0.7 libutf8proc2 libgomp1 ca-certificates
+)
+
+build_pkgs=(
+  build-essential cmake ninja-build pkg-config git
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libdnnl-dev libeigen3-dev prometheus-cpp-dev libyaml-cpp-dev
+  libgtest-dev libgmock-dev libbenchmark-dev libutf8proc-dev nlohmann-json3-dev
+  libcli11-dev libabsl-dev
+  python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-onnx
+  python3-yaml libopenblas0-pthread
+  prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  # Node.js + npm (validation of deployment manifests) come with the base image; Debian's npm
+  # conflicts with that Node, so it is not listed here.
+
+)
+
+if [ "$mode" = runtime ]; then pkgs=("${runtime_pkgs[@]}"); else pkgs=("${build_pkgs[@]}"); fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages already installed"
+  exit 0
+fi
+
+echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "install-deps: done"
