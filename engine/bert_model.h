@@ -1,0 +1,119 @@
+// A BERT encoder with a classification or QA head, run on packed variable-length batches with
+// optional per-sequence token pruning.
+//
+// Layout: the sequences of a batch are stored back to back in one [total_tokens x hidden] matrix,
+// ordered by current length (longest first), so sequences of equal length are adjacent. Dense layers
+// run once over all tokens; attention runs as one batched GEMM per group of equal-length sequences.
+// There is no padding anywhere. When a sequence prunes at a layer, its survivors are gathered
+// (keeping their order) and the batch is re-sorted by remaining length in the same pass.
+//
+// Thread-safety: a loaded BertModel is immutable and may be shared by any number of threads; each
+// thread runs it with its own Workspace.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/cost_model.h"
+#include "engine/dnnl_ops.h"
+#include "engine/model_config.h"
+#include "engine/pruning.h"
+#include "engine/tokenizer.h"
+
+namespace topserve::engine {
+
+struct EngineOptions {
+  int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
+};
+
+struct SequenceInput {
+  std::span<const int32_t> ids;       // [CLS] ... [SEP], at most max_position_embeddings tokens
+  std::span<const int32_t> type_ids;  // same length, or empty for all zeros
+  // Pruning plan: kept[l] = tokens remaining after layer l's pruning point; empty = unpruned.
+  // Non-increasing, each in [1, tokens entering the layer].
+  std::span<const int32_t> kept;
+};
+
+struct SequenceOutput {
+  std::vector<float> logits;        // classification: one per label
+  std::vector<float> start_logits;  // QA: one per input token (dropped tokens included)
+  std::vector<float> end_logits;
+  // With RunOptions::record_kept: for each layer, the positions (into the input) still present
+  // after that layer's pruning point, ascending.
+  std::vector<std::vector<int32_t>> kept_positions;
+};
+
+struct RunOptions {
+  Placement placement = Placement::kAfterMha;  // where pruned tokens leave (the model's schedule says)
+  bool record_kept = false;
+};
+
+class BertModel;
+
+// Scratch memory and oneDNN state for one thread. Buffers grow to the largest batch seen and are
+// reused, so steady-state runs do not allocate for activations.
+class Workspace {
+ public:
+  explicit Workspace(const BertModel& model);
+  int threads() const { return threads_; }
+
+ private:
+  friend class BertModel;
+  PrimitiveCache cache_;
+  int threads_;
+  std::vector<float> x_, y_, spare_, qkv_, ctx_, ffn_, scores_, final_, heads_in_, heads_out_;
+  std::vector<double> importance_;
+  std::vector<int32_t> pos_, spare_pos_, order_, select_;
+};
+
+class BertModel {
+ public:
+  // Loads config.json, model.safetensors, vocab.txt and tokenizer_config.json from `dir`.
+  static absl::StatusOr<std::unique_ptr<BertModel>> Load(const std::string& dir,
+                                                         const EngineOptions& options = {});
+
+  // Runs a batch. outputs.size() must equal inputs.size(). Invalid inputs (ids out of range, too
+  // long, bad plan) -> INVALID_ARGUMENT naming the sequence, before any compute.
+  absl::Status Run(std::span<const SequenceInput> inputs, std::span<SequenceOutput> outputs,
+                   Workspace& ws, const RunOptions& run_options = {}) const;
+
+  const BertConfig& config() const { return config_; }
+  const TokenizerConfig& tokenizer_config() const { return tokenizer_config_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ModelShape& shape() const { return shape_; }
+  const std::string& dir() const { return dir_; }
+  const DnnlContext& dnnl() const { return dnnl_; }
+  int num_threads() const { return num_threads_; }
+  // Longest input (in tokens, specials included) the model accepts.
+  int64_t max_length() const { return max_length_; }
+  // The model's pruning schedule (pruning.yaml, or the default) and its budget planner.
+  const BudgetPlanner& planner() const { return *planner_; }
+  const PruningSchedule& schedule() const { return planner_->schedule(); }
+
+ private:
+  struct Layer {
+    Linear qkv, attn_out, ffn_in, ffn_out;
+    std::vector<float> ln1_gamma, ln1_beta, ln2_gamma, ln2_beta;
+  };
+  BertModel() = default;
+  absl::Status Validate(std::span<const SequenceInput> inputs) const;
+
+  std::string dir_;
+  BertConfig config_;
+  TokenizerConfig tokenizer_config_;
+  ModelShape shape_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  DnnlContext dnnl_;
+  int num_threads_ = 1;
+  int64_t max_length_ = 0;
+  std::vector<float> word_emb_, pos_emb_, type_emb_, emb_ln_gamma_, emb_ln_beta_;
+  std::vector<Layer> layers_;
+  std::unique_ptr<BudgetPlanner> planner_;
+  Linear pooler_, classifier_, qa_;
+};
+
+}  // namespace topserve::engine

@@ -1,0 +1,49 @@
+#include "engine/cpu_info.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+#include <string>
+
+namespace topserve::engine {
+namespace {
+
+// Returns the quota in CPUs, or 0 when there is none.
+double CgroupQuota() {
+  {  // cgroup v2: "max 100000" or "200000 100000"
+    std::ifstream f("/sys/fs/cgroup/cpu.max");
+    std::string quota;
+    double period = 0;
+    if (f >> quota >> period && quota != "max" && period > 0) {
+      try {
+        return std::stod(quota) / period;
+      } catch (...) {
+        return 0;
+      }
+    }
+  }
+  {  // cgroup v1
+    std::ifstream q("/sys/fs/cgroup/cpu/cpu.cfs_quota_us");
+    std::ifstream p("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    double quota = 0, period = 0;
+    if (q >> quota && p >> period && quota > 0 && period > 0) return quota / period;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int AvailableCpus() {
+  int cpus = 0;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) cpus = CPU_COUNT(&set);
+  if (cpus <= 0) cpus = 1;
+  const double quota = CgroupQuota();
+  if (quota > 0) cpus = std::min(cpus, std::max(1, static_cast<int>(std::ceil(quota))));
+  return cpus;
+}
+
+}  // namespace topserve::engine

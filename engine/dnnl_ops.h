@@ -1,0 +1,107 @@
+// oneDNN-backed dense operations. Weights are packed once at load into the layout oneDNN's
+// brgemm kernels want; primitives for each row count M are created on first use and cached per
+// Workspace (creation costs ~25-50 us, a cache hit ~50 ns).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+
+#include <dnnl.hpp>
+
+#include "absl/status/statusor.h"
+
+namespace topserve::engine {
+
+// One oneDNN engine for the process' CPU; shared, immutable after creation.
+class DnnlContext {
+ public:
+  DnnlContext();
+  const dnnl::engine& engine() const { return engine_; }
+
+ private:
+  dnnl::engine engine_;
+};
+
+enum class Epilogue { kNone, kGeluErf, kGeluTanh, kRelu, kTanh };
+
+// Per-thread execution state: a stream and the primitive cache. Not thread-safe; one per worker.
+class PrimitiveCache {
+ public:
+  explicit PrimitiveCache(const DnnlContext& ctx);
+  dnnl::stream& stream() { return stream_; }
+  const dnnl::engine& engine() const { return engine_; }
+
+  // Returns the cached primitive for (owner, key) or creates it with make().
+  template <typename Make>
+  const dnnl::primitive& Get(const void* owner, int64_t key_a, int64_t key_b, Make&& make) {
+    Key key{owner, key_a, key_b};
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+    if (cache_.size() >= kMaxEntries) cache_.clear();  // bounded; shapes repeat, so this is rare
+    return cache_.emplace(key, make()).first->second;
+  }
+  size_t size() const { return cache_.size(); }
+
+ private:
+  struct Key {
+    const void* owner;
+    int64_t a, b;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      size_t h = std::hash<const void*>()(k.owner);
+      h ^= std::hash<int64_t>()(k.a) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+      h ^= std::hash<int64_t>()(k.b) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+      return h;
+    }
+  };
+  static constexpr size_t kMaxEntries = 4096;
+  dnnl::engine engine_;
+  dnnl::stream stream_;
+  std::unordered_map<Key, dnnl::primitive, KeyHash> cache_;
+};
+
+// y[M,N] = epilogue(x[M,K] W^T + b) (+ y when accumulate). W is given as [N,K] row-major (the
+// PyTorch/HF Linear layout) and packed at construction.
+class Linear {
+ public:
+  Linear() = default;
+  static absl::StatusOr<Linear> Create(const DnnlContext& ctx, const float* weight,
+                                       const float* bias, int64_t n, int64_t k, Epilogue epilogue,
+                                       bool accumulate);
+
+  // x: M rows of K floats (row stride K); y: M rows of N floats (row stride N).
+  void Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
+
+  int64_t n() const { return n_; }
+  int64_t k() const { return k_; }
+
+ private:
+  int64_t n_ = 0, k_ = 0;
+  Epilogue epilogue_ = Epilogue::kNone;
+  bool accumulate_ = false;
+  dnnl::memory::desc packed_desc_;
+  std::shared_ptr<float> packed_;  // owned buffer behind the packed weights
+  std::shared_ptr<float> bias_;
+  int64_t packed_floats_ = 0;
+};
+
+// Batched attention over a group of G sequences of equal length L, with the packed QKV buffer laid
+// out as [G*L, 3*d] (Q | K | V per row, heads of width dh side by side):
+//   scores[g,h] = scale * Q[g,h] K[g,h]^T   (G x H x L x L, dense)
+//   context[g,h] = P[g,h] V[g,h]            (written into ctx [G*L, d] at columns h*dh)
+// One oneDNN call per product for the whole group.
+struct AttentionShape {
+  int64_t heads = 0, head_dim = 0;
+  int64_t hidden() const { return heads * head_dim; }
+};
+void AttentionScores(PrimitiveCache& cache, const AttentionShape& shape, const float* qkv,
+                     int64_t groups, int64_t length, float scale, float* scores);
+void AttentionContext(PrimitiveCache& cache, const AttentionShape& shape, const float* probs,
+                      const float* qkv, int64_t groups, int64_t length, float* ctx);
+// In-place softmax over the last axis of rows x length.
+void SoftmaxRows(PrimitiveCache& cache, float* data, int64_t rows, int64_t length);
+
+}  // namespace topserve::engine

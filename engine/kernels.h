@@ -1,0 +1,19 @@
+// Small CPU kernels of the encoder that oneDNN does not fuse for us. All work on row-major
+// [rows x width] float matrices and parallelise over rows with OpenMP.
+#pragma once
+
+#include <cstdint>
+
+namespace topserve::engine {
+
+// x = (x - mean) / sqrt(var + eps) * gamma + beta, per row, in place.
+void LayerNormRows(float* x, int64_t rows, int64_t width, const float* gamma, const float* beta,
+                   float eps);
+
+// importance[g, j] = mean over heads h and query rows i of probs[g, h, i, j], for a group of
+// `groups` sequences of `length` tokens: probs is [groups, heads, length, length].
+// Accumulated in double so near-ties rank as they do in a float64 reference.
+void AttentionReceived(const float* probs, int64_t groups, int64_t heads, int64_t length,
+                       double* importance);
+
+}  // namespace topserve::engine

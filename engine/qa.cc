@@ -1,0 +1,100 @@
+#include "engine/qa.h"
+
+#include <algorithm>
+#include <set>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace topserve::engine {
+
+absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
+                                                     std::string_view question,
+                                                     std::string_view context,
+                                                     const QaOptions& options) {
+  auto q = tokenizer.Tokenize(question);
+  if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("question: ", q.status().message()));
+  auto c = tokenizer.Tokenize(context);
+  if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat("context: ", c.status().message()));
+  std::vector<Piece> question_pieces = std::move(*q);
+  if (question_pieces.empty()) return absl::InvalidArgumentError("question: no tokens");
+  if (static_cast<int64_t>(question_pieces.size()) > options.max_query_tokens) {
+    question_pieces.resize(static_cast<size_t>(options.max_query_tokens));
+  }
+  const int64_t room =
+      options.max_length - 3 - static_cast<int64_t>(question_pieces.size());
+  if (room < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_length ", options.max_length,
+                                                   " leaves no room for the context"));
+  }
+  if (options.doc_stride < 0 || options.doc_stride >= room) {
+    return absl::InvalidArgumentError(absl::StrCat("doc_stride ", options.doc_stride,
+                                                   " must be in [0, ", room, ")"));
+  }
+  const std::vector<Piece>& all = *c;
+  std::vector<Encoding> windows;
+  int64_t start = 0;
+  const int64_t n = static_cast<int64_t>(all.size());
+  while (true) {
+    const int64_t len = std::min(room, n - start);
+    std::vector<Piece> part(all.begin() + start, all.begin() + start + len);
+    auto enc = tokenizer.Build(question_pieces, &part, static_cast<size_t>(options.max_length),
+                               Truncation::kNone);
+    if (!enc.ok()) return enc.status();
+    windows.push_back(std::move(*enc));
+    if (start + len >= n) break;
+    start += room - options.doc_stride;
+  }
+  return windows;
+}
+
+std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Encoding> windows,
+                                  std::span<const std::vector<float>> start_logits,
+                                  std::span<const std::vector<float>> end_logits,
+                                  const QaOptions& options) {
+  struct Candidate {
+    double score;
+    int32_t begin, end, window;
+  };
+  std::vector<Candidate> candidates;
+  const size_t top = 20;  // candidate starts and ends per window, as in the SQuAD reference code
+  for (size_t w = 0; w < windows.size(); ++w) {
+    const Encoding& enc = windows[w];
+    const auto& sl = start_logits[w];
+    const auto& el = end_logits[w];
+    std::vector<int32_t> ctx;
+    for (size_t i = 0; i < enc.size(); ++i) {
+      if (enc.segment[i] == 1) ctx.push_back(static_cast<int32_t>(i));
+    }
+    auto best = [&](const std::vector<float>& logits) {
+      std::vector<int32_t> idx = ctx;
+      const size_t k = std::min(top, idx.size());
+      std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                        [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+      idx.resize(k);
+      return idx;
+    };
+    for (int32_t s : best(sl)) {
+      for (int32_t e : best(el)) {
+        if (e < s || e - s + 1 > options.max_answer_tokens) continue;
+        candidates.push_back({static_cast<double>(sl[s]) + el[e], enc.begin[s], enc.end[e],
+                              static_cast<int32_t>(w)});
+      }
+    }
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.score > b.score; });
+  std::vector<AnswerSpan> spans;
+  std::set<std::pair<int32_t, int32_t>> seen;
+  for (const Candidate& c : candidates) {
+    if (static_cast<int64_t>(spans.size()) >= options.n_best) break;
+    if (!seen.insert({c.begin, c.end}).second) continue;
+    spans.push_back({std::string(context.substr(static_cast<size_t>(c.begin),
+                                                static_cast<size_t>(c.end - c.begin))),
+                     c.begin, c.end, c.score, c.window});
+  }
+  return spans;
+}
+
+}  // namespace topserve::engine
