@@ -17,6 +17,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tools"))
 import gen_model  # noqa: E402
 import reference_bert  # noqa: E402
+import reference_pruning  # noqa: E402
 
 # name: gen_model.py arguments
 CASES = {
@@ -33,7 +34,19 @@ CASES = {
 LENGTHS = [1, 2, 3, 5, 7, 7, 7, 8, 13, 17, 31, 64, 64, 64, 100, 128, 128, 200, 255, 300, 384, 511, 512, 9]
 
 # Version of this script's output; bump to force regeneration.
-VERSION = 1
+VERSION = 2
+
+# Pruned fixtures: model case -> placements; a random valid plan per sequence.
+PRUNED = {"cls-f32": ["after_mha", "between_layers"], "qa-f32": ["after_mha", "between_layers"],
+          "cls-relu": ["after_mha"]}
+
+
+def random_plan(rng, n, layers):
+    kept, tokens = [], n
+    for _ in range(layers):
+        tokens = max(1, min(tokens, int(round(tokens * rng.uniform(0.3, 1.0)))))
+        kept.append(tokens)
+    return kept
 
 
 def make_inputs(seed, vocab_size):
@@ -72,6 +85,14 @@ def main():
             for row in make_inputs(sum(map(ord, name)), vocab_size):
                 row.update(model.forward(row["input_ids"], row["token_type_ids"]))
                 f.write(json.dumps(row) + "\n")
+        for placement in PRUNED.get(name, []):
+            rng = np.random.default_rng(sum(map(ord, name + placement)))
+            with open(os.path.join(d, f"pruned-{placement}.jsonl"), "w") as f:
+                for row in make_inputs(sum(map(ord, placement)), vocab_size):
+                    row["kept"] = random_plan(rng, len(row["input_ids"]), model.num_layers)
+                    row.update(reference_pruning.forward_pruned(
+                        model, row["input_ids"], row["token_type_ids"], row["kept"], placement))
+                    f.write(json.dumps(row) + "\n")
         with open(stamp, "w") as f:
             json.dump(want, f)
         print(f"made {d}")
