@@ -3,15 +3,17 @@
 # the Python reference stack (Debian's /usr/bin/python3) and validation tools.
 # Non-interactive, idempotent, meant to run as root (README, .ci/run and Dockerfile all call it).
 #
-#   scripts/install-deps.sh            # build + test + tools (default)
+#   scripts/install-deps.sh            # build + test + tools (default; README, CI)
+#   scripts/install-deps.sh --build    # only what compiling the server needs (Docker build stage)
 #   scripts/install-deps.sh --runtime  # only the shared libraries the server needs (Docker runtime stage)
 set -euo pipefail
 
 mode=full
 case "${1:-}" in
   --runtime) mode=runtime ;;
+  --build) mode=build ;;
   ""|--full) ;;
-  *) echo "usage: $0 [--full|--runtime]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--full|--build|--runtime]" >&2; exit 2 ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -24,7 +26,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 runtime_pkgs=(
   libgrpc++1.51 libprotobuf32 libdnnl2 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0
-  libyaml-cpp0.7 libutf8proc2 libgomp1 ca-certificates
+  libyaml-cpp0.7 libutf8proc2 libabsl20220623 libgomp1 ca-certificates
 )
 
 build_pkgs=(
@@ -33,15 +35,23 @@ build_pkgs=(
   libdnnl-dev libeigen3-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libutf8proc-dev nlohmann-json3-dev
   libcli11-dev libabsl-dev
-  python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-onnx
-  python3-yaml libopenblas0-pthread
-  prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
-  # Node.js + npm (validation of deployment manifests) come with the base image; Debian's npm
-  # conflicts with that Node, so it is not listed here.
-
 )
 
-if [ "$mode" = runtime ]; then pkgs=("${runtime_pkgs[@]}"); else pkgs=("${build_pkgs[@]}"); fi
+full_pkgs=(
+  "${build_pkgs[@]}"
+  python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-onnx
+  python3-yaml python3-matplotlib libopenblas0-pthread
+  prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
+)
+# Node.js + npm validate the deployment manifests. Machines that already have a Node (for example
+# from NodeSource) keep it: Debian's npm conflicts with such a Node.
+if [ "$mode" = full ] && ! command -v npm >/dev/null 2>&1; then full_pkgs+=(nodejs npm); fi
+
+case "$mode" in
+  runtime) pkgs=("${runtime_pkgs[@]}") ;;
+  build) pkgs=("${build_pkgs[@]}") ;;
+  *) pkgs=("${full_pkgs[@]}") ;;
+esac
 
 missing=()
 for p in "${pkgs[@]}"; do
