@@ -35,6 +35,8 @@ build_pkgs=(
   libdnnl-dev libeigen3-dev prometheus-cpp-dev libyaml-cpp-dev
   libgtest-dev libgmock-dev libbenchmark-dev libutf8proc-dev nlohmann-json3-dev
   libcli11-dev libabsl-dev
+  # Debian's oneDNN CMake package config calls find_package(OpenCL REQUIRED).
+  ocl-icd-opencl-dev opencl-headers
 )
 
 full_pkgs=(
