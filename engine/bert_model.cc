@@ -231,10 +231,12 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   double* importance = Grow(ws.importance_, total);
   float* final_rows = qa ? Grow(ws.final_, total * d) : nullptr;
 
-  // Embeddings + LayerNorm.
-  for (const Seq& s : seqs) {
+  // Embeddings + LayerNorm, one parallel region over all sequences.
+  const int64_t nseq = static_cast<int64_t>(seqs.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t si = 0; si < nseq; ++si) {
+    const Seq& s = seqs[static_cast<size_t>(si)];
     const SequenceInput& in = inputs[s.index];
-#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < s.len; ++i) {
       const int32_t type = in.type_ids.empty() ? 0 : in.type_ids[i];
       const float* we = word_emb_.data() + static_cast<int64_t>(in.ids[i]) * d;
@@ -285,6 +287,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
         sel.resize(base + static_cast<size_t>(k));
       }
     }
+    std::vector<int64_t>& gather = ws.gather_;
+    gather.resize(static_cast<size_t>(total));
     std::vector<int32_t>& order = ws.order_;
     order.resize(seqs.size());
     std::iota(order.begin(), order.end(), 0);
@@ -308,12 +312,16 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
                   final_rows + (s.orig_offset + pos[s.offset + i]) * d, d);
         }
       }
-#pragma omp parallel for schedule(static)
-      for (int64_t j = 0; j < k; ++j) CopyRow(src + (s.offset + chosen[j]) * d, dst + (row + j) * d, d);
-      for (int64_t j = 0; j < k; ++j) dst_pos[row + j] = pos[s.offset + chosen[j]];
+      for (int64_t j = 0; j < k; ++j) {
+        gather[static_cast<size_t>(row + j)] = s.offset + chosen[j];
+        dst_pos[row + j] = pos[s.offset + chosen[j]];
+      }
       next[oi] = {s.index, k, row, s.orig_offset};
       row += k;
     }
+    // One parallel copy of all surviving rows.
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < row; ++r) CopyRow(src + gather[static_cast<size_t>(r)] * d, dst + r * d, d);
     seqs = std::move(next);
     total = row;
     std::swap(ws.spare_, rows);

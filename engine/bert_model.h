@@ -68,6 +68,7 @@ class Workspace {
   std::vector<float> x_, y_, spare_, qkv_, ctx_, ffn_, scores_, final_, heads_in_, heads_out_;
   std::vector<double> importance_;
   std::vector<int32_t> pos_, spare_pos_, order_, select_;
+  std::vector<int64_t> gather_;
 };
 
 class BertModel {
