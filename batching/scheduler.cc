@@ -1,0 +1,835 @@
+#include "batching/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <deque>
+#include <exception>
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace topserve::batching {
+namespace {
+
+// This absl build has its own string_view type.
+absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+double DefaultCost(int64_t tokens, double budget) { return static_cast<double>(tokens) * budget; }
+
+absl::Status ValidateModelOptions(const ModelOptions& o) {
+  auto bad = [](const char* field, auto value, const char* want) {
+    return absl::InvalidArgumentError(absl::StrCat(field, " = ", value, ", must be ", want));
+  };
+  if (o.max_batch_tokens < 1) return bad("max_batch_tokens", o.max_batch_tokens, ">= 1");
+  if (o.max_batch_size < 1) return bad("max_batch_size", o.max_batch_size, ">= 1");
+  if (!std::isfinite(o.max_batch_cost) || o.max_batch_cost < 0) {
+    return bad("max_batch_cost", o.max_batch_cost, ">= 0 (0 = no limit)");
+  }
+  if (o.max_queue_delay < absl::ZeroDuration() || o.max_queue_delay == absl::InfiniteDuration()) {
+    return bad("max_queue_delay", absl::FormatDuration(o.max_queue_delay), "finite and >= 0");
+  }
+  if (o.max_queue_size < 1) return bad("max_queue_size", o.max_queue_size, ">= 1");
+  if (o.max_queue_tokens < 1) return bad("max_queue_tokens", o.max_queue_tokens, ">= 1");
+  if (o.grouping_window < 1) return bad("grouping_window", o.grouping_window, ">= 1");
+  if (!(o.deadline_safety_factor >= 1) || !std::isfinite(o.deadline_safety_factor)) {
+    return bad("deadline_safety_factor", o.deadline_safety_factor, "finite and >= 1");
+  }
+  return ValidateCostPredictorOptions(o.predictor);
+}
+
+absl::Status ValidateTask(const Task& t, const ModelOptions& o) {
+  if (!t.done) return absl::InvalidArgumentError("task has no done callback");
+  if (t.tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("task tokens = ", t.tokens, ", must be >= 1"));
+  }
+  if (!(t.budget > 0 && t.budget <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("budget = ", t.budget, ", must be in (0, 1]"));
+  }
+  if (t.min_budget && !(*t.min_budget > 0 && *t.min_budget <= t.budget)) {
+    return absl::InvalidArgumentError(absl::StrCat("min_budget = ", *t.min_budget,
+                                                   ", must be in (0, budget = ", t.budget, "]"));
+  }
+  if (t.tokens > o.max_batch_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat("request has ", t.tokens,
+                                                     " tokens, more than max_batch_tokens = ",
+                                                     o.max_batch_tokens, " of model '", t.model,
+                                                     "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status RunExecutor(BatchExecutor& executor, const Batch& batch) {
+  try {
+    return executor.Run(batch);
+  } catch (const std::exception& e) {
+    return absl::InternalError(absl::StrCat("batch executor threw: ", e.what()));
+  } catch (...) {
+    return absl::InternalError("batch executor threw a non-standard exception");
+  }
+}
+
+}  // namespace
+
+struct Scheduler::Entry {
+  std::unique_ptr<Task> task;  // Null once taken into a batch (until compacted away).
+  uint64_t seq = 0;
+  int64_t tokens = 0;
+  double cost_full = 0;  // cost(tokens, budget)
+  double cost_min = 0;   // cost(tokens, min_budget); == cost_full if the budget cannot be lowered
+  absl::Time enqueue_time;
+  absl::Time deadline;
+};
+
+struct Scheduler::ModelQueue {
+  ModelQueue(std::string n, ModelOptions o, std::shared_ptr<BatchExecutor> e)
+      : name(std::move(n)),
+        options(std::move(o)),
+        executor(std::move(e)),
+        predictor(options.predictor) {}
+
+  const std::string name;
+  const ModelOptions options;
+  const std::shared_ptr<BatchExecutor> executor;
+
+  // Everything below is guarded by Scheduler::mu_.
+  CostPredictor predictor;
+  // Priority levels, highest first; FIFO (by seq) within a level.
+  std::map<int, std::deque<Entry>, std::greater<int>> levels;
+  int64_t queued_tasks = 0;
+  int64_t queued_tokens = 0;
+  double queued_cost = 0;  // At requested budgets.
+  int64_t in_flight_tasks = 0;
+  int64_t in_flight_batches = 0;
+  // Lower bounds (may be early, never late) of the earliest deadline and of the latest time a task
+  // can start alone at its minimum budget and still meet its deadline (with the safety factor).
+  absl::Time deadline_hint = absl::InfiniteFuture();
+  absl::Time latest_start_hint = absl::InfiniteFuture();
+  TaskCounts counts;
+};
+
+struct Scheduler::Finished {
+  ModelQueue* queue = nullptr;
+  std::unique_ptr<Task> task;
+  absl::Status status;
+};
+
+struct Scheduler::Picked {
+  int64_t tokens;
+  double cost_full;
+  double cost_min;
+  absl::Time deadline;
+};
+
+struct Scheduler::FormedBatch {
+  ModelQueue* queue = nullptr;
+  std::vector<std::unique_ptr<Task>> tasks;
+  double level = 1;
+  double predicted_seconds = 0;
+  int lowered = 0;
+  int64_t tokens = 0;
+};
+
+struct Scheduler::Work {
+  std::vector<Finished> finished;
+  FormedBatch batch;
+  // Scratch space reused across batches.
+  std::vector<Picked> picked;
+  std::vector<Task*> raw;
+  std::vector<absl::Status> statuses;
+};
+
+struct Scheduler::Worker {
+  WorkerState state = WorkerState::kPlanning;
+  uint64_t seen_epoch = 0;
+  uint64_t sleep_seq = 0;                          // When it last went to sleep.
+  // While sleeping: when it will look again (InfinitePast once notified).
+  absl::Time wake = absl::InfiniteFuture();
+  absl::Time busy_until = absl::InfinitePast();    // Predicted end of the running batch.
+  std::condition_variable cv;                      // The worker waits here.
+};
+
+// ---------------------------------------------------------------------------------------------
+// Construction, models, shutdown.
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(SchedulerOptions options) {
+  if (options.num_workers < 1 || options.num_workers > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_workers = ", options.num_workers, ", must be in [1, 1024]"));
+  }
+  if (options.threads_per_worker < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("threads_per_worker = ", options.threads_per_worker, ", must be >= 1"));
+  }
+  if (options.clock == nullptr) options.clock = RealClock::Get();
+  std::unique_ptr<Scheduler> scheduler(new Scheduler(std::move(options)));
+  scheduler->Start();
+  return scheduler;
+}
+
+Scheduler::Scheduler(SchedulerOptions options)
+    : options_(std::move(options)),
+      clock_(options_.clock),
+      observer_(options_.observer),
+      workers_(static_cast<size_t>(options_.num_workers)) {
+  listener_ = clock_->AddListener([this] {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++epoch_;
+    WakeAllLocked();
+    drained_cv_.notify_all();
+  });
+}
+
+void Scheduler::Start() {
+  threads_.reserve(workers_.size());
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    threads_.emplace_back(&Scheduler::WorkerLoop, this, static_cast<int>(i));
+  }
+}
+
+Scheduler::~Scheduler() {
+  Shutdown({.mode = ShutdownOptions::Mode::kFail, .grace = absl::ZeroDuration()});
+  clock_->RemoveListener(listener_);
+}
+
+absl::Status Scheduler::AddModel(std::string name, ModelOptions options,
+                                 std::shared_ptr<BatchExecutor> executor) {
+  if (name.empty()) return absl::InvalidArgumentError("model name is empty");
+  if (executor == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", name, "': executor is null"));
+  }
+  if (!options.cost) options.cost = DefaultCost;
+  if (absl::Status s = ValidateModelOptions(options); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("model '", name, "': ", s.message()));
+  }
+  std::unique_lock<std::shared_mutex> models_lock(models_mu_);
+  if (models_.contains(name)) {
+    return absl::AlreadyExistsError(absl::StrCat("model '", name, "' is already registered"));
+  }
+  auto queue = std::make_unique<ModelQueue>(name, std::move(options), std::move(executor));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shutdown_started_) {
+      return absl::FailedPreconditionError("scheduler is shut down; cannot add models");
+    }
+    queues_.push_back(queue.get());
+    NotifyDepthLocked(*queue);
+  }
+  models_.emplace(std::move(name), std::move(queue));
+  return absl::OkStatus();
+}
+
+void Scheduler::Shutdown(const ShutdownOptions& options) {
+  std::vector<Finished> rest;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (shutdown_started_) {
+      drained_cv_.wait(lock, [this] { return joined_; });
+      return;
+    }
+    shutdown_started_ = true;
+    accepting_ = false;
+    ++epoch_;
+    if (options.mode == ShutdownOptions::Mode::kDrain) {
+      draining_ = true;  // Every queued task is due now.
+      WakeAllLocked();
+      const absl::Time grace_end = clock_->Now() + options.grace;
+      while ((queued_total_ > 0 || in_flight_total_ > 0) && clock_->Now() < grace_end) {
+        clock_->WaitUntil(lock, drained_cv_, grace_end);
+      }
+      TakeAllQueuedLocked(rest, "scheduler shut down before the task ran (grace period over)");
+    } else {
+      TakeAllQueuedLocked(rest, "scheduler shut down before the task ran");
+    }
+    stop_ = true;
+    WakeAllLocked();
+  }
+  const absl::Time now = clock_->Now();
+  for (Finished& f : rest) Complete(std::move(f), now);
+  for (std::thread& t : threads_) t.join();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    joined_ = true;
+  }
+  drained_cv_.notify_all();
+}
+
+void Scheduler::TakeAllQueuedLocked(std::vector<Finished>& out, std::string_view reason) {
+  for (ModelQueue* q : queues_) {
+    for (auto& [priority, level] : q->levels) {
+      for (Entry& e : level) {
+        out.push_back({q, std::move(e.task), absl::UnavailableError(AV(reason))});
+        ++q->counts.failed;
+      }
+    }
+    q->levels.clear();
+    queued_total_ -= q->queued_tasks;
+    q->queued_tasks = 0;
+    q->queued_tokens = 0;
+    q->queued_cost = 0;
+    q->deadline_hint = absl::InfiniteFuture();
+    q->latest_start_hint = absl::InfiniteFuture();
+    NotifyDepthLocked(*q);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schedule.
+
+Scheduler::ModelQueue* Scheduler::FindQueue(std::string_view model) const {
+  std::shared_lock<std::shared_mutex> lock(models_mu_);
+  auto it = models_.find(AV(model));
+  return it == models_.end() ? nullptr : it->second.get();
+}
+
+absl::Status Scheduler::Reject(ModelQueue* queue, std::string_view model, absl::Status status) {
+  if (queue != nullptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++queue->counts.rejected;
+  }
+  if (observer_ != nullptr) observer_->OnRejected(model, status);
+  return status;
+}
+
+absl::Status Scheduler::Schedule(std::unique_ptr<Task>* task_ptr) {
+  if (task_ptr == nullptr || *task_ptr == nullptr) {
+    return absl::InvalidArgumentError("Schedule() was given a null task");
+  }
+  Task& task = **task_ptr;
+  ModelQueue* q = FindQueue(task.model);
+  if (q == nullptr) {
+    return Reject(nullptr, task.model,
+                  absl::NotFoundError(absl::StrCat("unknown model '", task.model, "'")));
+  }
+  if (absl::Status s = ValidateTask(task, q->options); !s.ok()) {
+    return Reject(q, task.model, std::move(s));
+  }
+  if (task.cancellation.IsCancelled()) {
+    return Reject(q, task.model, absl::CancelledError("request was cancelled before queueing"));
+  }
+  // The cost function is user code: call it outside the lock.
+  const double cost_full = q->options.cost(task.tokens, task.budget);
+  const double cost_min =
+      task.min_budget ? q->options.cost(task.tokens, *task.min_budget) : cost_full;
+  if (!std::isfinite(cost_full) || !std::isfinite(cost_min) || cost_min < 0 ||
+      cost_full < cost_min) {
+    return Reject(q, task.model,
+                  absl::InternalError(absl::StrCat("cost function of model '", q->name,
+                                                   "' returned ", cost_full, " at budget ",
+                                                   task.budget, " and ", cost_min, " at min_budget")));
+  }
+  const absl::Time now = clock_->Now();
+  if (task.deadline <= now) {
+    return Reject(q, task.model,
+                  absl::DeadlineExceededError("deadline passed before the request was queued"));
+  }
+
+  std::unique_lock<std::mutex> lock(mu_);
+  const ModelOptions& o = q->options;
+  absl::Status refused;
+  if (!accepting_) {
+    refused = absl::UnavailableError("server is shutting down");
+  } else if (q->queued_tasks >= o.max_queue_size) {
+    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
+                                                  q->queued_tasks, " requests)"));
+  } else if (q->queued_tokens + task.tokens > o.max_queue_tokens) {
+    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
+                                                  q->queued_tokens, " tokens queued, limit ",
+                                                  o.max_queue_tokens, ")"));
+  }
+  if (!refused.ok()) {
+    lock.unlock();
+    return Reject(q, task.model, std::move(refused));
+  }
+
+  task.report_ = TaskReport{};
+  task.report_.enqueue_time = now;
+  task.error_ = absl::OkStatus();
+  const absl::Time latest_start =
+      task.deadline == absl::InfiniteFuture()
+          ? absl::InfiniteFuture()
+          : task.deadline - absl::Seconds(o.deadline_safety_factor *
+                                          q->predictor.PredictSeconds(cost_min));
+  Entry entry;
+  entry.seq = next_seq_++;
+  entry.tokens = task.tokens;
+  entry.cost_full = cost_full;
+  entry.cost_min = cost_min;
+  entry.enqueue_time = now;
+  entry.deadline = task.deadline;
+  entry.task = std::move(*task_ptr);  // Ownership moves here; `task` stays valid.
+  q->levels[task.priority].push_back(std::move(entry));
+  ++q->queued_tasks;
+  q->queued_tokens += task.tokens;
+  q->queued_cost += cost_full;
+  ++queued_total_;
+  ++q->counts.scheduled;
+  q->deadline_hint = std::min(q->deadline_hint, task.deadline);
+  q->latest_start_hint = std::min(q->latest_start_hint, latest_start);
+  NotifyDepthLocked(*q);
+
+  // When does this task make its queue due? Wake a sleeping worker only if none will look by then.
+  const bool full = q->queued_tasks >= o.max_batch_size || q->queued_tokens >= o.max_batch_tokens ||
+                    (o.max_batch_cost > 0 && q->queued_cost >= o.max_batch_cost);
+  const absl::Time due = full ? now : std::min(now + o.max_queue_delay, latest_start);
+  WakeOneSleeperLocked(std::min(due, task.deadline));
+  return absl::OkStatus();
+}
+
+// Wakes the most recently idled worker (warm cache; idle workers that stay idle stay asleep) unless
+// a sleeping worker will look by `due` anyway.
+void Scheduler::WakeOneSleeperLocked(absl::Time due) {
+  Worker* pick = nullptr;
+  for (Worker& w : workers_) {
+    if (w.state != WorkerState::kSleeping) continue;
+    if (w.wake <= due) return;  // It will look in time anyway (or was already notified).
+    if (pick == nullptr || w.sleep_seq > pick->sleep_seq) pick = &w;
+  }
+  if (pick != nullptr) {
+    pick->wake = absl::InfinitePast();
+    pick->cv.notify_one();
+  }
+}
+
+void Scheduler::WakeAllLocked() {
+  for (Worker& w : workers_) {
+    if (w.state != WorkerState::kSleeping) continue;
+    w.wake = absl::InfinitePast();
+    w.cv.notify_one();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Workers.
+
+void Scheduler::SetWorkerStateLocked(int worker, WorkerState state) {
+  workers_[static_cast<size_t>(worker)].state = state;
+  if (idle_waiters_ > 0) idle_cv_.notify_all();
+}
+
+void Scheduler::NotifyDepthLocked(const ModelQueue& q) {
+  if (observer_ == nullptr) return;
+  observer_->OnQueueDepth(q.name, QueueDepth{.queued_tasks = q.queued_tasks,
+                                             .queued_tokens = q.queued_tokens,
+                                             .in_flight_tasks = q.in_flight_tasks,
+                                             .in_flight_batches = q.in_flight_batches});
+}
+
+void Scheduler::NotifyIfDrainedLocked() {
+  if (shutdown_started_ && queued_total_ == 0 && in_flight_total_ == 0) drained_cv_.notify_all();
+}
+
+void Scheduler::WorkerLoop(int index) {
+  if (options_.on_worker_start) options_.on_worker_start(index, options_.threads_per_worker);
+  Worker& self = workers_[static_cast<size_t>(index)];
+  Work work;
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    SetWorkerStateLocked(index, WorkerState::kPlanning);
+    const absl::Time now = clock_->Now();
+    const absl::Time wake = PlanLocked(index, now, work);
+    if (!work.finished.empty() || work.batch.queue != nullptr) {
+      SetWorkerStateLocked(index, WorkerState::kCompleting);
+      lock.unlock();
+      for (Finished& f : work.finished) Complete(std::move(f), now);
+      work.finished.clear();
+      if (work.batch.queue != nullptr) RunBatch(index, work.batch, lock);
+      lock.lock();
+      continue;
+    }
+    if (stop_) break;
+    self.wake = wake;
+    self.seen_epoch = epoch_;
+    self.sleep_seq = ++sleep_seq_;
+    SetWorkerStateLocked(index, WorkerState::kSleeping);
+    clock_->WaitUntil(lock, self.cv, wake);
+  }
+  SetWorkerStateLocked(index, WorkerState::kExited);
+}
+
+absl::Time Scheduler::DueLocked(const ModelQueue& q, absl::Time now) const {
+  if (q.queued_tasks == 0) return absl::InfiniteFuture();
+  const ModelOptions& o = q.options;
+  if (draining_ || q.queued_tasks >= o.max_batch_size || q.queued_tokens >= o.max_batch_tokens ||
+      (o.max_batch_cost > 0 && q.queued_cost >= o.max_batch_cost)) {
+    return now;
+  }
+  absl::Time oldest = absl::InfiniteFuture();
+  for (const auto& [priority, level] : q.levels) {
+    oldest = std::min(oldest, level.front().enqueue_time);
+  }
+  return std::min(oldest + o.max_queue_delay, q.latest_start_hint);
+}
+
+absl::Time Scheduler::PlanLocked(int worker, absl::Time now, Work& work) {
+  absl::Time wake = absl::InfiniteFuture();
+  ModelQueue* best = nullptr;
+  for (ModelQueue* q : queues_) {
+    if (q->queued_tasks == 0) continue;
+    if (now >= q->deadline_hint) SweepLocked(*q, now, work.finished);
+    if (q->queued_tasks == 0) continue;
+    const absl::Time due = DueLocked(*q, now);
+    if (due <= now) {
+      // Serve the queue whose head has the highest priority, then the one waiting longest.
+      const auto& head = q->levels.begin();
+      if (best == nullptr || head->first > best->levels.begin()->first ||
+          (head->first == best->levels.begin()->first &&
+           head->second.front().seq < best->levels.begin()->second.front().seq)) {
+        best = q;
+      }
+    } else {
+      wake = std::min({wake, due, q->deadline_hint});
+    }
+  }
+  if (best != nullptr && !stop_) {
+    FormBatchLocked(worker, *best, now, work);
+    // Someone else should look at what is left.
+    for (ModelQueue* q : queues_) {
+      if (q->queued_tasks > 0) {
+        WakeOneSleeperLocked(now);
+        break;
+      }
+    }
+  }
+  return wake;
+}
+
+void Scheduler::SweepLocked(ModelQueue& q, absl::Time now, std::vector<Finished>& out) {
+  bool changed = false;
+  for (auto it = q.levels.begin(); it != q.levels.end();) {
+    std::deque<Entry>& level = it->second;
+    size_t kept = 0;
+    for (size_t i = 0; i < level.size(); ++i) {
+      Entry& e = level[i];
+      absl::Status status;
+      if (e.task->cancellation.IsCancelled()) {
+        status = absl::CancelledError("request was cancelled while queued");
+        ++q.counts.cancelled;
+      } else if (e.deadline <= now) {
+        status = absl::DeadlineExceededError(
+            absl::StrCat("deadline exceeded after ", absl::FormatDuration(now - e.enqueue_time),
+                         " in the queue of model '", q.name, "'"));
+        ++q.counts.deadline_exceeded;
+      } else {
+        if (kept != i) level[kept] = std::move(e);
+        ++kept;
+        continue;
+      }
+      --q.queued_tasks;
+      --queued_total_;
+      q.queued_tokens -= e.tokens;
+      q.queued_cost -= e.cost_full;
+      out.push_back({&q, std::move(e.task), std::move(status)});
+      changed = true;
+    }
+    level.resize(kept);
+    it = level.empty() ? q.levels.erase(it) : std::next(it);
+  }
+  if (q.queued_tasks == 0) q.queued_cost = 0;
+  RecomputeHintsLocked(q);
+  if (changed) {
+    NotifyDepthLocked(q);
+    NotifyIfDrainedLocked();
+  }
+}
+
+void Scheduler::RecomputeHintsLocked(ModelQueue& q) {
+  q.deadline_hint = absl::InfiniteFuture();
+  q.latest_start_hint = absl::InfiniteFuture();
+  for (const auto& [priority, level] : q.levels) {
+    for (const Entry& e : level) {
+      if (e.deadline == absl::InfiniteFuture()) continue;
+      q.deadline_hint = std::min(q.deadline_hint, e.deadline);
+      q.latest_start_hint =
+          std::min(q.latest_start_hint,
+                   e.deadline - absl::Seconds(q.options.deadline_safety_factor *
+                                              q.predictor.PredictSeconds(e.cost_min)));
+    }
+  }
+}
+
+void Scheduler::FormBatchLocked(int worker, ModelQueue& q, absl::Time now, Work& work) {
+  SweepLocked(q, now, work.finished);  // Drops cancelled and expired tasks.
+  if (q.queued_tasks == 0) return;
+  const ModelOptions& o = q.options;
+
+  // Candidates: the first `grouping_window` tasks in service order. The seed (oldest task of the
+  // top priority) comes first; then by priority, closeness in length to the seed, age.
+  struct Candidate {
+    int rank;
+    int64_t distance;
+    uint64_t seq;
+    Entry* entry;
+  };
+  std::vector<Candidate> candidates;
+  candidates.reserve(static_cast<size_t>(std::min<int64_t>(o.grouping_window, q.queued_tasks)));
+  const int64_t seed_tokens = q.levels.begin()->second.front().tokens;
+  int rank = 0;
+  for (auto& [priority, level] : q.levels) {
+    for (Entry& e : level) {
+      if (candidates.size() >= static_cast<size_t>(o.grouping_window)) break;
+      candidates.push_back({rank, std::abs(e.tokens - seed_tokens), e.seq, &e});
+    }
+    ++rank;
+  }
+  std::sort(candidates.begin(), candidates.end(), [](const Candidate& a, const Candidate& b) {
+    if (a.rank != b.rank) return a.rank < b.rank;
+    if (a.distance != b.distance) return a.distance < b.distance;
+    return a.seq < b.seq;
+  });
+
+  FormedBatch& batch = work.batch;
+  batch = FormedBatch{};
+  batch.queue = &q;
+  work.picked.clear();
+  double cost = 0;
+  for (const Candidate& c : candidates) {
+    if (batch.tasks.size() >= static_cast<size_t>(o.max_batch_size)) break;
+    Entry& e = *c.entry;
+    if (!batch.tasks.empty()) {
+      if (batch.tokens + e.tokens > o.max_batch_tokens) continue;
+      if (o.max_batch_cost > 0 && cost + e.cost_full > o.max_batch_cost) continue;
+    }
+    batch.tokens += e.tokens;
+    cost += e.cost_full;
+    work.picked.push_back({e.tokens, e.cost_full, e.cost_min, e.deadline});
+    batch.tasks.push_back(std::move(e.task));
+  }
+  // Compact the levels (taken entries have a null task).
+  for (auto it = q.levels.begin(); it != q.levels.end();) {
+    std::erase_if(it->second, [](const Entry& e) { return e.task == nullptr; });
+    it = it->second.empty() ? q.levels.erase(it) : std::next(it);
+  }
+  const int64_t n = static_cast<int64_t>(batch.tasks.size());
+  q.queued_tasks -= n;
+  queued_total_ -= n;
+  q.queued_tokens -= batch.tokens;
+  q.queued_cost = q.queued_tasks == 0 ? 0 : q.queued_cost - cost;
+  q.in_flight_tasks += n;
+  ++q.in_flight_batches;
+  in_flight_total_ += n;
+  RecomputeHintsLocked(q);
+
+  // Budgets: one load level for the batch; reducible tasks run at min + level * (budget - min).
+  batch.level = BudgetLevelLocked(q, work.picked, now);
+  double planned = 0;
+  for (size_t i = 0; i < batch.tasks.size(); ++i) {
+    Task& t = *batch.tasks[i];
+    TaskReport& r = t.report_;
+    r.budget_used = t.budget;
+    if (t.min_budget && *t.min_budget < t.budget && batch.level < 1) {
+      r.budget_used = *t.min_budget + batch.level * (t.budget - *t.min_budget);
+      r.budget_lowered = true;
+      ++batch.lowered;
+    }
+    r.batch_size = static_cast<int>(n);
+    r.batch_tokens = batch.tokens;
+    r.worker_index = worker;
+    const Picked& p = work.picked[i];
+    planned += p.cost_min + batch.level * (p.cost_full - p.cost_min);
+  }
+  q.counts.budget_lowered += batch.lowered;
+  batch.predicted_seconds = q.predictor.PredictSeconds(planned);
+  workers_[static_cast<size_t>(worker)].busy_until = now + absl::Seconds(batch.predicted_seconds);
+  NotifyDepthLocked(q);
+}
+
+// The budget level of a batch: the largest level in [0, 1] such that, by the predictor, (a) the
+// batch finishes before the earliest deadline in it, and (b) every queued task with a deadline
+// still finishes in time, assuming the queue is served in order at the same level by all workers
+// after the batches now running, in batches of max_batch_size/max_batch_tokens that each pay the
+// predictor's per-batch overhead; predicted times are inflated by deadline_safety_factor. Tasks that would miss even at their minimum budgets do not pull
+// the level down (they cannot be saved; the others can). Costs are interpolated linearly between a
+// task's minimum and requested budget.
+double Scheduler::BudgetLevelLocked(const ModelQueue& q, const std::vector<Picked>& picked,
+                                    absl::Time now) const {
+  const double safety = q.options.deadline_safety_factor;
+  const double alpha = q.predictor.overhead_seconds() * safety;
+  const double beta = q.predictor.seconds_per_unit() * safety;
+  if (!(beta > 0)) return 1.0;
+  double a = 0;  // Cumulative cost at minimum budgets.
+  double b = 0;  // Cumulative reducible cost (requested - minimum).
+  absl::Time batch_deadline = absl::InfiniteFuture();
+  for (const Picked& p : picked) {
+    a += p.cost_min;
+    b += p.cost_full - p.cost_min;
+    batch_deadline = std::min(batch_deadline, p.deadline);
+  }
+  double level = 1.0;
+  if (batch_deadline != absl::InfiniteFuture() && b > 0) {
+    const double allowed = (Seconds(batch_deadline - now) - alpha) / beta;  // In cost units.
+    if (a + b > allowed) level = std::clamp((allowed - a) / b, 0.0, 1.0);
+  }
+  const double workers = static_cast<double>(workers_.size());
+  double backlog = 0;  // Predicted seconds left in the batches now running.
+  for (const Worker& w : workers_) {
+    if (w.state == WorkerState::kRunning) {
+      backlog += safety * std::max(0.0, Seconds(w.busy_until - now));
+    }
+  }
+  // Queued task i runs in a later batch; the batches before it (this one included) each pay the
+  // overhead alpha: about 1 + max(i / max_batch_size, tokens before it / max_batch_tokens).
+  const ModelOptions& o = q.options;
+  int64_t index = 0;
+  int64_t tokens_before = 0;
+  for (const auto& [priority, queue_level] : q.levels) {
+    for (const Entry& e : queue_level) {
+      a += e.cost_min;
+      b += e.cost_full - e.cost_min;
+      const int64_t batches_before =
+          1 + std::max(index / o.max_batch_size, tokens_before / o.max_batch_tokens);
+      ++index;
+      tokens_before += e.tokens;
+      if (e.deadline == absl::InfiniteFuture()) continue;
+      const double allowed =  // In cost units.
+          (workers * (Seconds(e.deadline - now) - alpha) - backlog -
+           alpha * static_cast<double>(batches_before)) / beta;
+      if (a > allowed) continue;  // Lost even at minimum budgets.
+      if (a + level * b > allowed) level = std::clamp((allowed - a) / b, 0.0, 1.0);
+    }
+  }
+  return level;
+}
+
+void Scheduler::RunBatch(int worker, FormedBatch& formed, std::unique_lock<std::mutex>& lock) {
+  ModelQueue& q = *formed.queue;
+  const size_t n = formed.tasks.size();
+  std::vector<Task*> raw;
+  raw.reserve(n);
+  double planned = 0;
+  for (std::unique_ptr<Task>& t : formed.tasks) {
+    t->report_.planned_cost = q.options.cost(t->tokens, t->report_.budget_used);
+    planned += t->report_.planned_cost;
+    raw.push_back(t.get());
+  }
+  lock.lock();
+  SetWorkerStateLocked(worker, WorkerState::kRunning);
+  lock.unlock();
+
+  const absl::Time start = clock_->Now();
+  absl::Duration max_wait;
+  absl::Duration total_wait;
+  for (Task* t : raw) {
+    t->report_.start_time = start;
+    t->report_.queue_time = start - t->report_.enqueue_time;
+    max_wait = std::max(max_wait, t->report_.queue_time);
+    total_wait += t->report_.queue_time;
+  }
+  const Batch batch{.model = q.name,
+                    .tasks = std::span<Task* const>(raw),
+                    .worker_index = worker,
+                    .threads = options_.threads_per_worker,
+                    .planned_cost = planned,
+                    .budget_level = formed.level};
+  const absl::Status status = RunExecutor(*q.executor, batch);
+  const absl::Time end = clock_->Now();
+
+  std::vector<absl::Status> statuses(n);
+  int64_t ok = 0, cancelled = 0, failed = 0;
+  for (size_t i = 0; i < n; ++i) {
+    Task& t = *raw[i];
+    t.report_.compute_time = end - start;
+    if (!status.ok()) {
+      statuses[i] = status;
+      ++failed;
+    } else if (t.cancellation.IsCancelled()) {
+      statuses[i] = absl::CancelledError("request was cancelled while running; result discarded");
+      ++cancelled;
+    } else if (!t.error_.ok()) {
+      statuses[i] = std::move(t.error_);
+      t.error_ = absl::OkStatus();
+      ++failed;
+    } else {
+      ++ok;
+    }
+  }
+
+  lock.lock();
+  if (status.ok()) q.predictor.Observe(planned, Seconds(end - start));
+  q.in_flight_tasks -= static_cast<int64_t>(n);
+  --q.in_flight_batches;
+  in_flight_total_ -= static_cast<int64_t>(n);
+  q.counts.ok += ok;
+  q.counts.cancelled += cancelled;
+  q.counts.failed += failed;
+  ++q.counts.batches;
+  workers_[static_cast<size_t>(worker)].busy_until = absl::InfinitePast();
+  SetWorkerStateLocked(worker, WorkerState::kCompleting);
+  NotifyDepthLocked(q);
+  NotifyIfDrainedLocked();
+  lock.unlock();
+
+  if (observer_ != nullptr) {
+    observer_->OnBatchDone(BatchStats{
+        .model = q.name,
+        .worker_index = worker,
+        .size = static_cast<int>(n),
+        .tokens = formed.tokens,
+        .planned_cost = planned,
+        .budget_level = formed.level,
+        .lowered_tasks = formed.lowered,
+        .max_queue_time = max_wait,
+        .mean_queue_time = n > 0 ? total_wait / static_cast<int64_t>(n) : absl::ZeroDuration(),
+        .predicted_compute_time = absl::Seconds(formed.predicted_seconds),
+        .compute_time = end - start,
+        .status = status});
+  }
+  for (size_t i = 0; i < n; ++i) {
+    Complete({&q, std::move(formed.tasks[i]), std::move(statuses[i])}, end);
+  }
+  formed = FormedBatch{};
+}
+
+void Scheduler::Complete(Finished f, absl::Time now) {
+  TaskReport& r = f.task->report_;
+  r.end_time = now;
+  if (r.start_time == absl::InfinitePast()) r.queue_time = now - r.enqueue_time;
+  if (observer_ != nullptr) observer_->OnTaskDone(f.queue->name, *f.task, f.status);
+  // Move the callback out first: it receives (and may destroy) the task that holds it.
+  Task::DoneCallback done = std::move(f.task->done);
+  done(std::move(f.task), std::move(f.status));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Introspection.
+
+absl::StatusOr<ModelStats> Scheduler::GetModelStats(std::string_view model) const {
+  const ModelQueue* q = FindQueue(model);
+  if (q == nullptr) return absl::NotFoundError(absl::StrCat("unknown model '", AV(model), "'"));
+  std::lock_guard<std::mutex> lock(mu_);
+  return ModelStats{.depth = {.queued_tasks = q->queued_tasks,
+                              .queued_tokens = q->queued_tokens,
+                              .in_flight_tasks = q->in_flight_tasks,
+                              .in_flight_batches = q->in_flight_batches},
+                    .counts = q->counts,
+                    .predictor_overhead_seconds = q->predictor.overhead_seconds(),
+                    .predictor_seconds_per_unit = q->predictor.seconds_per_unit(),
+                    .predictor_observations = q->predictor.num_observations()};
+}
+
+bool Scheduler::IsAccepting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return accepting_;
+}
+
+void Scheduler::WaitForIdleForTesting() {
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t epoch = ++epoch_;
+  ++idle_waiters_;
+  WakeAllLocked();
+  idle_cv_.wait(lock, [&] {
+    for (const Worker& w : workers_) {
+      const bool idle = (w.state == WorkerState::kSleeping && w.seen_epoch >= epoch) ||
+                        w.state == WorkerState::kRunning || w.state == WorkerState::kExited;
+      if (!idle) return false;
+    }
+    return true;
+  });
+  --idle_waiters_;
+}
+
+}  // namespace topserve::batching

@@ -1,0 +1,209 @@
+// Engine benchmark: latency and FLOPs of the pruned engine against budgets, lengths and threads.
+//
+//   build/bench/engine_bench --model DIR [--lengths 128,384] [--budgets 1,0.5,0.25,0.125]
+//        [--threads 1,2] [--batch 8] [--sst2 ../shared/data/sst2/dev.tsv] [--repeats 5]
+//        [--json out.json]
+//
+// For each (workload, threads, budget) it runs the same batch `repeats` times after a warm-up and
+// reports the median wall time, the planned MACs (engine/cost_model.h, the same numbers the server
+// reports), the speedup against budget 1 and that speedup's ratio to the FLOPs reduction. Workloads:
+// `batch` sequences of each fixed length (random ids), and the SST-2 dev sentences as one batch of
+// real lengths. A "mixed" row runs all budgets' sequences in one batch and compares its time with
+// the sum of the single-budget batches (the groups' ideal cost).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "engine/bert_model.h"
+
+namespace {
+
+using namespace topserve::engine;
+using Clock = std::chrono::steady_clock;
+
+struct Workload {
+  std::string name;
+  std::vector<std::vector<int32_t>> ids;
+};
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+struct Timed {
+  double seconds = 0;
+  int64_t macs = 0, unpruned = 0;
+  int64_t tokens = 0;
+};
+
+// Runs the sequences with per-sequence budgets, `repeats` times; returns the median time.
+Timed RunBatch(const BertModel& model, Workspace& ws, const std::vector<std::vector<int32_t>>& ids,
+               const std::vector<double>& budgets, int repeats) {
+  std::vector<PruneReport> plans;
+  std::vector<SequenceInput> in;
+  Timed t;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto plan = model.planner().Plan(static_cast<int64_t>(ids[i].size()), budgets[i]);
+    if (!plan.ok()) {
+      std::cerr << plan.status() << "\n";
+      std::exit(1);
+    }
+    plans.push_back(*plan);
+    t.macs += plan->macs;
+    t.unpruned += plan->unpruned_macs;
+    t.tokens += static_cast<int64_t>(ids[i].size());
+  }
+  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, plans[i].kept});
+  std::vector<SequenceOutput> out(in.size());
+  RunOptions opts;
+  opts.placement = model.schedule().placement;
+  std::vector<double> times;
+  for (int r = -1; r < repeats; ++r) {
+    auto start = Clock::now();
+    auto st = model.Run(in, out, ws, opts);
+    const double s = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!st.ok()) {
+      std::cerr << st << "\n";
+      std::exit(1);
+    }
+    if (r >= 0) times.push_back(s);
+  }
+  t.seconds = Median(times);
+  return t;
+}
+
+std::vector<std::vector<int32_t>> Sst2(const BertModel& model, const std::string& path, size_t limit) {
+  std::ifstream in(path);
+  std::string line;
+  std::getline(in, line);  // header
+  std::vector<std::vector<int32_t>> ids;
+  while (ids.size() < limit && std::getline(in, line)) {
+    const std::string text = line.substr(0, line.rfind('\t'));
+    auto enc = model.tokenizer().Encode(text, std::nullopt, 128, Truncation::kLongestFirst);
+    if (enc.ok()) ids.push_back(enc->ids);
+  }
+  return ids;
+}
+
+template <typename T>
+std::vector<T> ParseList(const std::string& s) {
+  std::vector<T> v;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) v.push_back(static_cast<T>(std::stod(item)));
+  return v;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"topserve engine benchmark"};
+  std::string model_dir, lengths_s = "128,384", budgets_s = "1,0.5,0.25,0.125", threads_s = "1,2";
+  std::string sst2, json_out;
+  int batch = 8, repeats = 5;
+  size_t sst2_limit = 128;
+  app.add_option("--model", model_dir)->required();
+  app.add_option("--lengths", lengths_s);
+  app.add_option("--budgets", budgets_s);
+  app.add_option("--threads", threads_s);
+  app.add_option("--batch", batch);
+  app.add_option("--repeats", repeats);
+  app.add_option("--sst2", sst2, "SST-2 dev.tsv for the real length mix");
+  app.add_option("--sst2-limit", sst2_limit, "first N SST-2 dev sentences as one batch");
+  app.add_option("--json", json_out);
+  CLI11_PARSE(app, argc, argv);
+
+  auto model = BertModel::Load(model_dir);
+  if (!model.ok()) {
+    std::cerr << model.status() << "\n";
+    return 1;
+  }
+  const BertModel& m = **model;
+  std::vector<Workload> workloads;
+  std::mt19937 rng(1);
+  for (int len : ParseList<int>(lengths_s)) {
+    Workload w{"len" + std::to_string(len), {}};
+    for (int b = 0; b < batch; ++b) {
+      std::vector<int32_t> ids(static_cast<size_t>(len));
+      for (auto& x : ids) x = static_cast<int32_t>(1000 + rng() % 28000);
+      ids.front() = 101;
+      ids.back() = 102;
+      w.ids.push_back(ids);
+    }
+    workloads.push_back(w);
+  }
+  if (!sst2.empty()) workloads.push_back({"sst2-dev", Sst2(m, sst2, sst2_limit)});
+  const auto budgets = ParseList<double>(budgets_s);
+
+  nlohmann::json out;
+  out["model"] = model_dir;
+  out["schedule"] = m.schedule().source;
+  out["placement"] = std::string(PlacementName(m.schedule().placement));
+  out["rows"] = nlohmann::json::array();
+  for (int threads : ParseList<int>(threads_s)) {
+    auto mt = BertModel::Load(model_dir, {threads});
+    Workspace ws(**mt);
+    for (const Workload& w : workloads) {
+      double base = 0;
+      int64_t base_macs = 0;
+      for (double b : budgets) {
+        Timed t = RunBatch(**mt, ws, w.ids, std::vector<double>(w.ids.size(), b), repeats);
+        if (b == 1.0) {
+          base = t.seconds;
+          base_macs = t.macs;
+        }
+        nlohmann::json row = {{"workload", w.name}, {"threads", threads}, {"budget", b},
+                              {"sequences", w.ids.size()}, {"tokens", t.tokens},
+                              {"seconds", t.seconds}, {"gmacs", static_cast<double>(t.macs) / 1e9},
+                              {"flops_fraction", static_cast<double>(t.macs) / static_cast<double>(t.unpruned)},
+                              {"gflops_per_s", 2.0 * static_cast<double>(t.macs) / t.seconds / 1e9}};
+        if (base > 0) {
+          const double speedup = base / t.seconds;
+          const double reduction = static_cast<double>(base_macs) / static_cast<double>(t.macs);
+          row["speedup"] = speedup;
+          row["flops_reduction"] = reduction;
+          row["speedup_over_reduction"] = speedup / reduction;
+        }
+        out["rows"].push_back(row);
+        std::fprintf(stderr, "%-9s threads=%d budget=%-6g %8.1f ms  flops=%.3f  %6.1f GFLOP/s%s\n",
+                     w.name.c_str(), threads, b, t.seconds * 1e3,
+                     static_cast<double>(t.macs) / static_cast<double>(t.unpruned),
+                     2.0 * static_cast<double>(t.macs) / t.seconds / 1e9,
+                     base > 0 ? ("  speedup/reduction=" + std::to_string(row["speedup_over_reduction"].get<double>())).c_str() : "");
+      }
+      // Mixed batch: sequence i gets budgets[i % n]; compare with the sum of its groups' times,
+      // each group (the sequences of one budget) run as a batch of its own.
+      std::vector<double> mixed(w.ids.size());
+      double sum_groups = 0;
+      for (size_t k = 0; k < budgets.size(); ++k) {
+        std::vector<std::vector<int32_t>> group;
+        for (size_t i = k; i < w.ids.size(); i += budgets.size()) group.push_back(w.ids[i]);
+        for (size_t i = k; i < w.ids.size(); i += budgets.size()) mixed[i] = budgets[k];
+        if (!group.empty()) {
+          sum_groups += RunBatch(**mt, ws, group, std::vector<double>(group.size(), budgets[k]), repeats).seconds;
+        }
+      }
+      Timed t = RunBatch(**mt, ws, w.ids, mixed, repeats);
+      out["rows"].push_back({{"workload", w.name}, {"threads", threads}, {"budget", "mixed"},
+                             {"sequences", w.ids.size()}, {"seconds", t.seconds},
+                             {"sum_of_groups_seconds", sum_groups},
+                             {"mixed_over_groups", t.seconds / sum_groups}});
+      std::fprintf(stderr, "%-9s threads=%d mixed budgets %8.1f ms vs groups %.1f ms (ratio %.3f)\n",
+                   w.name.c_str(), threads, t.seconds * 1e3, sum_groups * 1e3, t.seconds / sum_groups);
+    }
+  }
+  const std::string text = out.dump(2);
+  if (!json_out.empty()) std::ofstream(json_out) << text << "\n";
+  std::cout << text << "\n";
+  return 0;
+}
