@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "nlohmann/json.hpp"
+#include "engine/json_describe.h"
 
 namespace topserve::engine {
 namespace {
@@ -23,40 +24,6 @@ constexpr size_t kMaxJsonFileBytes = 16 << 20;
 constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();  // any size field is below 2^31
 constexpr int64_t kDefaultLabelCount = 2;                         // Hugging Face's default num_labels
 
-// Appends a short rendering of `value`; nesting is cut at depth 3 so a hostile, deeply nested value
-// cannot exhaust the stack (nlohmann's dump() recurses).
-void DescribeInto(const Json& value, int depth, std::string& out) {
-  constexpr size_t kMaxChars = 80;
-  if (out.size() > kMaxChars) return;
-  if (value.is_array() || value.is_object()) {
-    const bool is_array = value.is_array();
-    if (depth >= 3 && !value.empty()) {
-      out += is_array ? "[...]" : "{...}";
-      return;
-    }
-    out += is_array ? '[' : '{';
-    bool first = true;
-    for (auto it = value.begin(); it != value.end() && out.size() <= kMaxChars; ++it) {
-      if (!first) out += ',';
-      first = false;
-      if (!is_array) {
-        out += Json(it.key()).dump(-1, ' ', false, Json::error_handler_t::replace);
-        out += ':';
-      }
-      DescribeInto(*it, depth + 1, out);
-    }
-    out += is_array ? ']' : '}';
-    return;
-  }
-  out += value.dump(-1, ' ', false, Json::error_handler_t::replace);
-}
-
-std::string Describe(const Json& value) {
-  std::string text;
-  DescribeInto(value, 0, text);
-  if (text.size() > 80) text = absl::StrCat(text.substr(0, 77), "...");
-  return text;
-}
 
 absl::Status FieldError(absl::string_view origin, absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(origin, ": ", field, " ", what));
