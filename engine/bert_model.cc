@@ -40,8 +40,10 @@ void CopyRow(const float* src, float* dst, int64_t width) {
 
 }  // namespace
 
-Workspace::Workspace(const BertModel& model)
-    : cache_(model.dnnl()), threads_(model.num_threads()) {}
+Workspace::Workspace(const BertModel& model) : Workspace(model, 0) {}
+
+Workspace::Workspace(const BertModel& model, int threads)
+    : cache_(model.dnnl()), threads_(threads > 0 ? threads : model.num_threads()) {}
 
 absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& dir,
                                                            const EngineOptions& options) {

@@ -59,6 +59,8 @@ class BertModel;
 class Workspace {
  public:
   explicit Workspace(const BertModel& model);
+  // `threads` OpenMP threads per Run (0 = the model's default).
+  Workspace(const BertModel& model, int threads);
   int threads() const { return threads_; }
 
  private:
