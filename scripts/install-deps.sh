@@ -62,10 +62,14 @@ done
 
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#pkgs[@]} packages already installed"
-  exit 0
+else
+  echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-
-echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
-apt-get update -qq
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# npm packages that validate the deployment manifests (package-lock.json pins them).
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ "$mode" = full ] && [ -f "$repo/package-lock.json" ]; then
+  (cd "$repo" && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "install-deps: done"
