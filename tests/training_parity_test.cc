@@ -1,0 +1,68 @@
+// The engine on the shipped, trained model against the trainer's eval-mode outputs
+// (training/evaluate.py --dump, a ctest fixture): the schedule as written and the budget planner
+// (whose Python copy lives in training/) must give the same kept tokens and logits within 1e-4.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/bert_model.h"
+#include "engine/pruning.h"
+
+namespace topserve::engine {
+namespace {
+
+const std::string kModel = std::string(TOPSERVE_SOURCE_DIR) + "/models/sst2-small";
+
+std::vector<nlohmann::json> Read(const std::string& name) {
+  std::ifstream in(std::string(TOPSERVE_TEST_DATA_DIR) + "/" + name);
+  EXPECT_TRUE(in.good()) << name;
+  std::vector<nlohmann::json> rows;
+  std::string line;
+  while (std::getline(in, line)) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+// budget < 0: the schedule's ratios as written; else the budget planner.
+void Compare(const std::string& dump, double budget) {
+  auto model = BertModel::Load(kModel);
+  ASSERT_TRUE(model.ok()) << model.status();
+  Workspace ws(**model);
+  const auto rows = Read(dump);
+  ASSERT_GE(rows.size(), 100u);
+  std::vector<std::vector<int32_t>> ids, kept;
+  for (const auto& r : rows) {
+    ids.push_back(r["input_ids"].get<std::vector<int32_t>>());
+    const int64_t n = static_cast<int64_t>(ids.back().size());
+    if (budget < 0) {
+      kept.push_back(KeptTokens(n, (*model)->schedule().keep_ratios));
+    } else {
+      auto plan = (*model)->planner().Plan(n, budget);
+      ASSERT_TRUE(plan.ok());
+      kept.push_back(plan->kept);
+    }
+  }
+  std::vector<SequenceInput> in;
+  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, kept[i]});
+  std::vector<SequenceOutput> out(in.size());
+  RunOptions opts;
+  opts.placement = (*model)->schedule().placement;
+  ASSERT_TRUE((*model)->Run(in, out, ws, opts).ok());
+  double worst = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(kept[i], rows[i]["kept"].get<std::vector<int32_t>>()) << "sentence " << i;
+    const auto want = rows[i]["logits"].get<std::vector<double>>();
+    ASSERT_EQ(out[i].logits.size(), want.size());
+    for (size_t k = 0; k < want.size(); ++k) worst = std::max(worst, std::abs(out[i].logits[k] - want[k]));
+  }
+  EXPECT_LT(worst, 1e-4);
+  std::cout << dump << ": max abs diff " << worst << "\n";
+}
+
+TEST(TrainingParity, ScheduleAsWritten) { Compare("parity-schedule.jsonl", -1); }
+TEST(TrainingParity, BudgetPlanner) { Compare("parity-budget.jsonl", 0.3); }
+
+}  // namespace
+}  // namespace topserve::engine
