@@ -1,0 +1,127 @@
+#include "server/server.h"
+
+#include <algorithm>
+#include <climits>
+#include <exception>
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace topserve::server {
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
+  std::unique_ptr<Server> s(new Server(std::move(options)));
+  const ServerConfig& config = s->options_.config;
+
+  auto models = PrepareModels(config);
+  if (!models.ok()) return models.status();
+
+  std::vector<ModelMetricsSpec> specs;
+  for (const auto& m : *models) specs.push_back({m->config.name, m->layers, m->qa});
+  s->metrics_ = std::make_unique<Metrics>(specs, s->options_.version);
+
+  batching::SchedulerOptions so;
+  so.num_workers = static_cast<int>(config.batching.workers);
+  so.threads_per_worker = static_cast<int>(config.batching.threads_per_worker);
+  so.observer = s->metrics_.get();
+  auto scheduler = batching::Scheduler::Create(std::move(so));
+  if (!scheduler.ok()) return scheduler.status();
+  s->scheduler_ = std::move(*scheduler);
+
+  s->runtime_ = std::make_unique<Runtime>(config, std::move(*models), s->metrics_.get(),
+                                          s->scheduler_.get());
+  s->runtime_->FailModelsForTesting(s->options_.fail_models);
+  s->service_ = std::make_unique<InferenceService>(*s->runtime_);
+
+  if (config.metrics_port >= 0) {
+    const std::string address = absl::StrCat(config.metrics_address, ":", config.metrics_port);
+    try {
+      s->exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+    } catch (const std::exception& e) {
+      return absl::UnavailableError(absl::StrCat("server.metrics_port: cannot listen on ",
+                                                 address, " (", e.what(), ")"));
+    }
+    s->exposer_->RegisterCollectable(s->metrics_->registry());
+    const std::vector<int> ports = s->exposer_->GetListeningPorts();
+    s->metrics_port_ = ports.empty() ? static_cast<int>(config.metrics_port) : ports.front();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.RegisterService(s->service_.get());
+  // Room for the largest request the limits allow (every input at max_text_bytes, twice for
+  // pairs), at least gRPC's default 4 MiB.
+  const int64_t limit = std::clamp<int64_t>(
+      2 * config.limits.max_inputs_per_call * config.limits.max_text_bytes + (1 << 20), 4 << 20,
+      INT_MAX);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(limit));
+  s->grpc_server_ = builder.BuildAndStart();
+  if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
+    s->grpc_server_.reset();
+    return absl::UnavailableError(
+        absl::StrCat("server.listen: cannot listen on ", config.listen));
+  }
+  grpc::HealthCheckServiceInterface* health = s->grpc_server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceHealthName, false);
+  for (const auto& m : s->runtime_->models()) health->SetServingStatus(m->config.name, false);
+  return s;
+}
+
+Server::~Server() {
+  // A server that failed to start has no gRPC server; its scheduler stops in its own destructor.
+  if (!shut_down_ && grpc_server_ != nullptr) Shutdown();
+}
+
+absl::Status Server::LoadModels() {
+  const absl::Time until = absl::Now() + options_.ready_delay;
+  while (absl::Now() < until && !runtime_->draining()) absl::SleepFor(absl::Milliseconds(10));
+  for (const auto& m : runtime_->models()) {
+    if (runtime_->draining()) return absl::OkStatus();
+    if (absl::Status s = runtime_->LoadModel(*m); !s.ok()) return s;
+    std::lock_guard<std::mutex> lock(health_mu_);
+    if (!runtime_->draining()) {
+      grpc_server_->GetHealthCheckService()->SetServingStatus(m->config.name, true);
+    }
+  }
+  std::lock_guard<std::mutex> lock(health_mu_);
+  if (!runtime_->draining()) {
+    grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceHealthName, true);
+  }
+  return absl::OkStatus();
+}
+
+void Server::BeginDrain() {
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);
+    runtime_->BeginDrain();
+    grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
+    health->SetServingStatus(kServiceHealthName, false);
+    for (const auto& m : runtime_->models()) health->SetServingStatus(m->config.name, false);
+  }
+  service_->DrainStreams();
+}
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  const absl::Time start = absl::Now();
+  const absl::Duration grace = absl::Seconds(options_.config.drain_grace_seconds);
+  BeginDrain();
+  // Queued work runs (bounded by the grace period); what is left fails UNAVAILABLE.
+  scheduler_->Shutdown({.mode = batching::ShutdownOptions::Mode::kDrain, .grace = grace});
+  // Every task has completed, so every unary call has finished; give responses in transit (and
+  // streams finishing) the rest of the grace period, at least a second, then cancel what is left.
+  const absl::Duration left = std::max(grace - (absl::Now() - start), absl::Seconds(1));
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + left));
+  grpc_server_->Wait();
+  exposer_.reset();
+}
+
+}  // namespace topserve::server

@@ -1,0 +1,80 @@
+// The server as a whole: metrics, batcher, gRPC (Inference + health + reflection), model loading
+// and the drain on shutdown. topserve-server's main() is a thin wrapper around this class; tests may
+// embed it too.
+//
+// Life cycle:
+//   Start()       config.json of every model checked, scheduler and metrics built, gRPC and the
+//                 metrics endpoint listening. Health: "" SERVING, each model NOT_SERVING.
+//   LoadModels()  weights loaded and warmed up one model at a time; each model's health name goes
+//                 SERVING when it is ready, "topserve.v1.Inference" when all are.
+//   Shutdown()    drain: readiness NOT_SERVING, new calls UNAVAILABLE, queued and running calls
+//                 finish within drain_grace_seconds, then gRPC and metrics stop.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+#include <prometheus/exposer.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "batching/scheduler.h"
+#include "server/config.h"
+#include "server/metrics.h"
+#include "server/runtime.h"
+#include "server/service.h"
+
+namespace topserve::server {
+
+// The health service name that is SERVING when every model is ready.
+inline constexpr char kServiceHealthName[] = "topserve.v1.Inference";
+
+struct ServerOptions {
+  ServerConfig config;  // Normalised and validated.
+  std::string version;
+  // Testing only: LoadModels() waits this long (interruptible by Shutdown()) before loading.
+  absl::Duration ready_delay = absl::ZeroDuration();
+  // Testing only: these models' batches all fail with INTERNAL.
+  std::vector<std::string> fail_models;
+};
+
+class Server {
+ public:
+  static absl::StatusOr<std::unique_ptr<Server>> Start(ServerOptions options);
+  ~Server();
+
+  // Blocks until every model is loaded and ready, or the first failure (naming the model).
+  // Returns early (OK) when Shutdown() has begun.
+  absl::Status LoadModels();
+
+  // Drains and stops. Must not run concurrently with LoadModels() (join the loader first); may be
+  // called once.
+  void Shutdown();
+
+  // Begins the drain (readiness NOT_SERVING, new calls UNAVAILABLE) without waiting; Shutdown()
+  // finishes it. Safe from any thread, e.g. while LoadModels() runs.
+  void BeginDrain();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_port_; }  // -1 when off
+  const ServerConfig& config() const { return options_.config; }
+
+ private:
+  explicit Server(ServerOptions options) : options_(std::move(options)) {}
+
+  ServerOptions options_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<batching::Scheduler> scheduler_;
+  std::unique_ptr<Runtime> runtime_;
+  std::unique_ptr<InferenceService> service_;
+  std::unique_ptr<grpc::Server> grpc_server_;
+  std::mutex health_mu_;  // Orders health updates of LoadModels() and BeginDrain().
+  int grpc_port_ = 0;
+  int metrics_port_ = -1;
+  bool shut_down_ = false;
+};
+
+}  // namespace topserve::server
