@@ -35,7 +35,7 @@ struct ModelConfig {
 struct BatchingConfig {
   int64_t max_batch_tokens = 8192;
   int64_t max_batch_size = 32;
-  int64_t max_queue_delay_us = 2000;
+  int64_t max_queue_delay_us = 0;
   int64_t max_queue_size = 1024;
   int64_t max_queue_tokens = 262144;
   int64_t workers = 1;             // Concurrent batches.

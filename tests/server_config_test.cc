@@ -31,7 +31,7 @@ TEST(ServerConfig, DefaultsForEverything) {
   ASSERT_EQ(c->models.size(), 1u);
   EXPECT_EQ(c->models[0].default_budget, 1.0);
   EXPECT_EQ(*c->models[0].batching.max_batch_tokens, 8192);
-  EXPECT_EQ(*c->models[0].batching.max_queue_delay_us, 2000);
+  EXPECT_EQ(*c->models[0].batching.max_queue_delay_us, 0);
 }
 
 TEST(ServerConfig, ThreadsSplitAcrossWorkers) {
