@@ -151,6 +151,7 @@ int main(int argc, char** argv) {
   out["placement"] = std::string(PlacementName(m.schedule().placement));
   out["rows"] = nlohmann::json::array();
   for (int threads : ParseList<int>(threads_s)) {
+    FlushDnnlPrimitiveCache();  // primitives made under another thread count must not be reused
     auto mt = BertModel::Load(model_dir, {threads});
     Workspace ws(**mt);
     for (const Workload& w : workloads) {

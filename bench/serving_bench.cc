@@ -141,8 +141,11 @@ Outcome Drive(batching::Scheduler& sched, const std::vector<Request>& reqs, doub
   return out;
 }
 
+double g_safety_factor = batching::ModelOptions{}.deadline_safety_factor;  // --safety; set in main
+
 std::unique_ptr<batching::Scheduler> MakeScheduler(const engine::BertModel& model, int workers, int threads,
                                                    bool padded) {
+  engine::FlushDnnlPrimitiveCache();  // each configuration creates its primitives for its threads
   batching::SchedulerOptions so;
   so.num_workers = workers;
   so.threads_per_worker = threads;
@@ -162,6 +165,7 @@ std::unique_ptr<batching::Scheduler> MakeScheduler(const engine::BertModel& mode
   mo.max_batch_size = 32;
   mo.max_queue_size = 100000;
   mo.max_queue_tokens = int64_t{1} << 30;
+  mo.deadline_safety_factor = g_safety_factor;
   mo.cost = [exec](int64_t tokens, double budget) { return exec->Cost(tokens, budget); };
   std::shared_ptr<batching::BatchExecutor> runner = exec;
   if (padded) runner = std::make_shared<PaddingExecutor>(exec);
@@ -186,6 +190,7 @@ int main(int argc, char** argv) {
   app.add_option("--cpus", cpus, "CPUs to use (default: available)");
   app.add_option("--overload-seconds", overload_seconds);
   app.add_option("--json", json_out);
+  app.add_option("--safety", g_safety_factor, "ModelOptions::deadline_safety_factor for the overload runs");
   CLI11_PARSE(app, argc, argv);
   auto model = engine::BertModel::Load(model_dir);
   if (!model.ok()) {
@@ -198,6 +203,7 @@ int main(int argc, char** argv) {
   nlohmann::json out;
   out["model"] = model_dir;
   out["requests"] = reqs.size();
+  out["deadline_safety_factor"] = g_safety_factor;
   int64_t tokens = 0, longest = 0;
   for (const auto& r : reqs) {
     tokens += static_cast<int64_t>(r.ids.size());

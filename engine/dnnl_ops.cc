@@ -12,6 +12,12 @@ using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 using dims = dnnl::memory::dims;
 
+void FlushDnnlPrimitiveCache() {
+  const int capacity = dnnl::get_primitive_cache_capacity();
+  dnnl::set_primitive_cache_capacity(0);
+  dnnl::set_primitive_cache_capacity(capacity);
+}
+
 DnnlContext::DnnlContext() : engine_(dnnl::engine::kind::cpu, 0) {}
 
 PrimitiveCache::PrimitiveCache(const DnnlContext& ctx)

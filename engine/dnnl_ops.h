@@ -13,6 +13,12 @@
 
 namespace topserve::engine {
 
+// Empties oneDNN's process-wide primitive cache. oneDNN 2.6 does not key that cache on the thread
+// count, so a primitive created under N OpenMP threads is handed back, still split N ways, to a
+// later creation under M threads. A process that switches thread counts (benchmarks comparing
+// 1 and 2 threads) calls this between configurations; the server uses one count per process.
+void FlushDnnlPrimitiveCache();
+
 // One oneDNN engine for the process' CPU; shared, immutable after creation.
 class DnnlContext {
  public:
