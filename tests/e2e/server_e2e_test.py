@@ -618,18 +618,20 @@ models:
         # with a shorter deadline expires in the queue and is never computed.
         labels = {"model": "sst2", "method": "Classify", "code": "DEADLINE_EXCEEDED"}
         before = scrape(self.server.metrics_port)
+        # 5 x 392 tokens (just under max_tokens_per_call): well over 100 ms on the one thread,
+        # against a 50 ms client deadline below.
         blocker = self.stub.Classify.future(pb.ClassifyRequest(
-            model="heavy", inputs=[pb.TextInput(text="word " * 390)] * 3), timeout=60)
+            model="heavy", inputs=[pb.TextInput(text="word " * 390)] * 5), timeout=60)
         deadline = time.monotonic() + 10
         while metric(scrape(self.server.metrics_port), "topserve_running_sequences",
-                     model="heavy") != 3:
+                     model="heavy") != 5:
             self.assertLess(time.monotonic(), deadline, "the heavy batch never started")
             time.sleep(0.005)
         start = time.monotonic()
         self.assertCode(grpc.StatusCode.DEADLINE_EXCEEDED, self.stub.Classify,
-                        pb.ClassifyRequest(inputs=[pb.TextInput(text="queued")]), timeout=0.1)
+                        pb.ClassifyRequest(inputs=[pb.TextInput(text="queued")]), timeout=0.05)
         self.assertLess(time.monotonic() - start, 2.0)  # the client's deadline, not the batch's end
-        self.assertEqual(len(blocker.result().results), 3)
+        self.assertEqual(len(blocker.result().results), 5)
         want = metric(before, "topserve_requests_total", **labels) + 1
         got = self.wait_metric("topserve_requests_total", labels, want)
         after = scrape(self.server.metrics_port)
@@ -836,10 +838,13 @@ models:
                                     layer=str(layer)), 0)
         self.assertEqual(metric(fresh, "topserve_model_ready", model="heavy"), 1)
 
-        long_text = "word " * 500  # 502 tokens: several hundred ms per batch of two
-        futures = [stub.Classify.future(pb.ClassifyRequest(inputs=[pb.TextInput(text=long_text)]),
-                                        timeout=60) for _ in range(10)]
-        # A stream with requests in flight that the client never half-closes.
+        # Enough queued work that the drain provably has something to finish: the engine is fast
+        # enough that a fixed handful of requests can complete before the signal arrives.
+        long_text = "word " * 500  # 502 tokens per input
+        heavy_request = pb.ClassifyRequest(inputs=[pb.TextInput(text=long_text)] * 4)
+        futures = [stub.Classify.future(heavy_request, timeout=60) for _ in range(40)]
+        # A stream with requests in flight (queued behind the unary calls) that the client never
+        # half-closes.
         outgoing = queue.Queue()
 
         def requests():
@@ -850,9 +855,7 @@ models:
                 yield item
         stream = stub.ClassifyStream(requests(), timeout=60)
         for i in range(3):
-            outgoing.put(pb.ClassifyStreamRequest(
-                request_id=str(i), request=pb.ClassifyRequest(inputs=[pb.TextInput(
-                    text=long_text)])))
+            outgoing.put(pb.ClassifyStreamRequest(request_id=str(i), request=heavy_request))
         stream_results = {}
 
         def read_stream():
@@ -864,7 +867,13 @@ models:
                 stream_results["_status"] = e.code()
         reader = threading.Thread(target=read_stream)
         reader.start()
-        time.sleep(0.3)
+        # Signal only once the server holds queued work (not on a timer).
+        queued = 0
+        until = time.monotonic() + 30
+        while queued < 20 and time.monotonic() < until:
+            queued = metric(scrape(server.metrics_port), "topserve_queue_depth", model="heavy")
+            time.sleep(0.01)
+        self.assertGreaterEqual(queued, 20, "the requests never queued up")
         sent = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         server.wait_line(r"SIGTERM: draining", timeout=10)
@@ -884,7 +893,7 @@ models:
             time.sleep(0.02)
         self.assertTrue(health, "the server exited before it could be probed")
         self.assertTrue(all(h != "SERVING" for h in health), health)
-        self.assertIn("NOT_SERVING", health)
+        self.assertIn("NOT_SERVING", health, server.stderr())
         for code, details in refused:
             self.assertEqual(code, grpc.StatusCode.UNAVAILABLE, details)
 
@@ -892,13 +901,15 @@ models:
         for f in futures:
             try:
                 r = f.result(timeout=60)
-                self.assertEqual(len(r.results), 1)
+                self.assertEqual(len(r.results), 4)
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as e:
                 codes.append(e.code())
         self.assertTrue(all(c in (grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE) for c in codes),
                         codes)
         self.assertGreater(codes.count(grpc.StatusCode.OK), 0, codes)
+        print("drain: calls answered", codes.count(grpc.StatusCode.OK), "of", len(codes),
+              file=sys.stderr)
         reader.join(timeout=60)
         self.assertFalse(reader.is_alive(), "the stream hung")
         outgoing.put(None)
