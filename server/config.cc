@@ -143,6 +143,7 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::string& yaml_text, const std
       r.Read("metrics_address", config.metrics_address);
       r.Read("metrics_port", config.metrics_port);
       r.Read("drain_grace_seconds", config.drain_grace_seconds);
+      r.Read("auth_token_file", config.auth_token_file);
       r.Finish();
     });
     top.Visit("batching", [&](const YAML::Node& n) {
@@ -315,6 +316,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
   out << YAML::Key << "metrics_address" << YAML::Value << c.metrics_address;
   out << YAML::Key << "metrics_port" << YAML::Value << c.metrics_port;
   out << YAML::Key << "drain_grace_seconds" << YAML::Value << c.drain_grace_seconds;
+  out << YAML::Key << "auth_token_file" << YAML::Value << c.auth_token_file;
   out << YAML::EndMap;
   auto queue = [&](int64_t tokens, int64_t size, int64_t delay, int64_t qsize, int64_t qtokens) {
     out << YAML::Key << "max_batch_tokens" << YAML::Value << tokens;

@@ -55,6 +55,7 @@ struct ServerConfig {
   std::string metrics_address = "0.0.0.0";
   int64_t metrics_port = 9100;           // Prometheus /metrics; 0 = any free port, -1 = off.
   double drain_grace_seconds = 30;       // SIGTERM: how long queued and running calls may take.
+  std::string auth_token_file;           // Bearer tokens required by Inference calls ("" = open).
   std::vector<ModelConfig> models;
   BatchingConfig batching;
   LimitsConfig limits;

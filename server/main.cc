@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"topserve-server: BERT classification and question answering over gRPC, with "
                "per-request compute budgets"};
-  std::string config_path, listen;
+  std::string config_path, listen, auth_token_file;
   int port = -1, metrics_port = -2, threads = -1, workers = -1, ready_delay_ms = 0;
   std::vector<std::string> model_flags, fail_models;
   bool check = false;
@@ -151,6 +151,9 @@ int main(int argc, char** argv) {
                  "OpenMP threads per batch (overrides batching.threads_per_worker; 0 = CPUs "
                  "available / workers)")
       ->check(CLI::Range(0, 1024));
+  app.add_option("--auth-token-file", auth_token_file,
+                 "bearer tokens required by Inference calls, one per line (overrides "
+                 "server.auth_token_file)");
   app.add_option("--workers", workers, "concurrent batches (overrides batching.workers)")
       ->check(CLI::Range(1, 256));
   app.add_flag("--check", check,
@@ -192,6 +195,7 @@ int main(int argc, char** argv) {
   if (metrics_port >= -1) config.metrics_port = metrics_port;
   if (threads >= 0) config.batching.threads_per_worker = threads;
   if (workers >= 1) config.batching.workers = workers;
+  if (!auth_token_file.empty()) config.auth_token_file = auth_token_file;
   const int cpus = topserve::engine::AvailableCpus();
   if (absl::Status s = topserve::server::NormalizeAndValidate(config, cpus); !s.ok()) {
     return Fail(2, config_path.empty() ? std::string(s.message())

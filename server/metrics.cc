@@ -39,6 +39,7 @@ constexpr absl::StatusCode kCommonCodes[] = {
     absl::StatusCode::kDeadlineExceeded,
     absl::StatusCode::kCancelled,
     absl::StatusCode::kInternal,
+    absl::StatusCode::kUnauthenticated,
 };
 
 std::string CodeName(int code) {

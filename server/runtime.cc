@@ -736,6 +736,17 @@ void Runtime::FillInfo(const ServedModel& m, v1::ModelInfo* out) const {
   out->set_state(static_cast<v1::ModelState>(state));
 }
 
+std::string Runtime::ModelLabel(const std::string& name, std::optional<bool> qa) const {
+  if (name.empty() && qa.has_value()) {
+    for (const auto& m : models_) {
+      if (m->qa == *qa) return m->config.name;
+    }
+  } else if (auto it = by_name_.find(name); it != by_name_.end()) {
+    return it->second->config.name;
+  }
+  return std::string(Metrics::kUnknownModel);
+}
+
 absl::Status Runtime::ListModels(v1::ListModelsResponse* response) {
   const absl::Time start = absl::Now();
   for (const auto& m : models_) FillInfo(*m, response->add_models());

@@ -80,6 +80,10 @@ class Runtime {
   void BeginDrain();
   bool draining() const { return draining_.load(std::memory_order_acquire); }
 
+  // The metrics label of a model name as a call gives it: the configured name, or for an empty
+  // name the first model of the task (`qa`; none for GetModel), else Metrics::kUnknownModel.
+  std::string ModelLabel(const std::string& name, std::optional<bool> qa) const;
+
   Metrics& metrics() { return *metrics_; }
   batching::Scheduler& scheduler() { return *scheduler_; }
 

@@ -17,6 +17,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   std::unique_ptr<Server> s(new Server(std::move(options)));
   const ServerConfig& config = s->options_.config;
 
+  Authenticator auth;
+  if (!config.auth_token_file.empty()) {
+    auto loaded = Authenticator::FromFile(config.auth_token_file);
+    if (!loaded.ok()) return loaded.status();
+    auth = std::move(*loaded);
+  }
   auto models = PrepareModels(config);
   if (!models.ok()) return models.status();
 
@@ -35,7 +41,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   s->runtime_ = std::make_unique<Runtime>(config, std::move(*models), s->metrics_.get(),
                                           s->scheduler_.get());
   s->runtime_->FailModelsForTesting(s->options_.fail_models);
-  s->service_ = std::make_unique<InferenceService>(*s->runtime_);
+  s->service_ = std::make_unique<InferenceService>(*s->runtime_, std::move(auth));
 
   if (config.metrics_port >= 0) {
     const std::string address = absl::StrCat(config.metrics_address, ":", config.metrics_port);

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <deque>
 #include <map>
+#include <optional>
+#include <string_view>
 #include <memory>
 #include <string>
 #include <utility>
@@ -61,9 +63,50 @@ class InferenceService::UnaryCall final : public grpc::ServerUnaryReactor {
   batching::CancellationToken token_;
 };
 
+namespace {
+
+// A unary call refused before any work: finished at once.
+grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, const absl::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+}  // namespace
+
+// A ClassifyStream refused before reading anything.
+class InferenceService::RefusedStream final
+    : public grpc::ServerBidiReactor<v1::ClassifyStreamRequest, v1::ClassifyStreamResponse> {
+ public:
+  explicit RefusedStream(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+absl::Status InferenceService::Authenticate(const grpc::CallbackServerContext* context,
+                                            Method method, const std::string& model_label) {
+  if (!auth_.enabled()) return absl::OkStatus();
+  const absl::Time start = absl::Now();
+  std::optional<std::string_view> authorization;
+  const auto& metadata = context->client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = std::string_view(it->second.data(), it->second.size());
+  }
+  absl::Status status = auth_.Check(authorization);
+  if (!status.ok()) {
+    rt_.metrics().RecordRequest(model_label, method, status.code(),
+                                absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  return status;
+}
+
 grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext* context,
                                                      const v1::ClassifyRequest* request,
                                                      v1::ClassifyResponse* response) {
+  if (absl::Status s = Authenticate(context, Method::kClassify,
+                                    rt_.ModelLabel(request->model(), /*qa=*/false));
+      !s.ok()) {
+    return Refuse(context, s);
+  }
   auto* call = new UnaryCall(context);
   rt_.StartClassify(*request, response, Method::kClassify, call->deadline(), call->token(),
                     call->Done());
@@ -73,6 +116,11 @@ grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext
 grpc::ServerUnaryReactor* InferenceService::Answer(grpc::CallbackServerContext* context,
                                                    const v1::AnswerRequest* request,
                                                    v1::AnswerResponse* response) {
+  if (absl::Status s = Authenticate(context, Method::kAnswer,
+                                    rt_.ModelLabel(request->model(), /*qa=*/true));
+      !s.ok()) {
+    return Refuse(context, s);
+  }
   auto* call = new UnaryCall(context);
   rt_.StartAnswer(*request, response, call->deadline(), call->token(), call->Done());
   return call;
@@ -81,6 +129,11 @@ grpc::ServerUnaryReactor* InferenceService::Answer(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const v1::ListModelsRequest* /*request*/,
                                                        v1::ListModelsResponse* response) {
+  if (absl::Status s = Authenticate(context, Method::kListModels,
+                                    std::string(Metrics::kAllModels));
+      !s.ok()) {
+    return Refuse(context, s);
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(rt_.ListModels(response)));
   return reactor;
@@ -89,6 +142,11 @@ grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerConte
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
                                                      const v1::GetModelRequest* request,
                                                      v1::ModelInfo* response) {
+  if (absl::Status s = Authenticate(context, Method::kGetModel,
+                                    rt_.ModelLabel(request->name(), std::nullopt));
+      !s.ok()) {
+    return Refuse(context, s);
+  }
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(rt_.GetModel(*request, response)));
   return reactor;
@@ -246,6 +304,12 @@ class InferenceService::StreamCall final
 
 grpc::ServerBidiReactor<v1::ClassifyStreamRequest, v1::ClassifyStreamResponse>*
 InferenceService::ClassifyStream(grpc::CallbackServerContext* context) {
+  // The stream's messages may name different models; a refused stream counts under "_unknown".
+  if (absl::Status s = Authenticate(context, Method::kClassifyStream,
+                                    std::string(Metrics::kUnknownModel));
+      !s.ok()) {
+    return new RefusedStream(s);
+  }
   auto* call = new StreamCall(this, context);
   Register(call);
   if (rt_.draining()) call->BeginDrain();

@@ -4,10 +4,13 @@
 
 #include <mutex>
 #include <set>
+#include <string>
+#include <utility>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
+#include "server/auth.h"
 #include "server/runtime.h"
 #include "topserve/v1/inference.grpc.pb.h"
 
@@ -17,7 +20,9 @@ grpc::Status ToGrpcStatus(const absl::Status& status);
 
 class InferenceService final : public v1::Inference::CallbackService {
  public:
-  explicit InferenceService(Runtime& runtime) : rt_(runtime) {}
+  // Every call is checked against `auth` first (UNAUTHENTICATED before any work is done).
+  InferenceService(Runtime& runtime, Authenticator auth)
+      : rt_(runtime), auth_(std::move(auth)) {}
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
                                      const v1::ClassifyRequest* request,
@@ -41,10 +46,15 @@ class InferenceService final : public v1::Inference::CallbackService {
  private:
   class UnaryCall;
   class StreamCall;
+  class RefusedStream;
+  // OK, or UNAUTHENTICATED (counted in the metrics under `model_label` and `method`).
+  absl::Status Authenticate(const grpc::CallbackServerContext* context, Method method,
+                            const std::string& model_label);
   void Register(StreamCall* call);
   void Unregister(StreamCall* call);
 
   Runtime& rt_;
+  const Authenticator auth_;
   std::mutex streams_mu_;  // Ordered before StreamCall::mu_.
   std::set<StreamCall*> streams_;
 };

@@ -47,6 +47,7 @@ server:
   metrics_address: 127.0.0.1
   metrics_port: -1
   drain_grace_seconds: 2.5
+  auth_token_file: /run/secrets/topserve-tokens
 batching:
   max_batch_tokens: 4096
   max_batch_size: 8
@@ -74,6 +75,7 @@ models:
   EXPECT_EQ(c->listen, "127.0.0.1:7000");
   EXPECT_EQ(c->metrics_port, -1);
   EXPECT_DOUBLE_EQ(c->drain_grace_seconds, 2.5);
+  EXPECT_EQ(c->auth_token_file, "/run/secrets/topserve-tokens");
   EXPECT_EQ(c->batching.threads_per_worker, 1);
   EXPECT_EQ(c->limits.max_stream_inflight, 5);
   const ModelConfig& m = c->models[0];

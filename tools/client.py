@@ -144,6 +144,11 @@ def length_delimited(number, payload):
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
+def auth_metadata(token):
+    """Call metadata for a server that requires a bearer token (None: no metadata)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 def health_check(channel, service="", timeout=5.0):
     """grpc.health.v1.Health/Check: returns "SERVING", "NOT_SERVING", ... (raises grpc.RpcError,
     e.g. NOT_FOUND for a name the server does not know)."""
@@ -180,7 +185,7 @@ def cmd_classify(stub, pb, args):
         item = req.inputs.add(text=text)
         if args.pair:
             item.text_pair = args.pair[i]
-    return stub.Classify(req, timeout=args.timeout)
+    return stub.Classify(req, timeout=args.timeout, metadata=args.metadata)
 
 
 def cmd_answer(stub, pb, args):
@@ -195,7 +200,7 @@ def cmd_answer(stub, pb, args):
     if args.doc_stride is not None:
         req.doc_stride = args.doc_stride
     _common(req, args)
-    return stub.Answer(req, timeout=args.timeout)
+    return stub.Answer(req, timeout=args.timeout, metadata=args.metadata)
 
 
 def main(argv=None):
@@ -203,6 +208,8 @@ def main(argv=None):
     p.add_argument("-s", "--server", default="localhost:8500", help="host:port (%(default)s)")
     p.add_argument("--timeout", type=float, default=None, help="deadline in seconds")
     p.add_argument("--stub-dir", help="where to generate the stubs (default: a temporary dir)")
+    p.add_argument("--token", default=os.environ.get("TOPSERVE_TOKEN"),
+                   help="bearer token for a server with auth_token_file (default: $TOPSERVE_TOKEN)")
     sub = p.add_subparsers(dest="command", required=True)
 
     def budget_args(sp):
@@ -234,6 +241,7 @@ def main(argv=None):
     h.add_argument("--service", default="", help='"" (liveness), a model name, or '
                    'topserve.v1.Inference (all models ready)')
     args = p.parse_args(argv)
+    args.metadata = auth_metadata(args.token)
 
     channel = grpc.insecure_channel(args.server)
     try:
@@ -247,9 +255,11 @@ def main(argv=None):
         elif args.command == "answer":
             resp = cmd_answer(stub, pb, args)
         elif args.command == "models":
-            resp = stub.ListModels(pb.ListModelsRequest(), timeout=args.timeout)
+            resp = stub.ListModels(pb.ListModelsRequest(), timeout=args.timeout,
+                                   metadata=args.metadata)
         else:
-            resp = stub.GetModel(pb.GetModelRequest(name=args.name), timeout=args.timeout)
+            resp = stub.GetModel(pb.GetModelRequest(name=args.name), timeout=args.timeout,
+                                 metadata=args.metadata)
     except grpc.RpcError as e:
         print(f"{e.code().name}: {e.details()}", file=sys.stderr)
         return 10 + e.code().value[0]

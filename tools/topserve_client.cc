@@ -8,7 +8,11 @@
 //   topserve-client stream "text one" "text two"          # one ClassifyStream request per text
 //   topserve-client models                                 # ListModels
 //   topserve-client model sst2                             # GetModel
+//
+// --token (default: $TOPSERVE_TOKEN) sends "authorization: Bearer <token>" to a server with
+// server.auth_token_file set.
 #include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -72,6 +76,9 @@ int main(int argc, char** argv) {
   int timeout_ms = 0;
   app.add_option("-s,--server", server, "server address host:port")->capture_default_str();
   app.add_option("--timeout-ms", timeout_ms, "deadline for the call (0 = none)");
+  std::string token;
+  if (const char* env = std::getenv("TOPSERVE_TOKEN"); env != nullptr) token = env;
+  app.add_option("--token", token, "bearer token (default: $TOPSERVE_TOKEN)");
 
   std::string model;
   std::optional<double> budget, min_budget;
@@ -115,6 +122,7 @@ int main(int argc, char** argv) {
   auto stub = v1::Inference::NewStub(channel);
   grpc::ClientContext call;
   SetDeadline(call, timeout_ms);
+  if (!token.empty()) call.AddMetadata("authorization", "Bearer " + token);
 
   if (classify->parsed() || stream->parsed()) {
     if (!pairs.empty() && pairs.size() != texts.size()) {

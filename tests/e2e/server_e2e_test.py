@@ -926,6 +926,133 @@ models:
 
 # ---------------------------------------------------------------------------------------------
 
+class AuthTest(unittest.TestCase):
+    """server.auth_token_file: every Inference call needs 'authorization: Bearer <token>' (any
+    token of the file); health and reflection stay open; refused calls are never computed and are
+    counted as UNAUTHENTICATED."""
+
+    TOKENS = ("first-token-0123456789", "second-token-abcdefghij")
+
+    @classmethod
+    def setUpClass(cls):
+        cls_dir = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
+        qa_dir = make_model("qa", "--preset", "tiny", "--task", "qa", "--seed", "6")
+        tokens = os.path.join(ARGS.work, "tokens.txt")
+        with open(tokens, "w") as f:
+            f.write("# test tokens\n" + "\n".join(cls.TOKENS) + "\n")
+        config = write_config("auth.yaml", f"""
+server:
+  listen: 127.0.0.1:0
+  metrics_address: 127.0.0.1
+  metrics_port: 0
+  auth_token_file: {tokens}
+models:
+  - name: sst2
+    path: {cls_dir}
+  - name: squad
+    path: {qa_dir}
+""")
+        cls.server = ServerProcess(config).wait_listening()
+        cls.channel = grpc.insecure_channel(cls.server.address)
+        cls.stub = grpc_pb.InferenceStub(cls.channel)
+        deadline = time.monotonic() + 60
+        # Readiness probes need no credentials.
+        while client.health_check(cls.channel, "topserve.v1.Inference") != "SERVING":
+            assert time.monotonic() < deadline, cls.server.stderr()
+            time.sleep(0.05)
+        cls.fresh = scrape(cls.server.metrics_port)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.channel.close()
+        cls.server.stop()
+
+    def md(self, token):
+        return client.auth_metadata(token)
+
+    def test_refused_without_or_with_wrong_token(self):
+        before = scrape(self.server.metrics_port)
+        unauth = dict(model="sst2", method="Classify", code="UNAUTHENTICATED")
+        self.assertEqual(metric(self.fresh, "topserve_requests_total", **unauth), 0)  # exists
+        req = pb.ClassifyRequest(inputs=[pb.TextInput(text="a fine film")])
+        cases = [(None, "missing credentials"),
+                 ((("authorization", "Basic " + self.TOKENS[0]),), "must have the form"),
+                 (self.md("wrong-token-0123456789"), "invalid token"),
+                 (self.md(self.TOKENS[0] + "x"), "invalid token")]
+        for metadata, message in cases:
+            code, details = rpc_code(self.stub.Classify, req, timeout=10, metadata=metadata)
+            self.assertEqual(code, grpc.StatusCode.UNAUTHENTICATED, (metadata, details))
+            self.assertIn(message, details)
+        for token in self.TOKENS:
+            r = self.stub.Classify(req, timeout=10, metadata=self.md(token))
+            self.assertEqual(len(r.results), 1)
+        after = scrape(self.server.metrics_port)
+        self.assertEqual(metric(after, "topserve_requests_total", **unauth) -
+                         metric(before, "topserve_requests_total", **unauth), len(cases))
+        self.assertEqual(metric(after, "topserve_requests_total", model="sst2",
+                                method="Classify", code="OK") -
+                         metric(before, "topserve_requests_total", model="sst2",
+                                method="Classify", code="OK"), 2)
+        # Only the two authenticated calls were computed.
+        self.assertEqual(metric(after, "topserve_sequences_total", model="sst2") -
+                         metric(before, "topserve_sequences_total", model="sst2"), 2)
+
+    def test_every_method(self):
+        calls = {
+            "Answer": lambda md: self.stub.Answer(pb.AnswerRequest(
+                question="who?", context="Ada wrote it."), timeout=10, metadata=md),
+            "ListModels": lambda md: self.stub.ListModels(pb.ListModelsRequest(), timeout=10,
+                                                          metadata=md),
+            "GetModel": lambda md: self.stub.GetModel(pb.GetModelRequest(name="squad"),
+                                                      timeout=10, metadata=md),
+            "ClassifyStream": lambda md: list(self.stub.ClassifyStream(iter([
+                pb.ClassifyStreamRequest(request_id="1", request=pb.ClassifyRequest(
+                    inputs=[pb.TextInput(text="hello")]))]), timeout=10, metadata=md)),
+        }
+        for name, call in calls.items():
+            code, details = rpc_code(call, None)
+            self.assertEqual(code, grpc.StatusCode.UNAUTHENTICATED, (name, details))
+            code, details = rpc_code(call, self.md(self.TOKENS[1]))
+            self.assertEqual(code, grpc.StatusCode.OK, (name, details))
+        samples = scrape(self.server.metrics_port)
+        self.assertEqual(metric(samples, "topserve_requests_total", model="squad", method="Answer",
+                                code="UNAUTHENTICATED"), 1)
+        self.assertEqual(metric(samples, "topserve_requests_total", model="squad",
+                                method="GetModel", code="UNAUTHENTICATED"), 1)
+        self.assertEqual(metric(samples, "topserve_requests_total", model="_unknown",
+                                method="ClassifyStream", code="UNAUTHENTICATED"), 1)
+
+    def test_health_and_reflection_stay_open(self):
+        self.assertEqual(client.health_check(self.channel, ""), "SERVING")
+        self.assertEqual(client.health_check(self.channel, "sst2"), "SERVING")
+        fields = reflection(self.channel, 7, "*")
+        listing = [v for n, v in fields if n == 6][0]
+        names = {dict(client.parse_fields(s))[1].decode()
+                 for n, s in client.parse_fields(listing) if n == 1}
+        self.assertIn("topserve.v1.Inference", names)
+
+    def test_clients_send_the_token(self):
+        env = {**os.environ, "TOPSERVE_STUB_DIR": os.path.join(ARGS.work, "stubs")}
+        env.pop("TOPSERVE_TOKEN", None)
+        s = ["--server", self.server.address]
+        tool = [sys.executable, os.path.join(ROOT, "tools", "client.py")]
+        for cmd in (tool, [ARGS.client]):
+            proc = subprocess.run([*cmd, *s, "classify", "good"], capture_output=True, text=True,
+                                  timeout=120, env=env)
+            self.assertEqual(proc.returncode, 10 + 16, proc.stderr)
+            self.assertTrue(proc.stderr.startswith("UNAUTHENTICATED: "), proc.stderr)
+            proc = subprocess.run([*cmd, *s, "--token", self.TOKENS[0], "classify", "good"],
+                                  capture_output=True, text=True, timeout=120, env=env)
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(len(json.loads(proc.stdout)["results"]), 1)
+            proc = subprocess.run([*cmd, *s, "models"], capture_output=True, text=True,
+                                  timeout=120, env={**env, "TOPSERVE_TOKEN": self.TOKENS[1]})
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            self.assertEqual(len(json.loads(proc.stdout)["models"]), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+
 class StartupTest(unittest.TestCase):
     """Bad configs and models: a non-zero exit and one clear line (the last one on stderr)."""
 
@@ -981,6 +1108,22 @@ class StartupTest(unittest.TestCase):
                                           "--metrics-port", "-1")
         self.assertEqual(code, 1)
         self.assertIn("server.listen", lines[-1])
+
+    def test_bad_token_file(self):
+        good = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
+        missing = os.path.join(ARGS.work, "no-such-tokens")
+        code, lines = self.run_server("--model", good, "--auth-token-file", missing,
+                                      "--port", "0", "--metrics-port", "-1")
+        self.assertEqual(code, 2)
+        self.assertEqual(lines[-1], f"topserve-server: error: server.auth_token_file: {missing}: "
+                                    "cannot open the file")
+        short = os.path.join(ARGS.work, "short-tokens")
+        with open(short, "w") as f:
+            f.write("# comment\nshort\n")
+        code, lines = self.run_server("--model", good, "--auth-token-file", short,
+                                      "--port", "0", "--metrics-port", "-1")
+        self.assertEqual(code, 2)
+        self.assertIn(f"{short}: line 2: a token must be 16..4096 bytes, not 5", lines[-1])
 
     def test_example_config(self):
         # deploy/config.example.yaml works as shipped, from the repository root (its model is the
