@@ -73,6 +73,7 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
     dnnl::memory::desc any({k, n}, dt::f32, tag::any);
     auto pd = LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate);
     lin.packed_desc_ = pd.weights_desc();
+    lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
     lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
     lin.packed_ = AllocFloats(lin.packed_floats_);
     // W is [N,K] row-major, i.e. the K x N matrix with strides {1, K}.
@@ -94,8 +95,42 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
   return lin;
 }
 
+namespace {
+
+// Distinct address naming the activation primitives of the small-M path in the cache.
+constexpr char kSmallEpilogueTag = 0;
+
+dnnl::algorithm EltwiseOf(Epilogue e) {
+  switch (e) {
+    case Epilogue::kGeluErf: return dnnl::algorithm::eltwise_gelu_erf;
+    case Epilogue::kGeluTanh: return dnnl::algorithm::eltwise_gelu_tanh;
+    case Epilogue::kRelu: return dnnl::algorithm::eltwise_relu;
+    case Epilogue::kTanh: return dnnl::algorithm::eltwise_tanh;
+    case Epilogue::kNone: break;
+  }
+  return dnnl::algorithm::undef;
+}
+
+}  // namespace
+
 void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
   if (m <= 0) return;
+  if (small_.has_value() && m <= kSmallGemmMaxRows) {
+    SmallGemm(*small_, packed_.get(), bias_.get(), x, m, k_, n_, accumulate_, y);
+    if (epilogue_ != Epilogue::kNone) {
+      // The same oneDNN activation the matmul's post-op applies, in place on the few rows.
+      dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
+      const auto& act = cache.Get(&kSmallEpilogueTag, m * n_, static_cast<int64_t>(epilogue_), [&] {
+        dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_),
+                                         md, 0.0f, 0.0f);
+        return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
+      });
+      dnnl::memory mem(md, cache.engine(), y);
+      act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
+      cache.stream().wait();
+    }
+    return;
+  }
   const auto& prim = cache.Get(this, m, 0, [&] {
     return dnnl::matmul(LinearDesc(cache.engine(), m, k_, n_, packed_desc_, epilogue_, accumulate_));
   });

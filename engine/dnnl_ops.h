@@ -5,11 +5,13 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 #include <dnnl.hpp>
 
 #include "absl/status/statusor.h"
+#include "engine/small_gemm.h"
 
 namespace topserve::engine {
 
@@ -78,7 +80,9 @@ class Linear {
                                        const float* bias, int64_t n, int64_t k, Epilogue epilogue,
                                        bool accumulate);
 
-  // x: M rows of K floats (row stride K); y: M rows of N floats (row stride N).
+  // x: M rows of K floats (row stride K); y: M rows of N floats (row stride N). Up to
+  // kSmallGemmMaxRows rows run on SmallGemm (engine/small_gemm.h) when it can read the packed
+  // weights, more on oneDNN's matmul.
   void Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
 
   int64_t n() const { return n_; }
@@ -92,6 +96,7 @@ class Linear {
   std::shared_ptr<float> packed_;  // owned buffer behind the packed weights
   std::shared_ptr<float> bias_;
   int64_t packed_floats_ = 0;
+  std::optional<SmallGemmLayout> small_;  // set when SmallGemm can read packed_
 };
 
 // Batched attention over a group of G sequences of equal length L, with the packed QKV buffer laid
