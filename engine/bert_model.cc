@@ -65,6 +65,7 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   }
   m->shape_ = ModelShape::FromConfig(m->config_);
   m->num_threads_ = options.num_threads > 0 ? options.num_threads : AvailableCpus();
+  m->precision_ = options.precision;
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
   auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
   if (!schedule.ok()) return schedule.status();
@@ -87,11 +88,13 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     }
     return std::move(*r);
   };
-  auto linear = [&](const std::string& name, int64_t out, int64_t in, Epilogue epi, bool acc) {
+  // Encoder layers use the model's precision; the heads stay fp32.
+  auto linear = [&](const std::string& name, int64_t out, int64_t in, Epilogue epi, bool acc,
+                    Precision precision = Precision::kFloat32) {
     std::vector<float> w = read(name + ".weight", {out, in});
     std::vector<float> b = read(name + ".bias", {out});
     if (!status.ok()) return Linear();
-    auto lin = Linear::Create(m->dnnl_, w.data(), b.data(), out, in, epi, acc);
+    auto lin = Linear::Create(m->dnnl_, w.data(), b.data(), out, in, epi, acc, precision);
     if (!lin.ok()) {
       status = lin.status();
       return Linear();
@@ -117,14 +120,16 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
       bqkv.insert(bqkv.end(), b.begin(), b.end());
     }
     if (!status.ok()) break;
-    auto qkv = Linear::Create(m->dnnl_, wqkv.data(), bqkv.data(), 3 * d, d, Epilogue::kNone, false);
+    auto qkv = Linear::Create(m->dnnl_, wqkv.data(), bqkv.data(), 3 * d, d, Epilogue::kNone, false,
+                              m->precision_);
     if (!qkv.ok()) return qkv.status();
     layer.qkv = std::move(*qkv);
-    layer.attn_out = linear(p + "attention.output.dense", d, d, Epilogue::kNone, true);
+    layer.attn_out = linear(p + "attention.output.dense", d, d, Epilogue::kNone, true, m->precision_);
     layer.ln1_gamma = read(p + "attention.output.LayerNorm.weight", {d});
     layer.ln1_beta = read(p + "attention.output.LayerNorm.bias", {d});
-    layer.ffn_in = linear(p + "intermediate.dense", f, d, ActivationEpilogue(c.activation), false);
-    layer.ffn_out = linear(p + "output.dense", d, f, Epilogue::kNone, true);
+    layer.ffn_in = linear(p + "intermediate.dense", f, d, ActivationEpilogue(c.activation), false,
+                          m->precision_);
+    layer.ffn_out = linear(p + "output.dense", d, f, Epilogue::kNone, true, m->precision_);
     layer.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     layer.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     m->layers_.push_back(std::move(layer));

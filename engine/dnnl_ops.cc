@@ -1,6 +1,9 @@
 #include "engine/dnnl_ops.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <vector>
 #include <new>
 
 #include "absl/status/status.h"
@@ -31,9 +34,7 @@ std::shared_ptr<float> AllocFloats(int64_t n) {
   return std::shared_ptr<float>(p, [](float* q) { ::operator delete[](q, std::align_val_t(64)); });
 }
 
-dnnl::primitive_attr MakeAttr(Epilogue epilogue, bool accumulate) {
-  dnnl::post_ops ops;
-  if (accumulate) ops.append_sum(1.0f);
+void AppendEpilogue(dnnl::post_ops& ops, Epilogue epilogue) {
   switch (epilogue) {
     case Epilogue::kNone: break;
     case Epilogue::kGeluErf: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0, 0); break;
@@ -41,6 +42,12 @@ dnnl::primitive_attr MakeAttr(Epilogue epilogue, bool accumulate) {
     case Epilogue::kRelu: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0, 0); break;
     case Epilogue::kTanh: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0, 0); break;
   }
+}
+
+dnnl::primitive_attr MakeAttr(Epilogue epilogue, bool accumulate) {
+  dnnl::post_ops ops;
+  if (accumulate) ops.append_sum(1.0f);
+  AppendEpilogue(ops, epilogue);
   dnnl::primitive_attr attr;
   attr.set_post_ops(ops);
   return attr;
@@ -56,17 +63,83 @@ dnnl::matmul::primitive_desc LinearDesc(const dnnl::engine& eng, int64_t m, int6
                                       MakeAttr(epilogue, accumulate), eng);
 }
 
+// int8: u8 activations x s8 weights -> f32, the per-output-channel weight scales as the output
+// scales and nothing else: the per-row activation scales, the zero-point correction, the bias, the
+// residual sum and the activation run in Linear::ForwardInt8's own pass (oneDNN 2.6 has no per-row
+// scale its int8 brgemm accepts; a per-row binary post-op falls back to its reference kernel).
+dnnl::matmul::primitive_desc Int8LinearDesc(const dnnl::engine& eng, int64_t m, int64_t k,
+                                            int64_t n, const dnnl::memory::desc& weights,
+                                            const float* w_scale) {
+  dnnl::memory::desc src({m, k}, dt::u8, tag::ab);
+  dnnl::memory::desc dst({m, n}, dt::f32, tag::ab);
+  dnnl::primitive_attr attr;
+  attr.set_output_scales(2, std::vector<float>(w_scale, w_scale + n));
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr, eng);
+}
+
+// Weights are quantized to [-kInt8WeightMax, kInt8WeightMax]. Without VNNI, oneDNN's u8 x s8 path
+// adds pairs of products in int16 (vpmaddubsw), which saturates at full range: 7-bit weights keep
+// 2 x 255 x 63 below 32767 (ONNX Runtime's reduce_range does the same).
+int Int8WeightMax() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  const bool vnni = isa == dnnl::cpu_isa::avx512_core_vnni || isa == dnnl::cpu_isa::avx512_core_bf16 ||
+                    isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx2_vnni;
+  return vnni ? 127 : 63;
+}
+
 }  // namespace
 
 absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weight,
                                       const float* bias, int64_t n, int64_t k, Epilogue epilogue,
-                                      bool accumulate) {
+                                      bool accumulate, Precision precision) {
   if (n <= 0 || k <= 0) return absl::InvalidArgumentError(absl::StrCat("bad linear shape ", n, "x", k));
   Linear lin;
   lin.n_ = n;
   lin.k_ = k;
   lin.epilogue_ = epilogue;
   lin.accumulate_ = accumulate;
+  lin.precision_ = precision;
+  if (precision == Precision::kInt8) {
+    try {
+      // Per output channel j: scale_j = max |w_j| / wmax, w_q = round(w / scale_j). wc_j = scale_j x
+      // the sum of the quantized column, for the activations' zero point.
+      const int wmax = Int8WeightMax();
+      lin.w_scale_ = AllocFloats(n);
+      lin.w_colsum_ = AllocFloats(n);
+      std::vector<int8_t> q(static_cast<size_t>(n * k));
+      for (int64_t j = 0; j < n; ++j) {
+        const float* row = weight + j * k;
+        float amax = 0.0f;
+        for (int64_t i = 0; i < k; ++i) amax = std::max(amax, std::fabs(row[i]));
+        const float scale = amax > 0.0f ? amax / static_cast<float>(wmax) : 1.0f;
+        int64_t sum = 0;
+        for (int64_t i = 0; i < k; ++i) {
+          const long v = std::lround(row[i] / scale);
+          const int8_t qv = static_cast<int8_t>(std::clamp<long>(v, -wmax, wmax));
+          q[static_cast<size_t>(j * k + i)] = qv;
+          sum += qv;
+        }
+        lin.w_scale_.get()[j] = scale;
+        lin.w_colsum_.get()[j] = scale * static_cast<float>(sum);
+      }
+      dnnl::memory::desc any({k, n}, dt::s8, tag::any);
+      auto pd = Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get());
+      lin.packed_desc_ = pd.weights_desc();
+      lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
+      lin.packed_ = AllocFloats(lin.packed_floats_);
+      dnnl::memory src({{k, n}, dt::s8, dims{1, k}}, ctx.engine(), q.data());
+      dnnl::memory dst(lin.packed_desc_, ctx.engine(), lin.packed_.get());
+      dnnl::stream s(ctx.engine());
+      dnnl::reorder(src, dst).execute(s, src, dst);
+      s.wait();
+      lin.bias_ = AllocFloats(n);
+      for (int64_t j = 0; j < n; ++j) lin.bias_.get()[j] = bias != nullptr ? bias[j] : 0.0f;
+    } catch (const dnnl::error& e) {
+      return absl::InternalError(absl::StrCat("oneDNN could not pack a ", n, "x", k,
+                                              " int8 weight: ", e.what()));
+    }
+    return lin;
+  }
   try {
     // The packed layout oneDNN picks does not depend on M (checked for every M up to 2048 on
     // bert-base shapes), so one packing serves all batch sizes.
@@ -113,22 +186,81 @@ dnnl::algorithm EltwiseOf(Epilogue e) {
 
 }  // namespace
 
+void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
+  // Each row i (one token) is quantized with its own range, widened to include 0 so that 0 is
+  // exact: x[i, :] ~ s_i (q[i, :] - z_i), q in [0, 255]. Per row, not per call: a token's result
+  // never depends on which other tokens share the batch (the int32 accumulation is exact), so
+  // batching cannot change a sequence's logits or its pruning decisions.
+  const int64_t k = k_, n = n_;
+  uint8_t* q = cache.Bytes(static_cast<size_t>(m * k));
+  // Scratch: s_i and s_i z_i per row, then (accumulating layers) the matmul's output.
+  float* row_scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
+  float* row_shift = row_scale + m;
+  float* d = accumulate_ ? row_shift + m : y;
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * k;
+    float lo = 0.0f, hi = 0.0f;
+    for (int64_t c = 0; c < k; ++c) {
+      lo = std::min(lo, xi[c]);
+      hi = std::max(hi, xi[c]);
+    }
+    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
+    const float inv = 1.0f / s;
+    uint8_t* qi = q + i * k;
+    for (int64_t c = 0; c < k; ++c) {
+      qi[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(xi[c] * inv) + z, 0.0f, 255.0f));
+    }
+    row_scale[i] = s;
+    row_shift[i] = s * z;
+  }
+  // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
+  const auto& prim = cache.Get(this, m, 1, [&] {
+    return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
+  });
+  const auto& eng = cache.engine();
+  dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, q);
+  dnnl::memory w(packed_desc_, eng, packed_.get());
+  dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
+  prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+  cache.stream().wait();
+  // y = s_i (d - z_i wc_j) + b_j (+ y when accumulating): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
+  const float* b = bias_.get();
+  const float* wc = w_colsum_.get();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < m; ++i) {
+    const float s = row_scale[i], sz = row_shift[i];
+    const float* di = d + i * n;
+    float* yi = y + i * n;
+    if (accumulate_) {
+      for (int64_t j = 0; j < n; ++j) yi[j] += s * di[j] - sz * wc[j] + b[j];
+    } else {
+      for (int64_t j = 0; j < n; ++j) yi[j] = s * di[j] - sz * wc[j] + b[j];
+    }
+  }
+  if (epilogue_ != Epilogue::kNone) ApplyEpilogue(cache, y, m);
+}
+
+void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
+  // The same oneDNN activation the fp32 matmul's post-op applies, in place.
+  dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
+  const auto& act = cache.Get(&kSmallEpilogueTag, m * n_, static_cast<int64_t>(epilogue_), [&] {
+    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
+                                     0.0f, 0.0f);
+    return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
+  });
+  dnnl::memory mem(md, cache.engine(), y);
+  act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
+  cache.stream().wait();
+}
+
 void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
   if (m <= 0) return;
+  if (precision_ == Precision::kInt8) return ForwardInt8(cache, x, m, y);
   if (small_.has_value() && m <= kSmallGemmMaxRows) {
     SmallGemm(*small_, packed_.get(), bias_.get(), x, m, k_, n_, accumulate_, y);
-    if (epilogue_ != Epilogue::kNone) {
-      // The same oneDNN activation the matmul's post-op applies, in place on the few rows.
-      dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
-      const auto& act = cache.Get(&kSmallEpilogueTag, m * n_, static_cast<int64_t>(epilogue_), [&] {
-        dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_),
-                                         md, 0.0f, 0.0f);
-        return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
-      });
-      dnnl::memory mem(md, cache.engine(), y);
-      act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
-      cache.stream().wait();
-    }
+    if (epilogue_ != Epilogue::kNone) ApplyEpilogue(cache, y, m);
     return;
   }
   const auto& prim = cache.Get(this, m, 0, [&] {

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include <dnnl.hpp>
 
@@ -33,11 +34,29 @@ class DnnlContext {
 
 enum class Epilogue { kNone, kGeluErf, kGeluTanh, kRelu, kTanh };
 
+// Arithmetic of a dense layer. kInt8 is dynamic quantization: weights int8 per output channel
+// (symmetric, fixed at load), activations uint8 per row (token) with the row's own scale and zero
+// point, int32 accumulation (VNNI), result dequantized to fp32. ONNX Runtime's quantize_dynamic
+// uses one activation scale per call instead; per row costs one more pass over the output but keeps
+// every token's result independent of its batch-mates. Not exact: outputs differ from fp32 by the
+// quantization error (tests bound it); the budget planner and the FLOPs reports are unchanged.
+enum class Precision { kFloat32, kInt8 };
+
 // Per-thread execution state: a stream and the primitive cache. Not thread-safe; one per worker.
 class PrimitiveCache {
  public:
   explicit PrimitiveCache(const DnnlContext& ctx);
   dnnl::stream& stream() { return stream_; }
+  // Scratch owned by this cache (one per worker), grown on demand, never shrunk: the int8 path's
+  // quantized activations and per-call scale vectors.
+  uint8_t* Bytes(size_t n) {
+    if (bytes_.size() < n) bytes_.resize(n);
+    return bytes_.data();
+  }
+  float* Floats(size_t n) {
+    if (floats_.size() < n) floats_.resize(n);
+    return floats_.data();
+  }
   const dnnl::engine& engine() const { return engine_; }
 
   // Returns the cached primitive for (owner, key) or creates it with make().
@@ -68,6 +87,8 @@ class PrimitiveCache {
   static constexpr size_t kMaxEntries = 4096;
   dnnl::engine engine_;
   dnnl::stream stream_;
+  std::vector<uint8_t> bytes_;
+  std::vector<float> floats_;
   std::unordered_map<Key, dnnl::primitive, KeyHash> cache_;
 };
 
@@ -78,7 +99,7 @@ class Linear {
   Linear() = default;
   static absl::StatusOr<Linear> Create(const DnnlContext& ctx, const float* weight,
                                        const float* bias, int64_t n, int64_t k, Epilogue epilogue,
-                                       bool accumulate);
+                                       bool accumulate, Precision precision = Precision::kFloat32);
 
   // x: M rows of K floats (row stride K); y: M rows of N floats (row stride N). Up to
   // kSmallGemmMaxRows rows run on SmallGemm (engine/small_gemm.h) when it can read the packed
@@ -87,8 +108,13 @@ class Linear {
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
+  Precision precision() const { return precision_; }
 
  private:
+  void ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
+  // The epilogue's activation in place on m rows (paths that cannot fuse it into the matmul).
+  void ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const;
+
   int64_t n_ = 0, k_ = 0;
   Epilogue epilogue_ = Epilogue::kNone;
   bool accumulate_ = false;
@@ -97,6 +123,11 @@ class Linear {
   std::shared_ptr<float> bias_;
   int64_t packed_floats_ = 0;
   std::optional<SmallGemmLayout> small_;  // set when SmallGemm can read packed_
+  // kInt8: packed_ holds int8 weights (packed_desc_ is s8); per output channel, the weight scale
+  // and scale x the sum of the quantized weights (for the activations' zero point).
+  Precision precision_ = Precision::kFloat32;
+  std::shared_ptr<float> w_scale_;
+  std::shared_ptr<float> w_colsum_;
 };
 
 // Batched attention over a group of G sequences of equal length L, with the packed QKV buffer laid

@@ -174,5 +174,53 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, BertModelReference,
                          ::testing::Values("cls-f32", "cls-f16", "cls-bf16", "qa-f32", "qa-f16",
                                            "qa-bf16", "cls-gelu-tanh", "cls-relu"));
 
+// int8 dense layers (EngineOptions::precision = kInt8) against the same float64 reference: not
+// exact, so the bound is relative to the logits' own scale; and since activations are quantized per
+// token with exact int32 accumulation, a sequence's outputs are bit-identical alone and batched.
+class BertModelInt8 : public ::testing::TestWithParam<std::string> {};
+
+double MaxAbs(const std::vector<Row>& rows) {
+  double m = 0;
+  for (const Row& r : rows) {
+    for (const char* key : {"logits", "start_logits", "end_logits"}) {
+      if (!r.expected.contains(key)) continue;
+      for (double v : r.expected[key].get<std::vector<double>>()) m = std::max(m, std::abs(v));
+    }
+  }
+  return m;
+}
+
+TEST_P(BertModelInt8, CloseToReferenceAndIndependentOfBatchMates) {
+  const std::string dir = kData + "/" + GetParam();
+  auto model = BertModel::Load(dir, {.num_threads = 2, .precision = Precision::kInt8});
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->precision(), Precision::kInt8);
+  Workspace ws(**model);
+  std::vector<Row> rows = LoadRows(dir + "/reference.jsonl");
+  const double scale = MaxAbs(rows);
+  ASSERT_GT(scale, 0.1);
+  std::vector<SequenceOutput> batched = RunRows(**model, rows, ws);
+  ExpectMatches(rows, batched, 0.05 * scale, GetParam() + " int8 mixed batch (bound 5% of max |logit|)");
+  // A quantized model that silently ran fp32 would pass the bound above; it must differ.
+  double moved = 0;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i].expected.contains("logits")) {
+      moved = std::max(moved, MaxAbsDiff(batched[i].logits, rows[i].expected["logits"].get<std::vector<double>>()));
+    } else {
+      moved = std::max(moved, MaxAbsDiff(batched[i].start_logits,
+                                         rows[i].expected["start_logits"].get<std::vector<double>>()));
+    }
+  }
+  EXPECT_GT(moved, 1e-4) << "int8 outputs equal fp32 ones: quantization did not run";
+  for (size_t i = 0; i < rows.size(); i += 3) {
+    SequenceOutput alone = RunRows(**model, {rows[i]}, ws)[0];
+    EXPECT_EQ(alone.logits, batched[i].logits) << "row " << i;
+    EXPECT_EQ(alone.start_logits, batched[i].start_logits) << "row " << i;
+    EXPECT_EQ(alone.end_logits, batched[i].end_logits) << "row " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, BertModelInt8, ::testing::Values("cls-f32", "qa-f32", "cls-relu"));
+
 }  // namespace
 }  // namespace topserve::engine
