@@ -182,6 +182,7 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::string& yaml_text, const std
         r.Read("default_budget", m.default_budget);
         r.Read("max_budget", m.max_budget);
         r.Read("schedule", m.schedule);
+        r.Read("precision", m.precision);
         r.Read("warmup", m.warmup);
         r.Visit("batching", [&](const YAML::Node& b) {
           MapReader q(b, path + ".batching", &status);
@@ -293,6 +294,10 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
                                                      " is outside (0, max_budget = ", m.max_budget,
                                                      "]"));
     }
+    if (m.precision != "fp32" && m.precision != "int8") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, "precision: '", m.precision, "' is not one of fp32, int8"));
+    }
     QueueConfig& q = m.batching;
     if (!q.max_batch_tokens) q.max_batch_tokens = b.max_batch_tokens;
     if (!q.max_batch_size) q.max_batch_size = b.max_batch_size;
@@ -333,6 +338,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
     out << YAML::Key << "default_budget" << YAML::Value << m.default_budget;
     out << YAML::Key << "max_budget" << YAML::Value << m.max_budget;
     out << YAML::Key << "schedule" << YAML::Value << m.schedule;
+    out << YAML::Key << "precision" << YAML::Value << m.precision;
     out << YAML::Key << "warmup" << YAML::Value << m.warmup;
     out << YAML::Key << "batching" << YAML::Value << YAML::BeginMap;
     const QueueConfig& q = m.batching;

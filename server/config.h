@@ -28,6 +28,8 @@ struct ModelConfig {
   double default_budget = 1.0;  // Budget of requests that set none.
   double max_budget = 1.0;      // Larger requested budgets are RESOURCE_EXHAUSTED.
   std::string schedule;         // Pruning schedule file overriding dir/pruning.yaml ("" = none).
+  // Arithmetic of the encoder's dense layers: "fp32" (exact) or "int8" (dynamic quantization).
+  std::string precision = "fp32";
   bool warmup = true;           // Run a few batches before reporting ready.
   QueueConfig batching;         // Overrides of the global batching knobs.
 };

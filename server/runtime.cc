@@ -385,6 +385,7 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
     info.set_intermediate_size(static_cast<int32_t>(bert->intermediate_size));
     info.set_vocab_size(static_cast<int32_t>(bert->vocab_size));
     info.set_path(mc.path);
+    info.set_precision(mc.precision);
     models.push_back(std::move(m));
   }
   return models;
@@ -406,6 +407,7 @@ absl::Status Runtime::LoadModel(ServedModel& m) {
   };
   engine::EngineOptions eo;
   eo.num_threads = static_cast<int>(config_.batching.threads_per_worker);
+  eo.precision = mc.precision == "int8" ? engine::Precision::kInt8 : engine::Precision::kFloat32;
   auto loaded = engine::BertModel::Load(mc.path, eo);
   if (!loaded.ok()) return fail(loaded.status());
   std::unique_ptr<engine::BertModel> bert = std::move(*loaded);
@@ -730,6 +732,7 @@ void Runtime::FillInfo(const ServedModel& m, v1::ModelInfo* out) const {
     out->set_max_budget(m.config.max_budget);
     out->set_num_layers(static_cast<int32_t>(m.layers));
     out->set_path(m.config.path);
+    out->set_precision(m.config.precision);
   } else {
     *out = m.info;
   }

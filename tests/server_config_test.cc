@@ -30,6 +30,7 @@ TEST(ServerConfig, DefaultsForEverything) {
   EXPECT_EQ(c->limits.max_inputs_per_call, 64);
   ASSERT_EQ(c->models.size(), 1u);
   EXPECT_EQ(c->models[0].default_budget, 1.0);
+  EXPECT_EQ(c->models[0].precision, "fp32");
   EXPECT_EQ(*c->models[0].batching.max_batch_tokens, 8192);
   EXPECT_EQ(*c->models[0].batching.max_queue_delay_us, 0);
 }
@@ -68,6 +69,7 @@ models:
     default_budget: 0.5
     max_budget: 0.8
     schedule: /a/other.yaml
+    precision: int8
     warmup: false
     batching: {max_queue_delay_us: 0, max_batch_size: 2}
 )");
@@ -82,6 +84,7 @@ models:
   EXPECT_DOUBLE_EQ(m.default_budget, 0.5);
   EXPECT_DOUBLE_EQ(m.max_budget, 0.8);
   EXPECT_EQ(m.schedule, "/a/other.yaml");
+  EXPECT_EQ(m.precision, "int8");
   EXPECT_FALSE(m.warmup);
   EXPECT_EQ(*m.batching.max_queue_delay_us, 0);    // overridden
   EXPECT_EQ(*m.batching.max_batch_size, 2);         // overridden
@@ -134,6 +137,8 @@ TEST(ServerConfig, Validation) {
   EXPECT_THAT(
       Message(Parse("models: [{name: m, path: /p, batching: {max_batch_size: 0}}]\n").status()),
       HasSubstr("models[0].batching.max_batch_size"));
+  EXPECT_THAT(Message(Parse("models: [{name: m, path: /p, precision: fp16}]\n").status()),
+              HasSubstr("models[0].precision: 'fp16' is not one of fp32, int8"));
 }
 
 TEST(ServerConfig, SplitHostPort) {

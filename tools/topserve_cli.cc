@@ -50,6 +50,9 @@ int main(int argc, char** argv) {
   int threads = 0;
   app.add_option("--model", model_dir, "model directory (Hugging Face layout)")->required();
   app.add_option("--threads", threads, "threads (default: CPUs available to the process)");
+  std::string precision = "fp32";
+  app.add_option("--precision", precision, "encoder dense layers: fp32 or int8")
+      ->check(CLI::IsMember({"fp32", "int8"}));
 
   auto* classify = app.add_subcommand("classify", "classify texts (or text pairs with --pair)");
   std::vector<std::string> texts;
@@ -70,7 +73,10 @@ int main(int argc, char** argv) {
 
   nlohmann::json out;
   auto t = Clock::now();
-  auto loaded = BertModel::Load(model_dir, {threads});
+  auto loaded = BertModel::Load(
+      model_dir, {.num_threads = threads,
+                  .precision = precision == "int8" ? topserve::engine::Precision::kInt8
+                                                   : topserve::engine::Precision::kFloat32});
   if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
   const BertModel& model = **loaded;
   out["timings_ms"]["load"] = MsSince(t);
@@ -142,6 +148,7 @@ int main(int argc, char** argv) {
   }
   out["model"] = model.dir();
   out["threads"] = model.num_threads();
+  out["precision"] = precision;
   std::cout << out.dump(2) << "\n";
   return 0;
 }

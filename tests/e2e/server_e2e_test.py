@@ -245,6 +245,9 @@ models:
     path: {cls.cls_dir}
   - name: heavy
     path: {cls.heavy_dir}
+  - name: sst2-int8
+    path: {cls.cls_dir}
+    precision: int8
 """)
         cls.server = ServerProcess(config, "--test-ready-delay-ms", "1500",
                                    "--test-fail-model", "broken").wait_listening()
@@ -294,7 +297,7 @@ models:
         self.assertEqual(self.early["classify"][0], grpc.StatusCode.UNAVAILABLE)
         self.assertIn("loading", self.early["classify"][1])
         self.assertEqual(self.early["state"], pb.MODEL_STATE_LOADING)
-        for name in ["", "sst2", "squad", "capped", "slow", "broken", "heavy",
+        for name in ["", "sst2", "squad", "capped", "slow", "broken", "heavy", "sst2-int8",
                      "topserve.v1.Inference"]:
             self.assertEqual(client.health_check(self.channel, name), "SERVING", name)
         self.assertCode(grpc.StatusCode.NOT_FOUND, client.health_check, self.channel, "nope")
@@ -318,7 +321,7 @@ models:
     def test_list_and_get_models(self):
         models = self.stub.ListModels(pb.ListModelsRequest(), timeout=5).models
         self.assertEqual([m.name for m in models],
-                         ["sst2", "squad", "capped", "slow", "broken", "heavy"])
+                         ["sst2", "squad", "capped", "slow", "broken", "heavy", "sst2-int8"])
         for m in models:
             self.assertEqual(m.state, pb.MODEL_STATE_READY)
             self.assertEqual(m.num_layers, 4 if m.name == "heavy" else 2)
@@ -328,6 +331,7 @@ models:
         self.assertEqual(sst2.task, pb.MODEL_TASK_CLASSIFICATION)
         self.assertEqual(list(sst2.labels), ["negative", "positive"])
         self.assertEqual(sst2.max_length, 512)
+        self.assertEqual(sst2.precision, "fp32")
         squad = self.stub.GetModel(pb.GetModelRequest(name="squad"), timeout=5)
         self.assertEqual(squad.task, pb.MODEL_TASK_QUESTION_ANSWERING)
         capped = self.stub.GetModel(pb.GetModelRequest(name="capped"), timeout=5)
@@ -386,6 +390,31 @@ models:
             for a, b in zip(r.logits, c["logits"]):
                 self.assertAlmostEqual(a, b, delta=1e-4)
             self.assertEqual(r.report.tokens_in, c["tokens"])
+
+    def test_int8_model(self):
+        """precision: int8 serves the quantized engine: the same logits as the CLI's int8 run (per
+        token quantization with exact integer sums does not depend on batching or threads), close
+        to but not equal to fp32, with the same pruning report."""
+        info = self.stub.GetModel(pb.GetModelRequest(name="sst2-int8"), timeout=5)
+        self.assertEqual(info.precision, "int8")
+        texts = ["a great movie", "dull , tedious and far too long", LONG_TEXT]
+        proc = subprocess.run([ARGS.cli, "--model", self.cls_dir, "--threads", "1", "--precision",
+                               "int8", "classify", *texts], capture_output=True, text=True,
+                              check=True, env={**os.environ, "OMP_WAIT_POLICY": "passive"})
+        cli = json.loads(proc.stdout)
+        self.assertEqual(cli["precision"], "int8")
+        q = self.stub.Classify(pb.ClassifyRequest(model="sst2-int8", return_logits=True, inputs=[
+            pb.TextInput(text=t) for t in texts]), timeout=10)
+        f = self.classify(texts, return_logits=True)
+        moved = 0.0
+        for rq, rf, c in zip(q.results, f.results, cli["results"]):
+            for a, b in zip(rq.logits, c["logits"]):
+                self.assertAlmostEqual(a, b, delta=1e-5)
+            for a, b in zip(rq.logits, rf.logits):
+                self.assertAlmostEqual(a, b, delta=0.1)
+                moved = max(moved, abs(a - b))
+            self.assertEqual(rq.report.flops, rf.report.flops)
+        self.assertGreater(moved, 0.0, "int8 logits equal fp32 ones")
 
     def test_budgets_honoured(self):
         texts = [" ".join(["word"] * n) for n in (1, 5, 20, 60, 120)]
@@ -737,7 +766,7 @@ models:
                                        "--n-best", "2").stdout)
         self.assertEqual(len(out["n_best"]), 2)
         out = json.loads(self.run_tool(ARGS.client, *s, "models").stdout)
-        self.assertEqual(len(out["models"]), 6)
+        self.assertEqual(len(out["models"]), 7)
         proc = self.run_tool(ARGS.client, *s, "stream", "one", "two", "three")
         ids = sorted(json.loads(chunk)["request_id"]
                      for chunk in re.split(r"(?<=\n})\n", proc.stdout.strip()) if chunk.strip())
