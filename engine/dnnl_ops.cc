@@ -6,6 +6,10 @@
 #include <vector>
 #include <new>
 
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -184,6 +188,58 @@ dnnl::algorithm EltwiseOf(Epilogue e) {
   return dnnl::algorithm::undef;
 }
 
+// min(0, x[0..k)) and max(0, x[0..k)).
+void RowRange(const float* x, int64_t k, float& lo, float& hi) {
+  lo = 0.0f;
+  hi = 0.0f;
+  int64_t c = 0;
+#ifdef __AVX2__
+  __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+  for (; c + 8 <= k; c += 8) {
+    const __m256 v = _mm256_loadu_ps(x + c);
+    vlo = _mm256_min_ps(vlo, v);
+    vhi = _mm256_max_ps(vhi, v);
+  }
+  alignas(32) float l[8], h[8];
+  _mm256_store_ps(l, vlo);
+  _mm256_store_ps(h, vhi);
+  for (int i = 0; i < 8; ++i) {
+    lo = std::min(lo, l[i]);
+    hi = std::max(hi, h[i]);
+  }
+#endif
+  for (; c < k; ++c) {
+    lo = std::min(lo, x[c]);
+    hi = std::max(hi, x[c]);
+  }
+}
+
+// q[c] = clamp(round(x[c] inv + z), 0, 255), rounding to nearest even.
+void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
+  int64_t c = 0;
+#ifdef __AVX2__
+  const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
+  const __m256 v0 = _mm256_setzero_ps(), v255 = _mm256_set1_ps(255.0f);
+  // The two packs interleave 128-bit lanes; this puts the 4-byte groups back in order.
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (; c + 32 <= k; c += 32) {
+    __m256i i32[4];
+    for (int u = 0; u < 4; ++u) {
+      __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 8 * u), vinv, vz);
+      v = _mm256_min_ps(_mm256_max_ps(v, v0), v255);
+      i32[u] = _mm256_cvtps_epi32(v);
+    }
+    const __m256i i16a = _mm256_packus_epi32(i32[0], i32[1]);
+    const __m256i i16b = _mm256_packus_epi32(i32[2], i32[3]);
+    const __m256i u8 = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(i16a, i16b), order);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), u8);
+  }
+#endif
+  for (; c < k; ++c) {
+    q[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(std::fma(x[c], inv, z)), 0.0f, 255.0f));
+  }
+}
+
 }  // namespace
 
 void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
@@ -200,18 +256,11 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * k;
-    float lo = 0.0f, hi = 0.0f;
-    for (int64_t c = 0; c < k; ++c) {
-      lo = std::min(lo, xi[c]);
-      hi = std::max(hi, xi[c]);
-    }
+    float lo, hi;
+    RowRange(xi, k, lo, hi);
     const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
     const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-    const float inv = 1.0f / s;
-    uint8_t* qi = q + i * k;
-    for (int64_t c = 0; c < k; ++c) {
-      qi[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(xi[c] * inv) + z, 0.0f, 255.0f));
-    }
+    QuantizeRow(xi, k, 1.0f / s, z, q + i * k);
     row_scale[i] = s;
     row_shift[i] = s * z;
   }

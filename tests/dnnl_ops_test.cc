@@ -4,6 +4,7 @@
 #include "engine/dnnl_ops.h"
 
 #include <cmath>
+#include <iostream>
 #include <random>
 #include <vector>
 
@@ -78,6 +79,81 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Combine(::testing::Values(Shape{64, 64}, Shape{2, 48}, Shape{100, 37},
                                          Shape{200, 768}, Shape{768, 96}),
                        ::testing::Values(Epilogue::kNone, Epilogue::kGeluErf, Epilogue::kTanh),
+                       ::testing::Bool()));
+
+// kInt8: per-output-channel int8 weights, per-row uint8 activations. Every output is within the
+// worst case of the two roundings, 0.5 s_row sum_i |w_ij| + 0.5 s_j sum_i |x_i| (+ their product),
+// which a wrong zero-point or scale correction far exceeds; a row's result is bit-identical alone
+// and among others; rows of different magnitude, all-positive rows and an all-zero row included.
+class Int8LinearTest : public ::testing::TestWithParam<std::tuple<Shape, Epilogue, bool>> {};
+
+TEST_P(Int8LinearTest, WithinQuantizationErrorAndRowIndependent) {
+  const auto [shape, epilogue, accumulate] = GetParam();
+  const int64_t n = shape.n, k = shape.k, m = 40;
+  std::mt19937 rng(static_cast<unsigned>(n * 7 + k));
+  std::normal_distribution<float> dist(0.0f, 0.5f);
+  std::vector<float> w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n));
+  for (float& v : w) v = dist(rng);
+  for (float& v : b) v = dist(rng);
+  DnnlContext ctx;
+  PrimitiveCache cache(ctx);
+  auto lin = Linear::Create(ctx, w.data(), b.data(), n, k, epilogue, accumulate, Precision::kInt8);
+  ASSERT_TRUE(lin.ok()) << lin.status();
+  EXPECT_EQ(lin->precision(), Precision::kInt8);
+  std::vector<float> x(static_cast<size_t>(m * k)), y0(static_cast<size_t>(m * n));
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t i = 0; i < k; ++i) {
+      float v = dist(rng) * 0.2f * static_cast<float>(r + 1);
+      if (r % 5 == 1) v = std::abs(v);  // no negative values: zero point 0
+      if (r == 7) v = 0.0f;             // nothing to scale
+      x[r * k + i] = v;
+    }
+  }
+  for (float& v : y0) v = dist(rng);
+  std::vector<float> y = y0;
+  lin->Forward(cache, x.data(), m, y.data());
+  double wmax_seen = 0;
+  for (float v : w) wmax_seen = std::max(wmax_seen, double(std::abs(v)));
+  double worst = 0;
+  for (int64_t r = 0; r < m; ++r) {
+    double lo = 0, hi = 0, sum_x = 0;
+    for (int64_t i = 0; i < k; ++i) {
+      lo = std::min(lo, double(x[r * k + i]));
+      hi = std::max(hi, double(x[r * k + i]));
+      sum_x += std::abs(x[r * k + i]);
+    }
+    const double s_row = (hi - lo) / 255.0;
+    for (int64_t j = 0; j < n; ++j) {
+      double acc = b[j], sum_w = 0, amax = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        acc += double(x[r * k + i]) * double(w[j * k + i]);
+        sum_w += std::abs(w[j * k + i]);
+        amax = std::max(amax, double(std::abs(w[j * k + i])));
+      }
+      const double s_w = amax / 127.0 * 2.0;  // 7-bit weights without VNNI: up to twice the step
+      const double bound =
+          1.13 * (0.5 * s_row * sum_w + 0.5 * s_w * sum_x + 0.25 * s_row * s_w * double(k)) +
+          1e-4 * (1.0 + std::abs(acc));
+      if (accumulate) acc += y0[r * n + j];
+      const double got = y[r * n + j];
+      const double err = std::abs(got - Activate(epilogue, acc));
+      worst = std::max(worst, err / bound);
+      ASSERT_LE(err, bound) << "row " << r << " col " << j;
+    }
+    // Alone equals among the others, bit for bit.
+    std::vector<float> alone(y0.begin() + r * n, y0.begin() + (r + 1) * n);
+    lin->Forward(cache, x.data() + r * k, 1, alone.data());
+    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(alone[j], y[r * n + j]) << "row " << r << " col " << j;
+  }
+  std::cout << n << "x" << k << ": worst error " << worst << " of the rounding bound\n";
+  EXPECT_GT(worst, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Int8LinearTest,
+    ::testing::Combine(::testing::Values(Shape{64, 64}, Shape{100, 37}, Shape{200, 768},
+                                         Shape{33, 70}, Shape{768, 96}),
+                       ::testing::Values(Epilogue::kNone, Epilogue::kGeluErf),
                        ::testing::Bool()));
 
 TEST(SmallGemmTest, TakesOneDnnsPackedLayoutOnAvx512) {
