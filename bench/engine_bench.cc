@@ -2,7 +2,7 @@
 //
 //   build/bench/engine_bench --model DIR [--lengths 128,384] [--budgets 1,0.5,0.25,0.125]
 //        [--threads 1,2] [--batch 8] [--sst2 ../shared/data/sst2/dev.tsv] [--repeats 5]
-//        [--json out.json]
+//        [--json out.json] [--precision fp32|int8]
 //
 // For each (workload, threads, budget) it runs the same batch `repeats` times after a warm-up and
 // reports the median wall time, the planned MACs (engine/cost_model.h, the same numbers the server
@@ -109,7 +109,7 @@ std::vector<T> ParseList(const std::string& s) {
 int main(int argc, char** argv) {
   CLI::App app{"topserve engine benchmark"};
   std::string model_dir, lengths_s = "128,384", budgets_s = "1,0.5,0.25,0.125", threads_s = "1,2";
-  std::string sst2, json_out;
+  std::string sst2, json_out, precision_s = "fp32";
   int batch = 8, repeats = 5;
   size_t sst2_limit = 128;
   app.add_option("--model", model_dir)->required();
@@ -121,7 +121,10 @@ int main(int argc, char** argv) {
   app.add_option("--sst2", sst2, "SST-2 dev.tsv for the real length mix");
   app.add_option("--sst2-limit", sst2_limit, "first N SST-2 dev sentences as one batch");
   app.add_option("--json", json_out);
+  app.add_option("--precision", precision_s, "encoder dense layers: fp32 or int8")
+      ->check(CLI::IsMember({"fp32", "int8"}));
   CLI11_PARSE(app, argc, argv);
+  const Precision precision = precision_s == "int8" ? Precision::kInt8 : Precision::kFloat32;
 
   auto model = BertModel::Load(model_dir);
   if (!model.ok()) {
@@ -149,10 +152,11 @@ int main(int argc, char** argv) {
   out["model"] = model_dir;
   out["schedule"] = m.schedule().source;
   out["placement"] = std::string(PlacementName(m.schedule().placement));
+  out["precision"] = precision_s;
   out["rows"] = nlohmann::json::array();
   for (int threads : ParseList<int>(threads_s)) {
     FlushDnnlPrimitiveCache();  // primitives made under another thread count must not be reused
-    auto mt = BertModel::Load(model_dir, {threads});
+    auto mt = BertModel::Load(model_dir, {.num_threads = threads, .precision = precision});
     Workspace ws(**mt);
     for (const Workload& w : workloads) {
       double base = 0;

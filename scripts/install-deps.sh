@@ -6,14 +6,17 @@
 #   scripts/install-deps.sh            # build + test + tools (default; README, CI)
 #   scripts/install-deps.sh --build    # only what compiling the server needs (Docker build stage)
 #   scripts/install-deps.sh --runtime  # only the shared libraries the server needs (Docker runtime stage)
+#   scripts/install-deps.sh --bench    # the default set plus ONNX Runtime (npm) for bench/peers
 set -euo pipefail
 
 mode=full
+bench=0
 case "${1:-}" in
   --runtime) mode=runtime ;;
   --build) mode=build ;;
+  --bench) bench=1 ;;
   ""|--full) ;;
-  *) echo "usage: $0 [--full|--build|--runtime]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--full|--build|--runtime|--bench]" >&2; exit 2 ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -71,5 +74,10 @@ fi
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ "$mode" = full ] && [ -f "$repo/package-lock.json" ]; then
   (cd "$repo" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+# ONNX Runtime for the same-run peer benchmark (bench/peers/package-lock.json pins it; ~300 MB,
+# so only with --bench). ONNXRUNTIME_NODE_INSTALL=skip: the CPU library ships inside the package.
+if [ "$bench" = 1 ]; then
+  (cd "$repo/bench/peers" && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "install-deps: done"
