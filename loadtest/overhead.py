@@ -3,7 +3,14 @@
 topserve-server; per call, client-observed latency minus the engine compute time the response
 reports (so: gRPC + serialisation + tokenisation + queueing + planning). Loopback only.
 
-  /usr/bin/python3 loadtest/overhead.py --server 127.0.0.1:8500 --model sst2 --calls 300
+Client-side figures include this Python client's own cost (protobuf in Python, the grpcio stack):
+`getmodel_p50_ms` times GetModel, a call with no engine work, as that floor. With --metrics-port the
+server's own view comes from its histograms (scraped before and after): the mean of
+topserve_request_duration_seconds minus topserve_compute_duration_seconds over these calls, i.e.
+what the server adds to the engine's compute, without the client.
+
+  /usr/bin/python3 loadtest/overhead.py --server 127.0.0.1:8500 --model sst2 --calls 300 \
+      --metrics-port 9100
 """
 
 import argparse
@@ -12,6 +19,7 @@ import os
 import statistics
 import sys
 import time
+import urllib.request
 
 import grpc
 
@@ -28,14 +36,30 @@ def main():
     p.add_argument("--model", default="")
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--budget", type=float, default=1.0)
+    p.add_argument("--metrics-port", type=int, default=0, help="the server's metrics port (0: skip)")
     args = p.parse_args()
     host = args.server.rsplit(":", 1)[0]
     if host not in ("127.0.0.1", "localhost", "[::1]"):
         sys.exit("overhead.py only targets loopback addresses")
     pb, grpc_pb = client.load_stubs()
     stub = grpc_pb.InferenceStub(grpc.insecure_channel(args.server))
-    latency, overhead, queue = [], [], []
+    def sums():
+        """(request seconds, compute seconds, calls) of Classify on args.model, from /metrics."""
+        text = urllib.request.urlopen(f"http://{host}:{args.metrics_port}/metrics",
+                                      timeout=5).read().decode()
+        want = {"topserve_request_duration_seconds_sum": 0, "topserve_compute_duration_seconds_sum": 1,
+                "topserve_request_duration_seconds_count": 2}
+        out = [0.0, 0.0, 0.0]
+        for line in text.splitlines():
+            name, _, rest = line.partition("{")
+            if name in want and 'method="Classify"' in rest and f'model="{args.model}"' in rest:
+                out[want[name]] = float(line.rsplit(" ", 1)[1])
+        return out
+
+    latency, overhead, queue, before = [], [], [], None
     for i in range(args.calls + 20):
+        if i == 20 and args.metrics_port:
+            before = sums()
         req = pb.ClassifyRequest(model=args.model, budget=args.budget,
                                  inputs=[pb.TextInput(text=TEXTS[i % len(TEXTS)])])
         t0 = time.perf_counter()
@@ -49,10 +73,22 @@ def main():
         queue.append(r.queue_seconds)
     ms = lambda v: round(1e3 * v, 3)  # noqa: E731
     q = lambda v, f: sorted(v)[int(f * (len(v) - 1))]  # noqa: E731
-    print(json.dumps({"calls": args.calls, "latency_p50_ms": ms(statistics.median(latency)),
-                      "overhead_p50_ms": ms(statistics.median(overhead)),
-                      "overhead_p90_ms": ms(q(overhead, 0.9)),
-                      "queue_p50_ms": ms(statistics.median(queue))}))
+    result = {"calls": args.calls, "latency_p50_ms": ms(statistics.median(latency)),
+              "overhead_p50_ms": ms(statistics.median(overhead)),
+              "overhead_p90_ms": ms(q(overhead, 0.9)),
+              "queue_p50_ms": ms(statistics.median(queue))}
+    if before is not None:
+        after = sums()
+        calls = after[2] - before[2]
+        result["server_overhead_mean_ms"] = ms(((after[0] - before[0]) - (after[1] - before[1])) / calls)
+    floor = []
+    for i in range(args.calls + 20):
+        t0 = time.perf_counter()
+        stub.GetModel(pb.GetModelRequest(name=args.model or "sst2"), timeout=10)
+        if i >= 20:
+            floor.append(time.perf_counter() - t0)
+    result["getmodel_p50_ms"] = ms(statistics.median(floor))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":
