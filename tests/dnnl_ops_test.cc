@@ -29,16 +29,24 @@ double Activate(Epilogue e, double v) {
   return v;
 }
 
+// Random weights and bias (normal, sd 0.5) for an n x k layer.
+struct RandomLayer {
+  RandomLayer(int64_t n, int64_t k, unsigned seed) : rng(seed), w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n)) {
+    for (float& v : w) v = dist(rng);
+    for (float& v : b) v = dist(rng);
+  }
+  std::mt19937 rng;
+  std::normal_distribution<float> dist{0.0f, 0.5f};
+  std::vector<float> w, b;
+};
+
 class LinearTest : public ::testing::TestWithParam<std::tuple<Shape, Epilogue, bool>> {};
 
 TEST_P(LinearTest, EveryRowCountMatchesReferenceAndLargeBatchPath) {
   const auto [shape, epilogue, accumulate] = GetParam();
   const int64_t n = shape.n, k = shape.k;
-  std::mt19937 rng(static_cast<unsigned>(n * 131 + k));
-  std::normal_distribution<float> dist(0.0f, 0.5f);
-  std::vector<float> w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n));
-  for (float& v : w) v = dist(rng);
-  for (float& v : b) v = dist(rng);
+  RandomLayer layer(n, k, static_cast<unsigned>(n * 131 + k));
+  auto& [rng, dist, w, b] = layer;
   DnnlContext ctx;
   PrimitiveCache cache(ctx);
   auto lin = Linear::Create(ctx, w.data(), b.data(), n, k, epilogue, accumulate);
@@ -90,11 +98,8 @@ class Int8LinearTest : public ::testing::TestWithParam<std::tuple<Shape, Epilogu
 TEST_P(Int8LinearTest, WithinQuantizationErrorAndRowIndependent) {
   const auto [shape, epilogue, accumulate] = GetParam();
   const int64_t n = shape.n, k = shape.k, m = 40;
-  std::mt19937 rng(static_cast<unsigned>(n * 7 + k));
-  std::normal_distribution<float> dist(0.0f, 0.5f);
-  std::vector<float> w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n));
-  for (float& v : w) v = dist(rng);
-  for (float& v : b) v = dist(rng);
+  RandomLayer layer(n, k, static_cast<unsigned>(n * 7 + k));
+  auto& [rng, dist, w, b] = layer;
   DnnlContext ctx;
   PrimitiveCache cache(ctx);
   auto lin = Linear::Create(ctx, w.data(), b.data(), n, k, epilogue, accumulate, Precision::kInt8);

@@ -26,11 +26,24 @@ std::vector<nlohmann::json> Read(const std::string& name) {
   return rows;
 }
 
+// Runs the dumped sentences as one batch with the given plans, the model's placement.
+std::vector<SequenceOutput> RunBatch(const BertModel& model, const std::vector<std::vector<int32_t>>& ids,
+                                     const std::vector<std::vector<int32_t>>& kept) {
+  Workspace ws(model);
+  std::vector<SequenceInput> in;
+  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, kept[i]});
+  std::vector<SequenceOutput> out(in.size());
+  RunOptions opts;
+  opts.placement = model.schedule().placement;
+  const absl::Status st = model.Run(in, out, ws, opts);
+  EXPECT_TRUE(st.ok()) << st;
+  return out;
+}
+
 // budget < 0: the schedule's ratios as written; else the budget planner.
 void Compare(const std::string& dump, double budget) {
   auto model = BertModel::Load(kModel);
   ASSERT_TRUE(model.ok()) << model.status();
-  Workspace ws(**model);
   const auto rows = Read(dump);
   ASSERT_GE(rows.size(), 100u);
   std::vector<std::vector<int32_t>> ids, kept;
@@ -45,12 +58,8 @@ void Compare(const std::string& dump, double budget) {
       kept.push_back(plan->kept);
     }
   }
-  std::vector<SequenceInput> in;
-  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, kept[i]});
-  std::vector<SequenceOutput> out(in.size());
-  RunOptions opts;
-  opts.placement = (*model)->schedule().placement;
-  ASSERT_TRUE((*model)->Run(in, out, ws, opts).ok());
+  const std::vector<SequenceOutput> out = RunBatch(**model, ids, kept);
+  ASSERT_EQ(out.size(), rows.size());
   double worst = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     EXPECT_EQ(kept[i], rows[i]["kept"].get<std::vector<int32_t>>()) << "sentence " << i;
@@ -71,7 +80,6 @@ TEST(TrainingParity, BudgetPlanner) { Compare("parity-budget.jsonl", 0.3); }
 TEST(TrainingParity, Int8KeepsTheDecisions) {
   auto model = BertModel::Load(kModel, {.num_threads = 2, .precision = Precision::kInt8});
   ASSERT_TRUE(model.ok()) << model.status();
-  Workspace ws(**model);
   const auto rows = Read("parity-schedule.jsonl");
   ASSERT_GE(rows.size(), 100u);
   std::vector<std::vector<int32_t>> ids, kept;
@@ -79,12 +87,8 @@ TEST(TrainingParity, Int8KeepsTheDecisions) {
     ids.push_back(r["input_ids"].get<std::vector<int32_t>>());
     kept.push_back(KeptTokens(static_cast<int64_t>(ids.back().size()), (*model)->schedule().keep_ratios));
   }
-  std::vector<SequenceInput> in;
-  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, kept[i]});
-  std::vector<SequenceOutput> out(in.size());
-  RunOptions opts;
-  opts.placement = (*model)->schedule().placement;
-  ASSERT_TRUE((*model)->Run(in, out, ws, opts).ok());
+  const std::vector<SequenceOutput> out = RunBatch(**model, ids, kept);
+  ASSERT_EQ(out.size(), rows.size());
   auto argmax = [](const auto& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
   int agree = 0, right_fp32 = 0, right_int8 = 0;
   double worst = 0;
