@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision_s, "encoder dense layers: fp32 or int8")
       ->check(CLI::IsMember({"fp32", "int8"}));
   CLI11_PARSE(app, argc, argv);
-  const Precision precision = precision_s == "int8" ? Precision::kInt8 : Precision::kFloat32;
+  const Precision precision = *PrecisionFromName(precision_s);  // IsMember checked the name
 
   auto model = BertModel::Load(model_dir);
   if (!model.ok()) {

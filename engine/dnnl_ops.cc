@@ -3,8 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <vector>
 #include <new>
+#include <string>
+#include <vector>
 
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -81,7 +82,7 @@ dnnl::matmul::primitive_desc Int8LinearDesc(const dnnl::engine& eng, int64_t m, 
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), attr, eng);
 }
 
-// Weights are quantized to [-kInt8WeightMax, kInt8WeightMax]. Without VNNI, oneDNN's u8 x s8 path
+// Weights are quantized to [-Int8WeightMax(), Int8WeightMax()]. Without VNNI, oneDNN's u8 x s8 path
 // adds pairs of products in int16 (vpmaddubsw), which saturates at full range: 7-bit weights keep
 // 2 x 255 x 63 below 32767 (ONNX Runtime's reduce_range does the same).
 int Int8WeightMax() {
@@ -103,14 +104,20 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
   lin.epilogue_ = epilogue;
   lin.accumulate_ = accumulate;
   lin.precision_ = precision;
-  if (precision == Precision::kInt8) {
-    try {
+  try {
+    // W is [N,K] row-major, i.e. the K x N matrix with strides {1, K}; it is packed once into the
+    // layout oneDNN picks, which does not depend on M (checked for every M up to 2048 on bert-base
+    // shapes), so one packing serves all batch sizes.
+    std::vector<int8_t> q;
+    dnnl::memory::desc src_desc({k, n}, dt::f32, dims{1, k});
+    void* src_data = const_cast<float*>(weight);
+    if (precision == Precision::kInt8) {
       // Per output channel j: scale_j = max |w_j| / wmax, w_q = round(w / scale_j). wc_j = scale_j x
       // the sum of the quantized column, for the activations' zero point.
       const int wmax = Int8WeightMax();
       lin.w_scale_ = AllocFloats(n);
       lin.w_colsum_ = AllocFloats(n);
-      std::vector<int8_t> q(static_cast<size_t>(n * k));
+      q.resize(static_cast<size_t>(n * k));
       for (int64_t j = 0; j < n; ++j) {
         const float* row = weight + j * k;
         float amax = 0.0f;
@@ -127,34 +134,17 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
         lin.w_colsum_.get()[j] = scale * static_cast<float>(sum);
       }
       dnnl::memory::desc any({k, n}, dt::s8, tag::any);
-      auto pd = Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get());
-      lin.packed_desc_ = pd.weights_desc();
-      lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
-      lin.packed_ = AllocFloats(lin.packed_floats_);
-      dnnl::memory src({{k, n}, dt::s8, dims{1, k}}, ctx.engine(), q.data());
-      dnnl::memory dst(lin.packed_desc_, ctx.engine(), lin.packed_.get());
-      dnnl::stream s(ctx.engine());
-      dnnl::reorder(src, dst).execute(s, src, dst);
-      s.wait();
-      lin.bias_ = AllocFloats(n);
-      for (int64_t j = 0; j < n; ++j) lin.bias_.get()[j] = bias != nullptr ? bias[j] : 0.0f;
-    } catch (const dnnl::error& e) {
-      return absl::InternalError(absl::StrCat("oneDNN could not pack a ", n, "x", k,
-                                              " int8 weight: ", e.what()));
+      lin.packed_desc_ = Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get()).weights_desc();
+      src_desc = dnnl::memory::desc({k, n}, dt::s8, dims{1, k});
+      src_data = q.data();
+    } else {
+      dnnl::memory::desc any({k, n}, dt::f32, tag::any);
+      lin.packed_desc_ = LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate).weights_desc();
+      lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
     }
-    return lin;
-  }
-  try {
-    // The packed layout oneDNN picks does not depend on M (checked for every M up to 2048 on
-    // bert-base shapes), so one packing serves all batch sizes.
-    dnnl::memory::desc any({k, n}, dt::f32, tag::any);
-    auto pd = LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate);
-    lin.packed_desc_ = pd.weights_desc();
-    lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
     lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
     lin.packed_ = AllocFloats(lin.packed_floats_);
-    // W is [N,K] row-major, i.e. the K x N matrix with strides {1, K}.
-    dnnl::memory src({{k, n}, dt::f32, dims{1, k}}, ctx.engine(), const_cast<float*>(weight));
+    dnnl::memory src(src_desc, ctx.engine(), src_data);
     dnnl::memory dst(lin.packed_desc_, ctx.engine(), lin.packed_.get());
     dnnl::stream s(ctx.engine());
     dnnl::reorder(src, dst).execute(s, src, dst);
@@ -166,10 +156,20 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
       std::memset(lin.bias_.get(), 0, static_cast<size_t>(n) * sizeof(float));
     }
   } catch (const dnnl::error& e) {
-    return absl::InternalError(absl::StrCat("oneDNN could not pack a ", n, "x", k,
-                                            " weight: ", e.what()));
+    return absl::InternalError(absl::StrCat("oneDNN could not pack a ", n, "x", k, " ",
+                                            std::string(PrecisionName(precision)), " weight: ", e.what()));
   }
   return lin;
+}
+
+std::string_view PrecisionName(Precision precision) {
+  return precision == Precision::kInt8 ? "int8" : "fp32";
+}
+
+std::optional<Precision> PrecisionFromName(std::string_view name) {
+  if (name == "fp32") return Precision::kFloat32;
+  if (name == "int8") return Precision::kInt8;
+  return std::nullopt;
 }
 
 namespace {

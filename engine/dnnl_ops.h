@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -42,13 +43,17 @@ enum class Epilogue { kNone, kGeluErf, kGeluTanh, kRelu, kTanh };
 // quantization error (tests bound it); the budget planner and the FLOPs reports are unchanged.
 enum class Precision { kFloat32, kInt8 };
 
+// "fp32" / "int8": the names the config, the CLIs and ModelInfo use.
+std::string_view PrecisionName(Precision precision);
+std::optional<Precision> PrecisionFromName(std::string_view name);  // nullopt for any other name
+
 // Per-thread execution state: a stream and the primitive cache. Not thread-safe; one per worker.
 class PrimitiveCache {
  public:
   explicit PrimitiveCache(const DnnlContext& ctx);
   dnnl::stream& stream() { return stream_; }
   // Scratch owned by this cache (one per worker), grown on demand, never shrunk: the int8 path's
-  // quantized activations and per-call scale vectors.
+  // quantized activations, per-row scales and (accumulating layers) matmul output.
   uint8_t* Bytes(size_t n) {
     if (bytes_.size() < n) bytes_.resize(n);
     return bytes_.data();

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/dnnl_ops.h"
 
 namespace topserve::server {
 namespace {
@@ -294,7 +295,7 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
                                                      " is outside (0, max_budget = ", m.max_budget,
                                                      "]"));
     }
-    if (m.precision != "fp32" && m.precision != "int8") {
+    if (!engine::PrecisionFromName(m.precision).has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat(p, "precision: '", m.precision, "' is not one of fp32, int8"));
     }

@@ -407,7 +407,7 @@ absl::Status Runtime::LoadModel(ServedModel& m) {
   };
   engine::EngineOptions eo;
   eo.num_threads = static_cast<int>(config_.batching.threads_per_worker);
-  eo.precision = mc.precision == "int8" ? engine::Precision::kInt8 : engine::Precision::kFloat32;
+  eo.precision = *engine::PrecisionFromName(mc.precision);  // NormalizeAndValidate checked it
   auto loaded = engine::BertModel::Load(mc.path, eo);
   if (!loaded.ok()) return fail(loaded.status());
   std::unique_ptr<engine::BertModel> bert = std::move(*loaded);

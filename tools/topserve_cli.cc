@@ -73,10 +73,9 @@ int main(int argc, char** argv) {
 
   nlohmann::json out;
   auto t = Clock::now();
+  // IsMember checked the name.
   auto loaded = BertModel::Load(
-      model_dir, {.num_threads = threads,
-                  .precision = precision == "int8" ? topserve::engine::Precision::kInt8
-                                                   : topserve::engine::Precision::kFloat32});
+      model_dir, {.num_threads = threads, .precision = *topserve::engine::PrecisionFromName(precision)});
   if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
   const BertModel& model = **loaded;
   out["timings_ms"]["load"] = MsSince(t);
@@ -148,7 +147,7 @@ int main(int argc, char** argv) {
   }
   out["model"] = model.dir();
   out["threads"] = model.num_threads();
-  out["precision"] = precision;
+  out["precision"] = std::string(topserve::engine::PrecisionName(model.precision()));
   std::cout << out.dump(2) << "\n";
   return 0;
 }
