@@ -29,7 +29,7 @@ namespace topserve::engine {
 struct EngineOptions {
   int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
   // Arithmetic of the encoder's dense layers (engine/dnnl_ops.h). kFloat32 (default) matches the
-  // reference to 1e-4; kInt8 trades that for about 2x speed. Embeddings, attention, LayerNorm and
+  // reference to 1e-4; kInt8 trades that for speed (2.8x on bert-base here, docs/benchmarks.md). Embeddings, attention, LayerNorm and
   // the heads stay fp32 either way.
   Precision precision = Precision::kFloat32;
 };
