@@ -43,6 +43,11 @@ def main():
         sys.exit("overhead.py only targets loopback addresses")
     pb, grpc_pb = client.load_stubs()
     stub = grpc_pb.InferenceStub(grpc.insecure_channel(args.server))
+    # The model the calls go to (an empty name means the server's first classification model): the
+    # metrics filter and the GetModel floor need its name.
+    if not args.model:
+        args.model = next(m.name for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+                          if m.task == pb.MODEL_TASK_CLASSIFICATION)
     def sums():
         """(request seconds, compute seconds, calls) of Classify on args.model, from /metrics."""
         text = urllib.request.urlopen(f"http://{host}:{args.metrics_port}/metrics",
@@ -84,7 +89,7 @@ def main():
     floor = []
     for i in range(args.calls + 20):
         t0 = time.perf_counter()
-        stub.GetModel(pb.GetModelRequest(name=args.model or "sst2"), timeout=10)
+        stub.GetModel(pb.GetModelRequest(name=args.model), timeout=10)
         if i >= 20:
             floor.append(time.perf_counter() - t0)
     result["getmodel_p50_ms"] = ms(statistics.median(floor))
