@@ -1,7 +1,7 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Regenerates the seed corpora in fuzz/corpus/<target>/ (small, deterministic; checked in).
 
-  /usr/bin/python3 fuzz/make_corpus.py [--shared ../shared]
+  .venv/bin/python fuzz/make_corpus.py [--shared ../shared]
 
 fuzz_tokenizer: the golden stress strings (../shared/data/golden/tokenizer/stress.jsonl, 58 texts and
   10 pairs) and a few SST-2 dev sentences, behind the target's 4-byte header (flags, max_length, split),

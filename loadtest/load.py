@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """A small gRPC load generator for topserve that reads ghz's config files and writes ghz's JSON report.
 
 For machines without ghz: the same runs as `ghz --config loadtest/ghz/X.json`, with the same report
@@ -7,9 +7,9 @@ statusCodeDistribution, latencyDistribution p10..p99, histogram, details; durati
 status names as ghz prints them: OK, Unavailable, DeadlineExceeded, ...), so reports of both tools can
 be compared.
 
-  /usr/bin/python3 loadtest/load.py --config loadtest/ghz/classify-closed.json
-  /usr/bin/python3 loadtest/load.py --config loadtest/ghz/classify-open.json -n 300 -O summary
-  /usr/bin/python3 loadtest/load.py --call topserve.v1.Inference/Classify \\
+  .venv/bin/python loadtest/load.py --config loadtest/ghz/classify-closed.json
+  .venv/bin/python loadtest/load.py --config loadtest/ghz/classify-open.json -n 300 -O summary
+  .venv/bin/python loadtest/load.py --call topserve.v1.Inference/Classify \\
       -d '{"inputs": [{"text": "a gorgeous , witty , seductive movie ."}]}' -c 8 -n 100 127.0.0.1:8500
 
 Load models, as in ghz:
@@ -28,7 +28,7 @@ as in ghz: run it from the repository root.
 Targets must be loopback addresses (127.0.0.0/8, ::1, localhost): the tool refuses anything else. To
 load a cluster, `kubectl port-forward svc/topserve 8500` first.
 
-Needs Debian's /usr/bin/python3 with python3-grpcio, python3-grpc-tools and python3-protobuf.
+Runs in the project's environment, .venv/bin/python (grpcio, grpcio-tools, protobuf from requirements/).
 """
 
 import argparse

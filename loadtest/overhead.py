@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Server overhead at low load: sequential unary Classify calls (one text each) against a running
 topserve-server; per call, client-observed latency minus the engine compute time the response
 reports (so: gRPC + serialisation + tokenisation + queueing + planning). Loopback only.
@@ -9,7 +9,7 @@ server's own view comes from its histograms (scraped before and after): the mean
 topserve_request_duration_seconds minus topserve_compute_duration_seconds over these calls, i.e.
 what the server adds to the engine's compute, without the client.
 
-  /usr/bin/python3 loadtest/overhead.py --server 127.0.0.1:8500 --model sst2 --calls 300 \
+  .venv/bin/python loadtest/overhead.py --server 127.0.0.1:8500 --model sst2 --calls 300 \
       --metrics-port 9100
 """
 

@@ -9,6 +9,8 @@
 #   TOOL=load.py loadtest/run.sh             # force the Python load generator
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
 
 tool="${TOOL:-}"
 if [ -z "$tool" ]; then
@@ -42,7 +44,7 @@ for cfg in "${configs[@]}"; do
     # ghz takes the host as its argument; the config's host is used when HOST is unset.
     ghz "${args[@]}" ${HOST:+"$HOST"} || status=1
   else
-    /usr/bin/python3 loadtest/load.py "${args[@]}" ${HOST:+"$HOST"} || status=1
+    "$py" loadtest/load.py "${args[@]}" ${HOST:+"$HOST"} || status=1
   fi
 done
 exit "$status"

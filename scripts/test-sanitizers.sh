@@ -31,6 +31,8 @@
 #     a team is started anyway (e.g. OMP_NUM_THREADS overridden); see the comments there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
 
 san=address,undefined
 if (($# > 0)) && [[ $1 != -* ]]; then
@@ -73,13 +75,13 @@ if [[ $san == thread ]]; then
 fi
 pin=()
 if [[ $san == thread ]]; then
-  cpu=$(/usr/bin/python3 -c 'import os; print(min(os.sched_getaffinity(0)))')
+  cpu=$("$py" -c 'import os; print(min(os.sched_getaffinity(0)))')
   pin=(taskset -c "$cpu")
 fi
 filter=(-LE deploy)
 if [[ -n $suites ]]; then
   # Test numbers whose command runs a matching executable (fixtures they need are added by ctest).
-  numbers=$(ctest --test-dir "$build" --show-only=json-v1 | /usr/bin/python3 -c '
+  numbers=$(ctest --test-dir "$build" --show-only=json-v1 | "$py" -c '
 import json, os, re, sys
 pattern = re.compile(sys.argv[1])
 tests = json.load(sys.stdin)["tests"]

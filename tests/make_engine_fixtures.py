@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Makes the engine tests' models and expected outputs (a ctest fixture).
 
 For each case: a random model directory (tools/gen_model.py) and reference.jsonl, one line per input

@@ -1,7 +1,7 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Turns bench/engine_bench JSON into the markdown table and the plot in docs/.
 
-  /usr/bin/python3 tools/bench_report.py --json docs/bench/engine.json --md docs/bench/engine.md \
+  .venv/bin/python tools/bench_report.py --json docs/bench/engine.json --md docs/bench/engine.md \
       --plot docs/bench/engine.png --command "scripts/bench.sh"
 """
 

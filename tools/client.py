@@ -1,15 +1,15 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """topserve Python client: calls a running topserve-server and prints JSON.
 
-Stubs are generated at run time from proto/topserve/v1/inference.proto (protoc and Debian's
-grpc_python_plugin, into a temporary directory, or --stub-dir to keep them), so nothing generated
-is checked in. Needs Debian's python3-grpcio and python3-protobuf (/usr/bin/python3).
+Stubs are generated at run time from proto/topserve/v1/inference.proto (grpcio-tools' protoc,
+into a temporary directory, or --stub-dir to keep them), so nothing generated
+is checked in. Runs in the project's environment (.venv, made by scripts/install-deps.sh).
 
-  /usr/bin/python3 tools/client.py classify "a great movie" "a dull movie" --budget 0.5
-  /usr/bin/python3 tools/client.py classify "a premise" --pair "a hypothesis" --model mnli
-  /usr/bin/python3 tools/client.py answer --question "Who wrote it?" --context "Ada wrote it."
-  /usr/bin/python3 tools/client.py models
-  /usr/bin/python3 tools/client.py health --service sst2
+  .venv/bin/python tools/client.py classify "a great movie" "a dull movie" --budget 0.5
+  .venv/bin/python tools/client.py classify "a premise" --pair "a hypothesis" --model mnli
+  .venv/bin/python tools/client.py answer --question "Who wrote it?" --context "Ada wrote it."
+  .venv/bin/python tools/client.py models
+  .venv/bin/python tools/client.py health --service sst2
 
 As a library (tests and tools/squad_eval.py use it):
 
@@ -25,7 +25,6 @@ import hashlib
 import importlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,6 @@ from google.protobuf import json_format
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.join(HERE, "..", "proto")
 PROTO_FILE = "topserve/v1/inference.proto"
-GRPC_PYTHON_PLUGIN = "/usr/bin/grpc_python_plugin"
 
 _STUBS = None
 
@@ -44,19 +42,13 @@ _STUBS = None
 def generate_stubs(out_dir, proto_root=PROTO_ROOT):
     """Writes topserve/v1/inference_pb2.py and inference_pb2_grpc.py under out_dir.
 
-    Uses protoc with grpc_python_plugin (both from Debian). grpc_tools' bundled protoc is too old
-    for proto3 `optional` fields, so it is only the fallback when those binaries are missing.
+    Uses grpcio-tools' own protoc (requirements/python.txt pins it to the grpcio and protobuf
+    runtime it generates for; it handles proto3 `optional`), so no system protoc is needed.
     """
     out_dir = os.path.abspath(out_dir)
     os.makedirs(out_dir, exist_ok=True)
-    protoc = shutil.which("protoc")
-    if protoc and os.path.exists(GRPC_PYTHON_PLUGIN):
-        cmd = [protoc, f"--proto_path={proto_root}", f"--python_out={out_dir}",
-               f"--grpc_python_out={out_dir}",
-               f"--plugin=protoc-gen-grpc_python={GRPC_PYTHON_PLUGIN}", PROTO_FILE]
-    else:
-        cmd = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}",
-               f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO_FILE]
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", f"--proto_path={proto_root}",
+           f"--python_out={out_dir}", f"--grpc_python_out={out_dir}", PROTO_FILE]
     proc = subprocess.run(cmd, cwd=proto_root, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"stub generation failed ({' '.join(cmd)}): {proc.stderr.strip()}")

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Generates a random BERT model directory in the Hugging Face layout (for tests and benchmarks).
 
 Writes config.json, model.safetensors (F32, F16 or BF16), vocab.txt (a copy) and
@@ -7,8 +7,8 @@ from N(0, std); LayerNorm weights from 1 + N(0, std/2) and LayerNorm biases from
 the golden tiny models. F16/BF16 files hold the same draws rounded (nearest even), so an f32 and an
 f16 model of one seed differ only by that rounding.
 
-  /usr/bin/python3 tools/gen_model.py --out /tmp/m --preset tiny --task cls --dtype f16 --seed 1
-  /usr/bin/python3 tools/gen_model.py --out /tmp/base --preset bert-base --task qa
+  .venv/bin/python tools/gen_model.py --out /tmp/m --preset tiny --task cls --dtype f16 --seed 1
+  .venv/bin/python tools/gen_model.py --out /tmp/base --preset bert-base --task qa
 """
 
 import argparse

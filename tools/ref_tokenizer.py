@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Pure-Python reference of the BERT WordPiece tokenizer (Hugging Face BertTokenizer semantics).
 
-Standard library only (unicodedata), so it runs with Debian's /usr/bin/python3. It exists to produce
+Standard library only (unicodedata), so it runs with any Python 3 (the project's is .venv/bin/python). It exists to produce
 expected outputs for the C++ tokenizer (engine/tokenizer.cc) on data that has no golden file, e.g. the
 SQuAD dev set, including byte offsets.
 

@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Independent reference BERT forward in float64 (PyTorch tensors, written from the math).
 
 Not the Hugging Face transformers code: every step is spelled out here so it can be read, checked

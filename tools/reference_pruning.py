@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """The ToP inference rule on top of the float64 reference BERT (tools/reference_bert.py).
 
 Written from the method's description (shared notes), independently of the C++ engine:

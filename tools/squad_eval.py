@@ -1,4 +1,4 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Evaluates a topserve question-answering model on SQuAD v1.1 through the Answer RPC.
 
 Sends every question of the dev set (or the first --limit) to a running topserve-server, then prints
@@ -6,8 +6,8 @@ exact match and F1 with the official SQuAD v1.1 normalisation (lower-case, strip
 the articles a/an/the, collapse whitespace; the best score over the gold answers, averaged over
 questions), plus the mean FLOPs fraction and latency.
 
-  /usr/bin/python3 tools/squad_eval.py --server localhost:8500 --limit 500 --budget 0.5
-  /usr/bin/python3 tools/squad_eval.py --data ../shared/data/squad/dev-v1.1.json --json out.json
+  .venv/bin/python tools/squad_eval.py --server localhost:8500 --limit 500 --budget 0.5
+  .venv/bin/python tools/squad_eval.py --data ../shared/data/squad/dev-v1.1.json --json out.json
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Shared helpers of topserve's Python tools (numpy only; run with Debian's /usr/bin/python3).
+"""Shared helpers of topserve's Python tools (numpy only; run with the project's .venv/bin/python).
 
 - safetensors read/write for F32, F16 and BF16 weights (plus integer tensors such as I64), with the
   same header checks as the C++ reader (engine/safetensors.cc), so a file this module accepts the

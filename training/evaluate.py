@@ -3,7 +3,7 @@
 the deployable rule (the engine's): after layer l's MHA keep ceil(r_l * n_l) tokens by attention
 received, [CLS] always kept, ties to the lower position, kept tokens in order.
 
-  /usr/bin/python3 training/evaluate.py --model models/sst2-small \
+  .venv/bin/python training/evaluate.py --model models/sst2-small \
       [--schedule models/sst2-small/schedules/top-4x.yaml | --unpruned] [--json out.json] [--dump out.jsonl]
 
 Prints accuracy and FLOPs: real-length (sum of pruned MACs / sum of unpruned MACs at each sentence's

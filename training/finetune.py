@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Fine-tunes a model directory on a text<TAB>label classification set (cross-entropy).
 
-  /usr/bin/python3 training/finetune.py --model <pre-trained dir> --out <teacher dir> \
+  .venv/bin/python training/finetune.py --model <pre-trained dir> --out <teacher dir> \
       --work training/.cache/runs/ft --epochs 1
 Resumes from <work>/ckpt.pt. Logs loss and dev accuracy to <work>/log.jsonl.
 """

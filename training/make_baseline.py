@@ -4,10 +4,10 @@ training) with a schedule of a given shape, scaled to a FLOPs target on the cali
 exactly as the trainer's export does.
 
   # ToP's learned shape, no training of the weights:
-  /usr/bin/python3 training/make_baseline.py --model <teacher dir> --shape-from top-4x.yaml \
+  .venv/bin/python training/make_baseline.py --model <teacher dir> --shape-from top-4x.yaml \
       --target 0.25 --out topk-untrained-4x.yaml
   # a uniform shape (every layer keeps the same fraction, from --start-layer on):
-  /usr/bin/python3 training/make_baseline.py --model <teacher dir> --uniform --target 0.25 --out ...
+  .venv/bin/python training/make_baseline.py --model <teacher dir> --uniform --target 0.25 --out ...
 """
 import argparse
 import json

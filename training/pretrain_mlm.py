@@ -2,7 +2,7 @@
 """Masked-language-model pre-training of a small BERT from scratch (random init).
 
 Example (the demo recipe):
-  /usr/bin/python3 training/pretrain_mlm.py --work training/.cache/runs/mlm --out <model dir> \
+  .venv/bin/python training/pretrain_mlm.py --work training/.cache/runs/mlm --out <model dir> \
       --layers 4 --hidden 256 --heads 4 --ffn 1024 --steps 1500
 Writes a model directory (BertForSequenceClassification layout, pooler/classifier untrained) that
 fine-tuning starts from. Resumes from <work>/ckpt.pt when present.

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Markdown table from evaluate.py --json results.
 
-  /usr/bin/python3 training/report.py --teacher teacher.json "ToP 2x=top-2x.json" ...
+  .venv/bin/python training/report.py --teacher teacher.json "ToP 2x=top-2x.json" ...
 """
 import argparse
 import json

@@ -2,7 +2,7 @@
 """ToP training: ranking-distilled, constraint-aware token pruning (Li et al. 2023), and its ablation
 without ranking distillation.
 
-  /usr/bin/python3 training/top_train.py --teacher <fine-tuned model dir> --work <run dir> \
+  .venv/bin/python training/top_train.py --teacher <fine-tuned model dir> --work <run dir> \
       --out <model dir> --targets 0.5,0.25,0.125 --default-target 0.25 --steps 3000
 
 Teacher: the unpruned fine-tuned model (frozen). Student: a copy with token gates. Per step:

@@ -1,9 +1,9 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Checks deploy/grafana/topserve-dashboard.json and the PromQL of deploy/prometheus/rules.yml.
 
-  /usr/bin/python3 tests/deploy/check_dashboard.py                       # metric names from server/metrics.cc
-  /usr/bin/python3 tests/deploy/check_dashboard.py --scrape FILE         # ... from a real /metrics scrape
-  /usr/bin/python3 tests/deploy/check_dashboard.py --self-test           # the checks catch broken inputs
+  .venv/bin/python tests/deploy/check_dashboard.py                       # metric names from server/metrics.cc
+  .venv/bin/python tests/deploy/check_dashboard.py --scrape FILE         # ... from a real /metrics scrape
+  .venv/bin/python tests/deploy/check_dashboard.py --self-test           # the checks catch broken inputs
 
 Dashboard structure: schemaVersion 36-40; a `datasource` variable of type datasource (prometheus);
 a `model` variable from label_values(...); every panel has a unique id, a title, a known type and

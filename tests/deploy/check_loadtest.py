@@ -1,7 +1,7 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Checks the ghz configs in loadtest/ghz/ against ghz's config format and the service's .proto.
 
-  /usr/bin/python3 tests/deploy/check_loadtest.py [--self-test]
+  .venv/bin/python tests/deploy/check_loadtest.py [--self-test]
 
 For every loadtest/ghz/*.json: valid JSON; only keys ghz's config loader knows (runner/config.go);
 host, call, insecure, total, concurrency and data (or data-file) set; `call` names a unary method of a

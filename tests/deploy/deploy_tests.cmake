@@ -1,7 +1,7 @@
 # Deployment artefact checks (label `deploy`): Kubernetes manifests, Prometheus config and rules,
 # the Grafana dashboard, the ghz configs and the Python load generator. Included from
 # tests/CMakeLists.txt. Each test fails with a message naming scripts/install-deps.sh when its tool
-# (node_modules, promtool, yamllint, shellcheck, prometheus) is missing.
+# (the .venv Python, promtool, yamllint, shellcheck, prometheus) is missing.
 #
 #   ctest --test-dir build -L deploy --output-on-failure
 
@@ -18,12 +18,12 @@ endfunction()
 topserve_deploy_test(deploy_yamllint yamllint
   yamllint --strict -c deploy/.yamllint deploy loadtest)
 topserve_deploy_test(deploy_shellcheck shellcheck
-  shellcheck loadtest/run.sh tests/deploy/require.sh)
+  shellcheck -x loadtest/run.sh tests/deploy/require.sh scripts/install-deps.sh scripts/python-env.sh)
 
-topserve_deploy_test(deploy_k8s_validate node_modules
-  node tests/deploy/validate_k8s.mjs deploy/k8s)
-topserve_deploy_test(deploy_k8s_validate_negative node_modules
-  node tests/deploy/validate_k8s.mjs --self-test)
+topserve_deploy_test(deploy_k8s_validate ${TOPSERVE_PYTHON}
+  ${TOPSERVE_PYTHON} tests/deploy/validate_k8s.py deploy/k8s)
+topserve_deploy_test(deploy_k8s_validate_negative ${TOPSERVE_PYTHON}
+  ${TOPSERVE_PYTHON} tests/deploy/validate_k8s.py --self-test)
 
 topserve_deploy_test(deploy_promtool_check_config promtool
   promtool check config deploy/prometheus/prometheus.yml)

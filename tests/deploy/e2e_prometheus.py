@@ -1,7 +1,7 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """End-to-end check of the deployment artefacts against the real server and a real Prometheus.
 
-  /usr/bin/python3 tests/deploy/e2e_prometheus.py --server build/server/topserve-server \\
+  .venv/bin/python tests/deploy/e2e_prometheus.py --server build/server/topserve-server \\
       --shared ../shared [--prometheus /usr/bin/prometheus]
 
 Steps (all on 127.0.0.1, ports chosen by the OS; everything started here is stopped here):

@@ -1,8 +1,8 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """Writes deploy/k8s/prometheusrule.yaml from deploy/prometheus/rules.yml (the one source of the rules).
 
-  /usr/bin/python3 tests/deploy/gen_prometheusrule.py          # rewrite the manifest
-  /usr/bin/python3 tests/deploy/gen_prometheusrule.py --check  # exit 1 if it is out of date
+  .venv/bin/python tests/deploy/gen_prometheusrule.py          # rewrite the manifest
+  .venv/bin/python tests/deploy/gen_prometheusrule.py --check  # exit 1 if it is out of date
 
 The check also parses both files and compares the rule groups as data (test deploy_rules_in_sync).
 """
@@ -61,7 +61,7 @@ def main(argv):
     failures = []
     if have != want:
         failures.append("deploy/k8s/prometheusrule.yaml differs from what rules.yml generates "
-                        "(run /usr/bin/python3 tests/deploy/gen_prometheusrule.py)")
+                        "(run .venv/bin/python tests/deploy/gen_prometheusrule.py)")
     rules_groups = yaml.safe_load(rules_text)["groups"]
     manifest = yaml.safe_load(have)
     if manifest.get("kind") != "PrometheusRule":

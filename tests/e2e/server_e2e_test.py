@@ -1,8 +1,8 @@
-#!/usr/bin/python3
+#!/usr/bin/env python3
 """End-to-end tests of topserve-server: the real binary on free loopback ports, tiny generated
 models, called through the generated Python stubs, the C++ client and the Python tools.
 
-  /usr/bin/python3 tests/e2e/server_e2e_test.py --server build/server/topserve-server \
+  .venv/bin/python tests/e2e/server_e2e_test.py --server build/server/topserve-server \
       --client build/server/topserve-client --engine-ref build/tests/server_engine_ref \
       --cli build/tools/topserve-cli --work /tmp/e2e [ApiTest|DrainTest|StartupTest ...]
 

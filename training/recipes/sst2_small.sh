@@ -12,7 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-PY=/usr/bin/python3
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
+PY=$py
 THREADS=${THREADS:-1}
 PARALLEL=${PARALLEL:-1}
 MLM_STEPS=${MLM_STEPS:-400}

@@ -1,0 +1,451 @@
+#!/usr/bin/env python3
+"""Validates the Kubernetes manifests in deploy/k8s offline (no cluster, no kubectl).
+
+  .venv/bin/python tests/deploy/validate_k8s.py [DIR]        # DIR defaults to deploy/k8s
+  .venv/bin/python tests/deploy/validate_k8s.py --self-test  # the checks reject broken manifests
+
+For every document of every file listed in DIR/kustomization.yaml:
+  1. parse it with PyYAML (syntax errors and duplicate keys fail);
+  2. validate it against the Kubernetes OpenAPI schema of its apiVersion and kind, with the
+     `kubernetes-validate` package's bundled schemas in their strict form (unknown fields fail, as
+     `kubectl apply`'s strict field validation does), for every Kubernetes version in
+     KUBERNETES_VERSIONS; ServiceMonitor and PrometheusRule (Prometheus Operator CRDs, which the
+     package does not carry) against tests/deploy/schemas/, written from the operator's CRDs for the
+     fields these manifests may use, also strict; an unknown kind fails;
+  3. topserve-specific cross-checks between the objects and the server config in the ConfigMap
+     (ports, probe service names, drain grace vs terminationGracePeriodSeconds, selectors, ...).
+Also checks that kustomization.yaml lists exactly the YAML files of DIR.
+
+Runs in the project's environment (.venv, requirements/python.txt pins kubernetes-validate).
+"""
+import copy
+import json
+import os
+import posixpath
+import re
+import sys
+
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+SCHEMAS = os.path.join(HERE, "schemas")
+# The oldest Kubernetes these manifests support (gRPC probes are GA since 1.27) and the newest
+# the package knows.
+KUBERNETES_VERSIONS = ("1.27", "1.37")
+
+try:
+    import jsonschema
+    import kubernetes_validate
+except ImportError as e:  # pragma: no cover - the message is the point
+    sys.exit(f"FAIL: {e}: run scripts/install-deps.sh (it makes .venv from requirements/python.txt) "
+             "and run this with .venv/bin/python")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a mapping with the same key twice (kubectl does too)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def parse_documents(text, file):
+    try:
+        docs = [d for d in yaml.load_all(text, Loader=UniqueKeyLoader) if d is not None]
+        return [], docs
+    except yaml.YAMLError as e:
+        return [f"{file}: {e}"], []
+
+
+def _path(error):
+    return "/" + "/".join(str(p) for p in error.absolute_path)
+
+
+def _format(error):
+    # The deepest, most specific messages of a oneOf/anyOf failure say what is wrong.
+    best = jsonschema.exceptions.best_match([error])
+    return f"schema: {_path(best)}: {best.message}"
+
+
+CRD_SCHEMAS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
+}
+
+
+def validate_object(obj):
+    """Schema validation of one object: a list of error strings (empty = valid)."""
+    if not isinstance(obj, dict):
+        return ["not a mapping"]
+    api, kind = obj.get("apiVersion"), obj.get("kind")
+    errors = []
+    crd = CRD_SCHEMAS.get((api, kind))
+    if crd:
+        with open(os.path.join(SCHEMAS, crd)) as f:
+            schema = json.load(f)
+        validator = jsonschema.Draft202012Validator(schema)
+        errors += sorted({_format(e) for e in validator.iter_errors(obj)})
+    elif not isinstance(api, str) or not isinstance(kind, str):
+        return [f"unknown kind: apiVersion {api!r}, kind {kind!r}"]
+    else:
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                return [f"unknown kind: apiVersion {api!r}, kind {kind!r} (Kubernetes {version})"]
+            except kubernetes_validate.ValidationError as e:
+                errors.append(f"{_format(e)} (Kubernetes {version})")
+    name = (obj.get("metadata") or {}).get("name")
+    if not isinstance(name, str) or not name:
+        errors.append("metadata.name is missing")
+    return errors
+
+
+KUSTOMIZATION_KEYS = {"apiVersion", "kind", "namespace", "resources", "labels", "commonLabels",
+                      "commonAnnotations", "images", "configMapGenerator", "secretGenerator",
+                      "generatorOptions", "patches", "replicas", "namePrefix", "nameSuffix",
+                      "components"}
+
+
+def check_kustomization(k, directory):
+    errors = []
+    if k.get("apiVersion") != "kustomize.config.k8s.io/v1beta1" or k.get("kind") != "Kustomization":
+        errors.append("kustomization.yaml: apiVersion/kind must be kustomize.config.k8s.io/v1beta1 "
+                      "Kustomization")
+    for key in k:
+        if key not in KUSTOMIZATION_KEYS:
+            errors.append(f"kustomization.yaml: unknown field {key}")
+    listed = k.get("resources") if isinstance(k.get("resources"), list) else []
+    if not listed:
+        errors.append("kustomization.yaml: no resources")
+    for r in listed:
+        if not isinstance(r, str) or not os.path.exists(os.path.join(directory, r)):
+            errors.append(f"kustomization.yaml: resource {r} does not exist")
+    for f in sorted(os.listdir(directory)):
+        if re.search(r"\.ya?ml$", f) and f != "kustomization.yaml" and f not in listed:
+            errors.append(f"kustomization.yaml: {f} is not listed in resources")
+    return errors, [r for r in listed if isinstance(r, str)]
+
+
+def matches(selector, labels):
+    return bool(selector) and all((labels or {}).get(k) == v for k, v in selector.items())
+
+
+def port_of(address):
+    try:
+        return int(str(address).rsplit(":", 1)[-1])
+    except ValueError:
+        return None
+
+
+def cross_check(objects):
+    """topserve-specific consistency of the whole set of objects."""
+    errors = []
+
+    def by_kind(kind):
+        return [o for o in objects if o.get("kind") == kind]
+
+    def one(kind):
+        found = by_kind(kind)
+        if not found:
+            errors.append(f"no {kind}")
+        return found
+
+    deployments = one("Deployment")
+    for kind in ("Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget",
+                 "ServiceMonitor", "PrometheusRule"):
+        one(kind)
+
+    for d in deployments:
+        where = f"Deployment {d['metadata']['name']}"
+        pod = d["spec"]["template"]["spec"]
+        pod_labels = (d["spec"]["template"].get("metadata") or {}).get("labels") or {}
+        if not matches((d["spec"].get("selector") or {}).get("matchLabels"), pod_labels):
+            errors.append(f"{where}: selector does not match the pod labels")
+        containers = pod["containers"]
+        c = next((x for x in containers if x.get("name") == "topserve"), containers[0])
+        volumes = pod.get("volumes") or []
+
+        cm_name = next((v["configMap"]["name"] for v in volumes if v.get("configMap")), None)
+        cm = next((x for x in by_kind("ConfigMap") if x["metadata"]["name"] == cm_name), None)
+        config = None
+        if cm is None:
+            errors.append(f"{where}: mounts ConfigMap {cm_name}, which is not in the manifests")
+        elif not isinstance((cm.get("data") or {}).get("config.yaml"), str):
+            errors.append(f"ConfigMap {cm_name}: no config.yaml key")
+        else:
+            try:
+                config = yaml.load(cm["data"]["config.yaml"], Loader=UniqueKeyLoader) or {}
+            except yaml.YAMLError as e:
+                errors.append(f"ConfigMap {cm_name}: config.yaml does not parse: {e}")
+        cm_volumes = {v["name"] for v in volumes if v.get("configMap")}
+        mount = next((m for m in c.get("volumeMounts") or [] if m["name"] in cm_volumes), None)
+        args = c.get("args") or []
+        config_path = (args[args.index("--config") + 1] if "--config" in args[:-1]
+                       else "/etc/topserve/config.yaml")
+        if mount is None or posixpath.dirname(config_path) != mount["mountPath"]:
+            errors.append(f"{where}: the config file {config_path} is not in the ConfigMap's mount")
+
+        ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+        for name in ("grpc", "metrics"):
+            if name not in ports:
+                errors.append(f"{where}: no container port named {name}")
+        model_names = []
+        if config is not None:
+            server = config.get("server") or {}
+            model_names = [m.get("name") for m in config.get("models") or []]
+            if port_of(server.get("listen")) != ports.get("grpc"):
+                errors.append(f"{where}: grpc containerPort {ports.get('grpc')} != config "
+                              f"server.listen {server.get('listen')}")
+            if server.get("metrics_port") != ports.get("metrics"):
+                errors.append(f"{where}: metrics containerPort {ports.get('metrics')} != config "
+                              f"server.metrics_port {server.get('metrics_port')}")
+            grace = server.get("drain_grace_seconds", 30)  # server/config.h default
+            if not (pod.get("terminationGracePeriodSeconds") or 0) > grace + 5:
+                errors.append(f"{where}: terminationGracePeriodSeconds "
+                              f"{pod.get('terminationGracePeriodSeconds')} must exceed "
+                              f"server.drain_grace_seconds {grace} by more than 5 s")
+            if not model_names:
+                errors.append(f"ConfigMap {cm_name}: no models")
+        readiness_names = set(model_names) | {"topserve.v1.Inference"}
+
+        def grpc_probe(name):
+            probe = c.get(name) or {}
+            if "grpc" not in probe:
+                errors.append(f"{where}: {name} is not a gRPC probe")
+                return None
+            if probe["grpc"].get("port") != ports.get("grpc"):
+                errors.append(f"{where}: {name} port {probe['grpc'].get('port')} != grpc port "
+                              f"{ports.get('grpc')}")
+            return probe["grpc"].get("service", "")
+
+        live = grpc_probe("livenessProbe")
+        if live not in (None, ""):
+            errors.append(f'{where}: livenessProbe must ask for service "" (process alive), '
+                          f'not "{live}"')
+        for name in ("readinessProbe", "startupProbe"):
+            svc = grpc_probe(name)
+            if svc is not None and svc not in readiness_names:
+                errors.append(f'{where}: {name} asks for service "{svc}", which is neither a '
+                              f'configured model ({", ".join(map(str, model_names))}) nor '
+                              "topserve.v1.Inference")
+        resources = c.get("resources") or {}
+        for r in ("requests", "limits"):
+            for k in ("cpu", "memory"):
+                if not (resources.get(r) or {}).get(k):
+                    errors.append(f"{where}: resources.{r}.{k} is not set")
+        csc, psc = c.get("securityContext") or {}, pod.get("securityContext") or {}
+        if csc.get("runAsNonRoot", psc.get("runAsNonRoot")) is not True:
+            errors.append(f"{where}: runAsNonRoot is not true")
+        uid = csc.get("runAsUser", psc.get("runAsUser"))
+        if not (isinstance(uid, int) and uid > 0):
+            errors.append(f"{where}: runAsUser must be a non-zero uid")
+        omp = next((e for e in c.get("env") or [] if e.get("name") == "OMP_WAIT_POLICY"), {})
+        if omp.get("value") != "passive":
+            errors.append(f"{where}: env OMP_WAIT_POLICY=passive is not set")
+
+        for s in by_kind("Service"):
+            if not matches(s["spec"].get("selector"), pod_labels):
+                errors.append(f"Service {s['metadata']['name']}: selector does not match the pods "
+                              f"of {where}")
+                continue
+            for p in s["spec"]["ports"]:
+                target = p.get("targetPort", p["port"])
+                ok = target in ports if isinstance(target, str) else target in ports.values()
+                if not ok:
+                    errors.append(f"Service {s['metadata']['name']}: port {p.get('name')} targets "
+                                  f"{target}, not a container port")
+                if p.get("name") == "grpc" and p.get("appProtocol") != "grpc":
+                    errors.append(f"Service {s['metadata']['name']}: grpc port lacks "
+                                  "appProtocol: grpc")
+        for p in by_kind("PodDisruptionBudget"):
+            if not matches((p["spec"].get("selector") or {}).get("matchLabels"), pod_labels):
+                errors.append(f"PodDisruptionBudget {p['metadata']['name']}: selector does not "
+                              f"match {where}")
+        for h in by_kind("HorizontalPodAutoscaler"):
+            ref = h["spec"]["scaleTargetRef"]
+            if ref.get("kind") != "Deployment" or ref.get("name") != d["metadata"]["name"]:
+                errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: does not target "
+                              f"{where}")
+            metrics = h["spec"].get("metrics") or []
+            if not any(m.get("type") == "Resource" and (m.get("resource") or {}).get("name") == "cpu"
+                       for m in metrics):
+                errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: no CPU metric")
+            if not (resources.get("requests") or {}).get("cpu"):
+                errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: CPU utilisation "
+                              "needs a CPU request")
+    for sm in by_kind("ServiceMonitor"):
+        services = [s for s in by_kind("Service")
+                    if matches((sm["spec"].get("selector") or {}).get("matchLabels"),
+                               s["metadata"].get("labels"))]
+        if len(services) != 1:
+            errors.append(f"ServiceMonitor {sm['metadata']['name']}: selects {len(services)} "
+                          "Services (want exactly 1, or pods are scraped twice)")
+        for ep in sm["spec"].get("endpoints") or []:
+            for s in services:
+                if not any(p.get("name") == ep.get("port") for p in s["spec"]["ports"]):
+                    errors.append(f"ServiceMonitor {sm['metadata']['name']}: Service "
+                                  f"{s['metadata']['name']} has no port {ep.get('port')}")
+    return errors
+
+
+def load_file(directory, file):
+    with open(os.path.join(directory, file)) as f:
+        return parse_documents(f.read(), file)
+
+
+def validate_dir(directory):
+    errors = []
+    kfile = os.path.join(directory, "kustomization.yaml")
+    if not os.path.exists(kfile):
+        return [f"{kfile} is missing"], 0
+    kerr, kdocs = load_file(directory, "kustomization.yaml")
+    errors += kerr
+    kerrs, resources = check_kustomization(kdocs[0] if kdocs else {}, directory)
+    errors += kerrs
+    valid = []
+    for file in resources:
+        if not os.path.exists(os.path.join(directory, file)):
+            continue
+        perr, objects = load_file(directory, file)
+        errors += perr
+        if not objects and not perr:
+            errors.append(f"{file}: no documents")
+        for obj in objects:
+            meta = obj.get("metadata") if isinstance(obj, dict) else None
+            name = f"{file}: {obj.get('kind', '?') if isinstance(obj, dict) else '?'} " \
+                   f"{(meta or {}).get('name', '?')}"
+            errs = validate_object(obj)
+            errors += [f"{name}: {e}" for e in errs]
+            if not errs:
+                print(f"ok   {name}")
+                valid.append(obj)
+    if not errors:
+        errors += [f"cross-check: {e}" for e in cross_check(valid)]
+    return errors, len(valid)
+
+
+def self_test():
+    """Negative checks: each broken object must be rejected, for the reason given."""
+    directory = os.path.join(ROOT, "deploy", "k8s")
+
+    def load(file):
+        return load_file(directory, file)[1]
+
+    deployment = load("deployment.yaml")[0]
+    service_monitor = load("servicemonitor.yaml")[0]
+    rule = load("prometheusrule.yaml")[0]
+
+    def edit(obj, fn):
+        obj = copy.deepcopy(obj)
+        fn(obj)
+        return obj
+
+    def container(d):
+        return d["spec"]["template"]["spec"]["containers"][0]
+
+    def typo_probe(d):
+        p = container(d)["readinessProbe"]
+        p["grcp"] = p.pop("grpc")
+
+    cases = [
+        ("real Deployment (must pass)", deployment, None),
+        ("real ServiceMonitor (must pass)", service_monitor, None),
+        ("real PrometheusRule (must pass)", rule, None),
+        ("replicas as a string", edit(deployment, lambda d: d["spec"].update(replicas="two")),
+         r"/spec/replicas: 'two' is not of type 'integer'"),
+        ("containerPort as a string",
+         edit(deployment, lambda d: container(d)["ports"][0].update(containerPort="8500")),
+         r"containerPort: '8500' is not of type 'integer'"),
+        ("probe typo grcp", edit(deployment, typo_probe), r"readinessProbe: .*'grcp' was unexpected"),
+        ("misspelled terminationGracePeriod",
+         edit(deployment, lambda d: d["spec"]["template"]["spec"].update(terminationGracePeriod=45)),
+         r"/spec/template/spec: .*'terminationGracePeriod' was unexpected"),
+        ("containers missing",
+         edit(deployment, lambda d: d["spec"]["template"]["spec"].pop("containers")),
+         r"'containers' is a required property"),
+        ("ServiceMonitor interval as a number",
+         edit(service_monitor, lambda s: s["spec"]["endpoints"][0].update(interval=15)),
+         r"/spec/endpoints/0/interval: 15 is not of type 'string'"),
+        ("ServiceMonitor typo scrapeTimout",
+         edit(service_monitor, lambda s: s["spec"]["endpoints"][0].update(scrapeTimout="5s")),
+         r"/spec/endpoints/0: .*'scrapeTimout' was unexpected"),
+        ("PrometheusRule typo experssion",
+         edit(rule, lambda r: r["spec"]["groups"][1]["rules"][0].update(experssion="up")),
+         r"/spec/groups/1/rules/0: .*'experssion' was unexpected"),
+        ("PrometheusRule rules not a list",
+         edit(rule, lambda r: r["spec"]["groups"][0].update(rules="x")),
+         r"/spec/groups/0/rules: 'x' is not of type 'array'"),
+        ("unknown kind", {"apiVersion": "v1", "kind": "Deploymnt", "metadata": {"name": "x"}},
+         r"unknown kind"),
+        ("unknown CRD group", {"apiVersion": "example.com/v1", "kind": "Widget",
+                               "metadata": {"name": "x"}}, r"unknown kind"),
+    ]
+    failed = 0
+    for name, obj, want in cases:
+        errs = validate_object(obj)
+        ok = not errs if want is None else any(re.search(want, e) for e in errs)
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {'; '.join(errs) if errs else 'valid'}")
+        failed += not ok
+
+    _, dup = parse_documents("a: 1\na: 2\n", "dup.yaml")
+    dup_err, _ = parse_documents("a: 1\na: 2\n", "dup.yaml")
+    ok = not dup and any("duplicate key 'a'" in e for e in dup_err)
+    print(f"{'ok  ' if ok else 'FAIL'} duplicate keys are rejected: {'; '.join(dup_err)}")
+    failed += not ok
+
+    objects = []
+    for f in sorted(os.listdir(directory)):
+        if f.endswith(".yaml") and f != "kustomization.yaml":
+            objects += load(f)
+    broken = copy.deepcopy(objects)
+    cm = next(o for o in broken if o["kind"] == "ConfigMap")
+    cm["data"]["config.yaml"] = re.sub(r"drain_grace_seconds: *[0-9.]+", "drain_grace_seconds: 60",
+                                       cm["data"]["config.yaml"])
+    dep = next(o for o in broken if o["kind"] == "Deployment")
+    container(dep)["readinessProbe"]["grpc"]["service"] = "no-such-model"
+    xerrs = cross_check(broken)
+    for name, pattern in (("drain grace > termination grace", r"terminationGracePeriodSeconds"),
+                          ("readiness probe on an unknown model",
+                           r'readinessProbe asks for service "no-such-model"')):
+        ok = any(re.search(pattern, e) for e in xerrs)
+        print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}")
+        failed += not ok
+    clean = cross_check(objects)
+    print(f"{'FAIL' if clean else 'ok  '} cross-check of the real manifests: "
+          f"{'; '.join(clean) or 'consistent'}")
+    failed += bool(clean)
+    return failed
+
+
+def main(argv):
+    if argv and argv[0] == "--self-test":
+        failed = self_test()
+        print(f"self-test: {failed} check(s) FAILED" if failed
+              else "self-test: every broken manifest was rejected")
+        return 1 if failed else 0
+    directory = os.path.abspath(argv[0] if argv else os.path.join(ROOT, "deploy", "k8s"))
+    errors, count = validate_dir(directory)
+    for e in errors:
+        print(f"FAIL {e}")
+    rel = os.path.relpath(directory, ROOT)
+    if errors:
+        print(f"{rel}: {len(errors)} problem(s)")
+        return 1
+    print(f"{rel}: {count} objects valid and consistent")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
