@@ -137,9 +137,9 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   if (c.task == Task::kSequenceClassification) {
     m->pooler_ = linear(prefix + "pooler.dense", d, d, Epilogue::kTanh, false);
     m->classifier_ = linear("classifier", c.num_labels(), d, Epilogue::kNone, false);
-  } else {
+  } else if (c.task == Task::kQuestionAnswering) {
     m->qa_ = linear("qa_outputs", 2, d, Epilogue::kNone, false);
-  }
+  }  // a headless encoder has no head (its pooler, if saved, is not part of the output)
   if (!status.ok()) return status;
   return m;
 }
@@ -207,6 +207,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
   const float eps = static_cast<float>(c.layer_norm_eps);
   const bool qa = c.task == Task::kQuestionAnswering;
+  // Tasks whose output is per token keep every token's last state, dropped tokens included.
+  const bool per_token = qa || c.task == Task::kFeatureExtraction;
 
   // Per-sequence state, in the current packed order.
   struct Seq {
@@ -236,7 +238,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   int32_t* pos = Grow(ws.pos_, total);
   Grow(ws.spare_pos_, total);
   double* importance = Grow(ws.importance_, total);
-  float* final_rows = qa ? Grow(ws.final_, total * d) : nullptr;
+  float* final_rows = per_token ? Grow(ws.final_, total * d) : nullptr;
 
   // Embeddings + LayerNorm, one parallel region over all sequences.
   const int64_t nseq = static_cast<int64_t>(seqs.size());
@@ -264,7 +266,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   // the top tokens by attention received ([CLS] always, ties to the earlier position, survivors in
   // their original order), and re-sorts the batch by remaining length, all in one gather into the
   // spare buffer, which then takes the place of `rows`. `carried` holds each token's last full
-  // hidden state; QA stores it for the tokens dropped here.
+  // hidden state; per-token tasks (QA, feature extraction) store it for the tokens dropped here.
   auto prune = [&](int64_t l, std::vector<float>& rows, const float* carried) {
     const float* src = rows.data();
     float* dst = ws.spare_.data();
@@ -308,7 +310,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       const Seq& s = seqs[si];
       const int32_t* chosen = sel.data() + picks[si].begin;
       const int64_t k = picks[si].len;
-      if (qa && k < s.len) {
+      if (per_token && k < s.len) {
         int64_t j = 0;
         for (int64_t i = 0; i < s.len; ++i) {
           if (j < k && chosen[j] == i) {
@@ -392,7 +394,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   }
 
   // Heads.
-  if (!qa) {
+  if (!per_token) {
     const int64_t nl = c.num_labels();
     float* cls = Grow(ws.heads_in_, 2 * batch * d);
     float* pooled = cls + batch * d;
@@ -406,6 +408,14 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       for (int64_t i = 0; i < s.len; ++i) {
         CopyRow(x + (s.offset + i) * d, final_rows + (s.orig_offset + pos[s.offset + i]) * d, d);
       }
+    }
+    if (!qa) {  // feature extraction: the final rows are the output
+      for (const Seq& s : seqs) {
+        const int64_t n = static_cast<int64_t>(inputs[s.index].ids.size());
+        const float* first = final_rows + s.orig_offset * d;
+        outputs[s.index].hidden.assign(first, first + n * d);
+      }
+      return absl::OkStatus();
     }
     float* logits = Grow(ws.heads_out_, total_in * 2);
     qa_.Forward(ws.cache_, final_rows, total_in, logits);

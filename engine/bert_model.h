@@ -1,4 +1,5 @@
-// A BERT encoder with a classification or QA head, run on packed variable-length batches with
+// A BERT encoder with a classification or QA head, or none (feature extraction), run on packed
+// variable-length batches with
 // optional per-sequence token pruning.
 //
 // Layout: the sequences of a batch are stored back to back in one [total_tokens x hidden] matrix,
@@ -46,6 +47,9 @@ struct SequenceOutput {
   std::vector<float> logits;        // classification: one per label
   std::vector<float> start_logits;  // QA: one per input token (dropped tokens included)
   std::vector<float> end_logits;
+  // Feature extraction (a headless BertModel): the last hidden state of every input token, row-major
+  // [tokens x hidden]; a token dropped by pruning carries its state from the layer that dropped it.
+  std::vector<float> hidden;
   // With RunOptions::record_kept: for each layer, the positions (into the input) still present
   // after that layer's pruning point, ascending.
   std::vector<std::vector<int32_t>> kept_positions;

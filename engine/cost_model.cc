@@ -10,7 +10,8 @@ ModelShape ModelShape::FromConfig(const BertConfig& config) {
   s.ffn = config.intermediate_size;
   s.layers = config.num_layers;
   s.qa = config.task == Task::kQuestionAnswering;
-  s.num_labels = s.qa ? 0 : config.num_labels();
+  s.headless = config.task == Task::kFeatureExtraction;
+  s.num_labels = s.qa || s.headless ? 0 : config.num_labels();
   return s;
 }
 
@@ -26,6 +27,7 @@ int64_t LayerMacs(const ModelShape& shape, int64_t n, int64_t n_kept, Placement 
 
 int64_t HeadMacs(const ModelShape& shape, int64_t tokens_out) {
   const int64_t d = shape.hidden;
+  if (shape.headless) return 0;
   if (shape.qa) return tokens_out * d * 2;
   return d * d + d * shape.num_labels;  // pooler + classifier on [CLS]
 }

@@ -23,8 +23,9 @@ struct ModelShape {
   int64_t hidden = 0;        // d
   int64_t ffn = 0;           // f
   int64_t layers = 0;
-  int64_t num_labels = 0;    // classification head width (0 for QA)
+  int64_t num_labels = 0;    // classification head width (0 for QA and feature extraction)
   bool qa = false;
+  bool headless = false;     // feature extraction: the last hidden states are the output, no head
 
   static ModelShape FromConfig(const BertConfig& config);
 };
@@ -32,7 +33,8 @@ struct ModelShape {
 // MACs of one encoder layer with n tokens in and n_kept tokens kept at its pruning point.
 int64_t LayerMacs(const ModelShape& shape, int64_t n, int64_t n_kept, Placement placement);
 
-// MACs of the heads: pooler + classifier on [CLS], or the QA projection on `tokens_out` tokens.
+// MACs of the heads: pooler + classifier on [CLS], or the QA projection on `tokens_out` tokens;
+// 0 for a headless encoder.
 int64_t HeadMacs(const ModelShape& shape, int64_t tokens_out);
 
 // kept[l] = tokens remaining after layer l's pruning point (kept[l] <= tokens entering layer l).

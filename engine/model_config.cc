@@ -178,14 +178,15 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
   const auto it = obj.find("architectures");
   if (it == obj.end() || it->is_null()) {
     return FieldError(origin, "architectures",
-                      "is missing (expected [\"BertForSequenceClassification\"] or "
-                      "[\"BertForQuestionAnswering\"])");
+                      "is missing (expected [\"BertForSequenceClassification\"], "
+                      "[\"BertForQuestionAnswering\"] or [\"BertModel\"])");
   }
   if (!it->is_array() || it->empty()) {
     return FieldError(origin, "architectures", absl::StrCat("must be a non-empty array of names, got ",
                                                             Describe(*it)));
   }
   std::optional<Task> task;
+  bool bare = false;
   for (const Json& name : *it) {
     if (!name.is_string()) {
       return FieldError(origin, "architectures", absl::StrCat("must hold strings, got ", Describe(name)));
@@ -193,15 +194,19 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
     std::optional<Task> this_task;
     if (name == "BertForSequenceClassification") this_task = Task::kSequenceClassification;
     if (name == "BertForQuestionAnswering") this_task = Task::kQuestionAnswering;
+    // The bare encoder is what every task model contains: a head named next to it decides.
+    if (name == "BertModel") bare = true;
     if (this_task && task && *task != *this_task) {
       return FieldError(origin, "architectures", absl::StrCat("names two different tasks: ", Describe(*it)));
     }
     if (this_task) task = this_task;
   }
+  if (!task && bare) task = Task::kFeatureExtraction;
   if (!task) {
     return FieldError(origin, "architectures",
                       absl::StrCat(Describe(*it), " names no supported architecture (supported: "
-                                   "BertForSequenceClassification, BertForQuestionAnswering)"));
+                                   "BertForSequenceClassification, BertForQuestionAnswering, "
+                                   "BertModel)"));
   }
   return *task;
 }
@@ -323,13 +328,15 @@ std::vector<TensorSpec> ExpectedBertTensors(const BertConfig& config) {
   auto add = [&specs](std::string name, std::vector<int64_t> shape) {
     specs.push_back({std::move(name), std::move(shape)});
   };
-  add("bert.embeddings.word_embeddings.weight", {config.vocab_size, h});
-  add("bert.embeddings.position_embeddings.weight", {config.max_position_embeddings, h});
-  add("bert.embeddings.token_type_embeddings.weight", {config.type_vocab_size, h});
-  add("bert.embeddings.LayerNorm.weight", {h});
-  add("bert.embeddings.LayerNorm.bias", {h});
+  // Hugging Face saves a headless BertModel without the "bert." its task models nest it under.
+  const std::string bert = config.task == Task::kFeatureExtraction ? "" : "bert.";
+  add(bert + "embeddings.word_embeddings.weight", {config.vocab_size, h});
+  add(bert + "embeddings.position_embeddings.weight", {config.max_position_embeddings, h});
+  add(bert + "embeddings.token_type_embeddings.weight", {config.type_vocab_size, h});
+  add(bert + "embeddings.LayerNorm.weight", {h});
+  add(bert + "embeddings.LayerNorm.bias", {h});
   for (int64_t l = 0; l < config.num_layers; ++l) {
-    const std::string p = absl::StrCat("bert.encoder.layer.", l, ".");
+    const std::string p = absl::StrCat(bert, "encoder.layer.", l, ".");
     for (const char* proj : {"query", "key", "value"}) {
       add(absl::StrCat(p, "attention.self.", proj, ".weight"), {h, h});
       add(absl::StrCat(p, "attention.self.", proj, ".bias"), {h});
@@ -346,11 +353,11 @@ std::vector<TensorSpec> ExpectedBertTensors(const BertConfig& config) {
     add(p + "output.LayerNorm.bias", {h});
   }
   if (config.task == Task::kSequenceClassification) {
-    add("bert.pooler.dense.weight", {h, h});
-    add("bert.pooler.dense.bias", {h});
+    add(bert + "pooler.dense.weight", {h, h});
+    add(bert + "pooler.dense.bias", {h});
     add("classifier.weight", {config.num_labels(), h});
     add("classifier.bias", {config.num_labels()});
-  } else {
+  } else if (config.task == Task::kQuestionAnswering) {
     add("qa_outputs.weight", {2, h});
     add("qa_outputs.bias", {2});
   }

@@ -13,7 +13,9 @@
 
 namespace topserve::engine {
 
-enum class Task { kSequenceClassification, kQuestionAnswering };
+// kFeatureExtraction: a headless encoder (`BertModel`, as sentence-transformers and pretrained
+// checkpoints ship it); the output is the last hidden state of every token.
+enum class Task { kSequenceClassification, kQuestionAnswering, kFeatureExtraction };
 enum class Activation { kGelu /* exact erf */, kGeluTanh /* gelu_new, gelu_pytorch_tanh */, kRelu };
 
 struct BertConfig {
@@ -48,8 +50,9 @@ struct TokenizerConfig {
 //
 // Rules (each failure is INVALID_ARGUMENT "<origin>: <field> ..."; a missing file is NOT_FOUND):
 //   - model_type, when present, is "bert"; position_embedding_type, when present, is "absolute";
-//   - architectures holds BertForSequenceClassification or BertForQuestionAnswering (the first known
-//     entry decides; two different known ones are an error; unknown ones are named in the error);
+//   - architectures holds BertForSequenceClassification, BertForQuestionAnswering or BertModel (a
+//     headless encoder: kFeatureExtraction, unless a head is also named) (the first known entry
+//     decides; two different heads are an error; unknown ones are named in the error);
 //   - vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size are required
 //     integers in [1, 2^31); max_position_embeddings (512) and type_vocab_size (2) are optional, same
 //     range; hidden_size % num_attention_heads == 0;
@@ -81,9 +84,10 @@ struct TensorSpec {
   std::vector<int64_t> shape;
 };
 
-// Every tensor a BertForSequenceClassification / BertForQuestionAnswering checkpoint must hold for
-// `config`, in the checkpoint's usual order (embeddings, layers, pooler for classification only,
-// then classifier.* or qa_outputs.*). Names: bert.embeddings.{word,position,token_type}_embeddings.weight,
+// Every tensor a BertForSequenceClassification / BertForQuestionAnswering / BertModel checkpoint
+// must hold for `config`, in the checkpoint's usual order (embeddings, layers, pooler for
+// classification only, then classifier.* or qa_outputs.*; a BertModel's names have no "bert."
+// prefix and no head, as Hugging Face saves them). Names: bert.embeddings.{word,position,token_type}_embeddings.weight,
 // bert.embeddings.LayerNorm.{weight,bias}, bert.encoder.layer.N.attention.self.{query,key,value}.*,
 // bert.encoder.layer.N.attention.output.{dense,LayerNorm}.*, bert.encoder.layer.N.intermediate.dense.*,
 // bert.encoder.layer.N.output.{dense,LayerNorm}.*, bert.pooler.dense.*, classifier.* / qa_outputs.*.

@@ -358,6 +358,11 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
       return absl::Status(bert.status().code(),
                           absl::StrCat("model '", mc.name, "': ", bert.status().message()));
     }
+    if (bert->task == engine::Task::kFeatureExtraction) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model '", mc.name, "': ", mc.path, "/config.json: architectures BertModel is a headless "
+          "encoder; the server serves classification and question-answering models"));
+    }
     auto m = std::make_unique<ServedModel>();
     m->config = mc;
     m->qa = bert->task == engine::Task::kQuestionAnswering;

@@ -233,7 +233,7 @@ TEST(ModelConfigTest, Architectures) {
 
   EXPECT_THAT(ParseError(Config({{"BertForSequenceClassification", "BertForMaskedLM"}})),
               AllOf(HasSubstr("cfg.json: architectures [\"BertForMaskedLM\"] names no supported architecture"),
-                    HasSubstr("BertForSequenceClassification, BertForQuestionAnswering")));
+                    HasSubstr("BertForSequenceClassification, BertForQuestionAnswering, BertModel")));
   EXPECT_THAT(ParseError(Config({{"\"architectures\": [\"BertForSequenceClassification\"],", ""}})),
               HasSubstr("architectures is missing"));
   EXPECT_THAT(ParseError(Config({{"[\"BertForSequenceClassification\"]", "[]"}})),
@@ -246,9 +246,20 @@ TEST(ModelConfigTest, Architectures) {
                                   "[\"BertForSequenceClassification\", \"BertForQuestionAnswering\"]"}})),
               HasSubstr("names two different tasks"));
   // An unknown name next to a known one: the known one decides.
-  auto mixed = Parse(Config({{"[\"BertForSequenceClassification\"]", "[\"BertModel\", \"BertForSequenceClassification\"]"}}));
+  auto mixed = Parse(Config({{"[\"BertForSequenceClassification\"]", "[\"BertForMaskedLM\", \"BertForSequenceClassification\"]"}}));
   ASSERT_TRUE(mixed.ok()) << mixed.status();
   EXPECT_EQ(mixed->task, Task::kSequenceClassification);
+  // The bare encoder: a headless model alone, the head when one is named next to it.
+  auto bare = Parse(Config({{"[\"BertForSequenceClassification\"]", "[\"BertModel\"]"}}));
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->task, Task::kFeatureExtraction);
+  for (const char* names : {"[\"BertModel\", \"BertForQuestionAnswering\"]",
+                            "[\"BertForQuestionAnswering\", \"BertModel\"]"}) {
+    auto headed = Parse(Config({{"[\"BertForSequenceClassification\"]", names},
+                                {"\"id2label\": {\"0\": \"negative\", \"1\": \"positive\"},", ""}}));
+    ASSERT_TRUE(headed.ok()) << names << ": " << headed.status();
+    EXPECT_EQ(headed->task, Task::kQuestionAnswering) << names;
+  }
 }
 
 TEST(ModelConfigTest, ModelTypeAndPositionEmbeddings) {

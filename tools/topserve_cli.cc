@@ -81,6 +81,9 @@ int main(int argc, char** argv) {
   out["timings_ms"]["load"] = MsSince(t);
   topserve::engine::Workspace ws(model);
   const bool is_qa = model.config().task == topserve::engine::Task::kQuestionAnswering;
+  if (model.config().task == topserve::engine::Task::kFeatureExtraction) {
+    return Fail("this model is a headless encoder (BertModel): it has no classification or QA head");
+  }
 
   if (classify->parsed()) {
     if (is_qa) return Fail("this model answers questions; use 'answer'");
