@@ -1,52 +1,61 @@
-#!/usr/bin/python3
-"""Same-run peers for the engine benchmark: PyTorch fp32 and ONNX Runtime fp32 / int8 (dynamic
-quantization) on the same bert-base-shaped model and batch as build-bench's engine_bench.
+#!/usr/bin/env python3
+"""Same-run peers for the engine benchmark: PyTorch (fp32, bf16) and ONNX Runtime (fp32, int8) on
+the same BERT model and inputs as topserve's engine_bench, every row measured in one run.
 
-  /usr/bin/python3 bench/peers/peers.py --model build-bench/models/bert-base-cls \
-      --out build-bench/peers --batch 8 --length 128 --threads 1,2 --repeats 5
+  .venv/bin/python bench/peers/peers.py --model build-bench/models/bert-base-cls \
+      --out build-bench/peers --threads 2 --repeats 5 --sst2 ../shared/data/sst2/dev.tsv \
+      --engine-bench build-bench/bench/engine_bench --json docs/bench/peers.json
 
-Steps: (1) PyTorch: the training model (training/modeling.py, nn.Linear/nn.LayerNorm, fp32) loaded
-from the model directory, timed under torch.no_grad() with torch.set_num_threads(t). (2) ONNX: the
-same module exported with torch.onnx.export (opset 13) -> model-fp32.onnx; model-int8.onnx is the
-dynamic-quantization rewrite ONNX Runtime's quantize_dynamic makes (not installable here: no pip),
-done by hand: every MatMul with a constant weight becomes DynamicQuantizeLinear(x) ->
-MatMulInteger(x_q, W_q, x_zp, 0) -> Cast -> Mul(x_scale * W_scale), W quantized per tensor to
-symmetric int8 (quantize_dynamic's defaults), the pattern ORT's optimizer fuses into its
-DynamicQuantizeMatMul / MatMulIntegerToFloat kernels. (3) bench/peers/ort.mjs runs both files on
-onnxruntime-node (CPU provider, intra-op threads = t, graph optimisation all).
-(4) with --engine-bench, topserve's engine_bench on the same model and batch, fp32 and int8, at
-budgets 1, 0.5, 0.25, 0.125.
-Prints JSON rows {peer, threads, seconds} and checks the ONNX outputs against PyTorch.
+Workloads: 8 x 128 random ids, 1 x 128, 1 x 384, and the first 128 SST-2 dev sentences at their
+real lengths (tokenized by Hugging Face's BertTokenizerFast from the model's vocab.txt).
+
+Peers run as their users run them:
+- PyTorch: `transformers`' BertForSequenceClassification.from_pretrained(model dir), eval, no_grad,
+  torch.set_num_threads(t); bf16 is the same model cast with .to(torch.bfloat16).
+- ONNX Runtime (PyPI's onnxruntime, CPU provider): the standard BERT graph (inputs input_ids,
+  attention_mask, token_type_ids) exported from that model with torch.onnx.export, then
+  onnxruntime.transformers.optimizer.optimize_model(model_type="bert") for its fused BERT kernels
+  (the script checks the optimized graph holds Attention, SkipLayerNormalization, EmbedLayerNormalization
+  and a fused Gelu, one per layer), and onnxruntime.quantization.quantize_dynamic on the optimized
+  graph for int8 (QInt8 weights, per-tensor: its defaults). Sessions: intra-op threads = t,
+  sequential, graph optimization ORT_ENABLE_ALL.
+- On the SST-2 mix a peer runs in its best mode: the faster of one sentence per call and batches of
+  8 sentences sorted by length, padded to the batch's longest with an attention mask.
+- topserve (--engine-bench): engine_bench per workload and precision at budgets 1, 0.5, 0.25,
+  0.125; its SST-2 row is one packed batch of the 128 sentences (no padding).
+
+Prints the CPU model; --json/--md write the rows.
 """
 import argparse
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch starts its OpenMP pool
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-import numpy as np
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, os.path.join(ROOT, "training"))
-import common  # noqa: E402  (training/common.py)
+PRECISIONS = ("fp32", "bf16", "int8")
+BATCH_OF_SORTED = 8
 
 
-class Wrapped(torch.nn.Module):
-    """ids [B, n] -> logits; every token present (the benchmark batch has no padding)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids):
-        presence = torch.ones(ids.shape, dtype=torch.float32)
-        logits, _, _ = self.model(ids, presence)
-        return logits
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def median_time(fn, repeats):
@@ -59,64 +68,166 @@ def median_time(fn, repeats):
     return float(np.median(times))
 
 
-def quantize_dynamic(src, dst):
-    """MatMul(x, W const) -> DynamicQuantizeLinear + MatMulInteger + Cast + Mul (int8 weights,
-    per-tensor symmetric scale), as onnxruntime.quantization.quantize_dynamic does by default."""
+def padded(batch_ids):
+    """[[ids]] -> (input_ids, attention_mask, token_type_ids) as int64 arrays, right-padded."""
+    n = max(len(x) for x in batch_ids)
+    ids = np.zeros((len(batch_ids), n), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, x in enumerate(batch_ids):
+        ids[i, :len(x)] = x
+        mask[i, :len(x)] = 1
+    return ids, mask, np.zeros_like(ids)
+
+
+def make_workloads(model_dir, sst2, sst2_limit, vocab_size):
+    rng = np.random.default_rng(7)
+    work = {}
+    for name, batch, length in (("len128", 8, 128), ("1x128", 1, 128), ("1x384", 1, 384)):
+        ids = rng.integers(1000, min(29000, vocab_size), size=(batch, length))
+        ids[:, 0], ids[:, -1] = 101, 102
+        work[name] = [list(map(int, row)) for row in ids]
+    if sst2:
+        from transformers import BertTokenizerFast
+        tok = BertTokenizerFast.from_pretrained(model_dir)
+        texts = []
+        with open(sst2) as f:
+            next(f)  # header
+            for line in f:
+                texts.append(line.rsplit("\t", 1)[0])
+                if len(texts) == sst2_limit:
+                    break
+        work["sst2-dev"] = [tok(t, truncation=True, max_length=128)["input_ids"] for t in texts]
+    return work
+
+
+def calls_for(seqs, mode):
+    """The padded batches one pass over `seqs` makes in `mode`."""
+    if mode == "as one batch":
+        return [padded(seqs)]
+    if mode == "one-by-one":
+        return [padded([s]) for s in seqs]
+    order = sorted(seqs, key=len)  # sorted batches: padding only to the batch's longest
+    return [padded(order[i:i + BATCH_OF_SORTED]) for i in range(0, len(order), BATCH_OF_SORTED)]
+
+
+def modes_for(name):
+    if name == "sst2-dev":
+        return ["one-by-one", f"sorted batches of {BATCH_OF_SORTED}"]
+    return ["as one batch"]
+
+
+def time_peer(run, work, repeats):
+    """Returns {workload: (seconds, mode)}: each workload in its peer's best mode."""
+    out = {}
+    for name, seqs in work.items():
+        best = None
+        for mode in modes_for(name):
+            calls = calls_for(seqs, mode)
+            s = median_time(lambda: [run(*c) for c in calls], repeats)
+            if best is None or s < best[0]:
+                best = (s, mode)
+        out[name] = best
+    return out
+
+
+def export_onnx(model, path, hidden, heads, layers):
+    """Standard BERT ONNX graph + ORT's BERT optimizer; returns (optimized path, fused op counts)."""
     import onnx
-    from onnx import helper, numpy_helper, TensorProto
-    model = onnx.load(src)
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    nodes, rewritten = [], 0
-    for node in graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in inits:
-            nodes.append(node)
-            continue
-        w = numpy_helper.to_array(inits[node.input[1]]).astype(np.float32)
-        # int8 weights, symmetric (zero point 0): quantize_dynamic's default (QInt8,
-        # WeightSymmetric), the u8 x s8 pairing VNNI kernels run.
-        scale = float(np.abs(w).max()) / 127.0 or 1.0
-        zero = 0
-        wq = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        p = f"{node.name or node.output[0]}_q"
-        graph.initializer.extend([
-            numpy_helper.from_array(wq, f"{p}_W"),
-            numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{p}_Ws"),
-            numpy_helper.from_array(np.array(zero, dtype=np.int8), f"{p}_Wz"),
-        ])
-        nodes += [
-            helper.make_node("DynamicQuantizeLinear", [node.input[0]],
-                             [f"{p}_x", f"{p}_xs", f"{p}_xz"], name=f"{p}_dql"),
-            helper.make_node("MatMulInteger", [f"{p}_x", f"{p}_W", f"{p}_xz", f"{p}_Wz"],
-                             [f"{p}_i32"], name=f"{p}_mmi"),
-            helper.make_node("Cast", [f"{p}_i32"], [f"{p}_f"], to=TensorProto.FLOAT,
-                             name=f"{p}_cast"),
-            helper.make_node("Mul", [f"{p}_xs", f"{p}_Ws"], [f"{p}_s"], name=f"{p}_scale"),
-            helper.make_node("Mul", [f"{p}_f", f"{p}_s"], [node.output[0]], name=f"{p}_out"),
-        ]
-        rewritten += 1
-    del graph.node[:]
-    graph.node.extend(nodes)
-    used = {i for n in graph.node for i in n.input}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)
-    onnx.checker.check_model(model)
-    onnx.save(model, dst)
-    return rewritten
+    from onnxruntime.transformers import optimizer
+    ids, mask, types = (torch.from_numpy(a) for a in padded([[101, 2000, 2001, 102]] * 2))
+    raw = path.replace(".onnx", "-raw.onnx")
+    with torch.no_grad():
+        torch.onnx.export(model, (ids, mask, types), raw,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"],
+                          output_names=["logits"], opset_version=14, do_constant_folding=True,
+                          dynamic_axes={k: {0: "batch", 1: "sequence"}
+                                        for k in ("input_ids", "attention_mask", "token_type_ids")})
+    opt = optimizer.optimize_model(raw, model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   opt_level=1)
+    opt.save_model_to_file(path)
+    counts = {}
+    for node in onnx.load(path).graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    want = {"Attention": layers, "SkipLayerNormalization": 2 * layers, "EmbedLayerNormalization": 1}
+    gelu = counts.get("BiasGelu", 0) + counts.get("FastGelu", 0) + counts.get("Gelu", 0)
+    missing = [f"{op} x{n} (has {counts.get(op, 0)})" for op, n in want.items()
+               if counts.get(op, 0) < n]
+    if gelu < layers:
+        missing.append(f"a fused Gelu per layer (has {gelu})")
+    if missing:
+        raise SystemExit(f"ORT's optimizer did not fuse the BERT graph: missing {', '.join(missing)}; "
+                         f"ops: {counts}")
+    return path, {k: v for k, v in counts.items() if v}
+
+
+def ort_runner(path, threads):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+    def run(ids, mask, types):
+        return sess.run(["logits"], {"input_ids": ids, "attention_mask": mask,
+                                     "token_type_ids": types})[0]
+    return run
+
+
+def torch_runner(model):
+    def run(ids, mask, types):
+        with torch.no_grad():
+            return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                         token_type_ids=torch.from_numpy(types)).logits.float().numpy()
+    return run
+
+
+def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_limit, precisions):
+    rows = []
+    for precision in precisions:
+        for name, args in (("len128", ["--lengths", "128", "--batch", "8"]),
+                           ("1x128", ["--lengths", "128", "--batch", "1"]),
+                           ("1x384", ["--lengths", "384", "--batch", "1"]),
+                           ("sst2-dev", ["--lengths", "", "--sst2", sst2 or "",
+                                         "--sst2-limit", str(sst2_limit)])):
+            if name not in work:
+                continue
+            path = os.path.join(out, f"engine-{precision}-{name}.json")
+            proc = subprocess.run([engine_bench, "--model", model, *args,
+                                   "--budgets", "1,0.5,0.25,0.125", "--threads", threads,
+                                   "--repeats", str(repeats), "--precision", precision,
+                                   "--json", path],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"engine_bench failed: {proc.stderr.strip()}")
+            with open(path) as f:
+                result = json.load(f)
+            for r in result["rows"]:
+                if r["budget"] == "mixed" or r["workload"] not in ("len128", "len384", "sst2-dev"):
+                    continue
+                rows.append({"peer": f"topserve-{result.get('precision', precision)} budget "
+                                     f"{r['budget']:g}",
+                             "workload": name, "threads": r["threads"], "seconds": r["seconds"],
+                             "flops_fraction": r["flops_fraction"], "mode": "packed batch",
+                             "isa": result.get("isa", "")})
+    return rows
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True, help="work directory (ONNX files, ids, results)")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--threads", default="1,2")
+    p.add_argument("--model", required=True, help="a BertForSequenceClassification directory")
+    p.add_argument("--out", required=True, help="work directory (ONNX files, results)")
+    p.add_argument("--threads", default="2")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--sst2", help="SST-2 dev.tsv: adds the real-length workload")
+    p.add_argument("--sst2-limit", type=int, default=128)
+    p.add_argument("--workloads", help="comma list to run (default: all)")
     p.add_argument("--skip-ort", action="store_true", help="PyTorch only")
-    p.add_argument("--engine-bench", help="build-bench/bench/engine_bench: time topserve in the "
-                   "same run, budgets 1, 0.5, 0.25, 0.125")
+    p.add_argument("--skip-bf16", action="store_true", help="no PyTorch bf16 row")
+    p.add_argument("--engine-bench", help="engine_bench binary: time topserve in the same run")
+    p.add_argument("--precisions", default=",".join(PRECISIONS),
+                   help="topserve precisions to run (engine_bench --precision)")
     p.add_argument("--json", help="write the combined results here")
     p.add_argument("--md", help="write a markdown table here")
     p.add_argument("--command", default="", help="command line to cite in the markdown")
@@ -124,67 +235,59 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     threads = [int(t) for t in args.threads.split(",")]
 
-    model, config = common.load_model(args.model)
-    model.eval()
-    net = Wrapped(model).eval()
-    rng = np.random.default_rng(7)
-    ids = rng.integers(1000, config["vocab_size"], size=(args.batch, args.length))
-    ids[:, 0] = 101
-    ids_t = torch.from_numpy(ids)
+    from transformers import BertForSequenceClassification
+    model = BertForSequenceClassification.from_pretrained(args.model).eval()
+    cfg = model.config
+    work = make_workloads(args.model, args.sst2, args.sst2_limit, cfg.vocab_size)
+    if args.workloads:
+        keep = set(args.workloads.split(","))
+        work = {k: v for k, v in work.items() if k in keep}
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}", file=sys.stderr)
+
     rows = []
-    with torch.no_grad():
-        expected = net(ids_t).numpy()
+    check = padded(work[next(iter(work))])
+    expected = torch_runner(model)(*check)
+    diffs = {}
+    runners = [("pytorch-fp32", lambda t: torch_runner(model))]
+    if not args.skip_bf16:
+        bf16 = BertForSequenceClassification.from_pretrained(args.model).eval().to(torch.bfloat16)
+        runners.append(("pytorch-bf16", lambda t: torch_runner(bf16)))
+    ort_info = {}
+    if not args.skip_ort:
+        import onnxruntime
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        fp32, ops = export_onnx(model, os.path.join(args.out, "model-fp32.onnx"),
+                                cfg.hidden_size, cfg.num_attention_heads, cfg.num_hidden_layers)
+        int8 = os.path.join(args.out, "model-int8.onnx")
+        # The optimized graph's com.microsoft ops carry no inferred output types, so the
+        # quantizer is told that they are float (its own advice for this case).
+        import onnx
+        quantize_dynamic(fp32, int8, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        ort_info = {"version": onnxruntime.__version__, "fused_ops_fp32": ops}
+        runners += [("ort-fp32", lambda t: ort_runner(fp32, t)),
+                    ("ort-int8", lambda t: ort_runner(int8, t))]
+    for peer, make in runners:
         for t in threads:
             torch.set_num_threads(t)
-            s = median_time(lambda: net(ids_t), args.repeats)
-            rows.append({"peer": "pytorch-fp32", "threads": t, "seconds": s})
-            print(f"pytorch-fp32  threads={t}  {s * 1e3:8.1f} ms", file=sys.stderr)
-    if args.skip_ort:
-        print(json.dumps({"rows": rows}, indent=1))
-        return 0
-
-    fp32 = os.path.join(args.out, "model-fp32.onnx")
-    int8 = os.path.join(args.out, "model-int8.onnx")
-    with torch.no_grad():
-        torch.onnx.export(net, (ids_t,), fp32, input_names=["ids"], output_names=["logits"],
-                          dynamic_axes={"ids": {0: "batch", 1: "length"}}, opset_version=13)
-    n = quantize_dynamic(fp32, int8)
-    print(f"int8: {n} MatMuls quantized", file=sys.stderr)
-    ids_path = os.path.join(args.out, "ids.json")
-    with open(ids_path, "w") as f:
-        json.dump({"ids": ids.tolist()}, f)
-    proc = subprocess.run(["node", os.path.join(HERE, "ort.mjs"), "--ids", ids_path,
-                           "--threads", args.threads, "--repeats", str(args.repeats),
-                           fp32, int8], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"ort.mjs failed:\n{proc.stderr}")
-    sys.stderr.write(proc.stderr)
-    ort = json.loads(proc.stdout)
-    for r in ort["rows"]:
-        rows.append({"peer": r["peer"], "threads": r["threads"], "seconds": r["seconds"]})
-    # The exported graph computes what PyTorch does (fp32 closely, int8 roughly).
-    diffs = {}
-    for name, logits in ort["logits"].items():
-        diffs[name] = float(np.max(np.abs(np.asarray(logits) - expected)))
-    if diffs["ort-fp32"] > 1e-3:
-        raise SystemExit(f"ONNX fp32 logits differ from PyTorch by {diffs['ort-fp32']}")
-    result = {"rows": rows, "max_abs_logit_diff_vs_pytorch": diffs, "batch": args.batch,
-              "length": args.length, "model": args.model}
+            run = make(t)
+            diffs[peer] = float(np.max(np.abs(run(*check) - expected)))
+            for name, (s, mode) in time_peer(run, work, args.repeats).items():
+                rows.append({"peer": peer, "workload": name, "threads": t, "seconds": s,
+                             "mode": mode})
+                print(f"{peer:13s} {name:9s} threads={t} {s * 1e3:8.1f} ms  ({mode})",
+                      file=sys.stderr)
+    if "ort-fp32" in diffs and diffs["ort-fp32"] > 1e-3:
+        raise SystemExit(f"ONNX Runtime fp32 logits differ from PyTorch by {diffs['ort-fp32']}")
+    result = {"cpu": cpu_model(), "torch": torch.__version__, "onnxruntime": ort_info,
+              "model": args.model, "rows": rows, "max_abs_logit_diff_vs_pytorch_fp32": diffs,
+              "workloads": {k: {"sequences": len(v), "tokens": sum(map(len, v))}
+                            for k, v in work.items()}}
     if args.engine_bench:
-        for precision in ("fp32", "int8"):
-            out = os.path.join(args.out, f"engine-{precision}.json")
-            subprocess.run([args.engine_bench, "--model", args.model, "--lengths", str(args.length),
-                            "--budgets", "1,0.5,0.25,0.125", "--threads", args.threads,
-                            "--batch", str(args.batch), "--repeats", str(args.repeats),
-                            "--precision", precision, "--json", out],
-                           check=True, stdout=subprocess.DEVNULL)
-            with open(out) as f:
-                for r in json.load(f)["rows"]:
-                    if r["budget"] == "mixed":
-                        continue
-                    rows.append({"peer": f"topserve-{precision} budget {r['budget']:g}",
-                                 "threads": r["threads"], "seconds": r["seconds"],
-                                 "flops_fraction": r["flops_fraction"]})
+        rows += engine_rows(args.engine_bench, args.model, args.out, work, args.threads,
+                            args.repeats, args.sst2, args.sst2_limit, args.precisions.split(","))
+        isas = {r["isa"] for r in rows if r.get("isa")}
+        result["onednn_isa"] = ", ".join(sorted(isas))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, sort_keys=True)
@@ -198,22 +301,34 @@ def main():
 
 def markdown(result, command):
     rows = result["rows"]
-    lines = [f"Made by `{command}`: batch {result['batch']} x {result['length']} tokens, "
-             f"bert-base shape (`{result['model']}`), median of the repeats, every row measured in "
-             "the same run (runs drift 10-25% between passes, so compare within this table).", "",
-             "| system | threads | time (ms) | vs PyTorch fp32 | vs ORT fp32 | vs ORT int8 |",
-             "|---|---|---|---|---|---|"]
-    for t in sorted({r["threads"] for r in rows}):
-        base = {r["peer"]: r["seconds"] for r in rows if r["threads"] == t}
-        for r in (r for r in rows if r["threads"] == t):
-            cells = []
-            for ref in ("pytorch-fp32", "ort-fp32", "ort-int8"):
-                cells.append(f"{base[ref] / r['seconds']:.2f}x" if ref in base else "-")
-            lines.append(f"| {r['peer']} | {t} | {r['seconds'] * 1e3:.1f} | " + " | ".join(cells) + " |")
-    diffs = result.get("max_abs_logit_diff_vs_pytorch", {})
-    lines += ["", "Ratios are speedups (peer time / row time; above 1 = the row is faster). "
-              "Max abs logit difference from PyTorch on the benchmark batch: " +
-              ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ".", ""]
+    wl = result["workloads"]
+    lines = [f"Made by `{command}` on {result['cpu']}"
+             + (f" (oneDNN ISA {result['onednn_isa']})" if result.get("onednn_isa") else "")
+             + f", model `{result['model']}`, median of the repeats, every row measured in the same "
+             "run (runs drift 10-30% between passes, so compare within this table). ONNX Runtime "
+             f"{result['onnxruntime'].get('version', '-')} on its optimizer's fused BERT graph "
+             f"({', '.join(f'{k} {v}' for k, v in sorted(result['onnxruntime'].get('fused_ops_fp32', {}).items()) if k in ('Attention', 'SkipLayerNormalization', 'EmbedLayerNormalization', 'BiasGelu', 'FastGelu'))}); "
+             f"torch {result['torch']}.", ""]
+    for name, info in wl.items():
+        for t in sorted({r["threads"] for r in rows}):
+            sel = [r for r in rows if r["workload"] == name and r["threads"] == t]
+            if not sel:
+                continue
+            base = {r["peer"]: r["seconds"] for r in sel}
+            lines += [f"### {name}: {info['sequences']} sequences, {info['tokens']} tokens, "
+                      f"{t} thread{'s' if t > 1 else ''}", "",
+                      "| system | mode | time (ms) | vs ORT fp32 | vs ORT int8 | vs PyTorch fp32 |",
+                      "|---|---|---|---|---|---|"]
+            for r in sel:
+                cells = [f"{base[ref] / r['seconds']:.2f}x" if ref in base else "-"
+                         for ref in ("ort-fp32", "ort-int8", "pytorch-fp32")]
+                lines.append(f"| {r['peer']} | {r['mode']} | {r['seconds'] * 1e3:.1f} | "
+                             + " | ".join(cells) + " |")
+            lines.append("")
+    diffs = result.get("max_abs_logit_diff_vs_pytorch_fp32", {})
+    lines += ["Ratios are speedups (peer time / row time; above 1 = the row is faster). Max abs "
+              "logit difference from PyTorch fp32 on the first workload: "
+              + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ".", ""]
     return "\n".join(lines)
 
 
