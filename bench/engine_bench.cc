@@ -2,7 +2,7 @@
 //
 //   build/bench/engine_bench --model DIR [--lengths 128,384] [--budgets 1,0.5,0.25,0.125]
 //        [--threads 1,2] [--batch 8] [--sst2 ../shared/data/sst2/dev.tsv] [--repeats 5]
-//        [--json out.json] [--precision fp32|int8]
+//        [--json out.json] [--precision fp32|int8|bf16] [--profile]
 //
 // For each (workload, threads, budget) it runs the same batch `repeats` times after a warm-up and
 // reports the median wall time, the planned MACs (engine/cost_model.h, the same numbers the server
@@ -24,6 +24,8 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/bert_model.h"
+#include "engine/cpu_info.h"
+#include "engine/profile.h"
 
 namespace {
 
@@ -82,6 +84,49 @@ Timed RunBatch(const BertModel& model, Workspace& ws, const std::vector<std::vec
   return t;
 }
 
+// Runs the batch `repeats` more times with a profile attached; returns seconds per op per run and
+// prints the table. The profiled runs are separate from the timed ones (timers cost ~1 us per op).
+nlohmann::json Profile(const BertModel& model, Workspace& ws,
+                       const std::vector<std::vector<int32_t>>& ids, double budget, int repeats) {
+  OpProfile prof;
+  ws.set_profile(&prof);
+  std::vector<SequenceInput> in;
+  std::vector<PruneReport> plans;
+  for (const auto& s : ids) plans.push_back(*model.planner().Plan(static_cast<int64_t>(s.size()), budget));
+  for (size_t i = 0; i < ids.size(); ++i) in.push_back({ids[i], {}, plans[i].kept});
+  std::vector<SequenceOutput> out(in.size());
+  RunOptions opts;
+  opts.placement = model.schedule().placement;
+  const int runs = std::max(1, repeats);
+  auto start = Clock::now();
+  for (int r = 0; r < runs; ++r) (void)model.Run(in, out, ws, opts);
+  const double wall = std::chrono::duration<double>(Clock::now() - start).count() / runs;
+  ws.set_profile(nullptr);
+  nlohmann::json j;
+  double dense = 0, gemm = 0;
+  const double measured = prof.total() / runs;
+  std::fprintf(stderr, "  profile (budget %g): %.1f ms per run (%.1f ms timed by ops)\n", budget,
+               wall * 1e3, measured * 1e3);
+  for (int o = 0; o < static_cast<int>(Op::kCount); ++o) {
+    const Op op = static_cast<Op>(o);
+    const double s = prof.seconds(op) / runs;
+    if (prof.calls(op) == 0) continue;
+    j["ops"][std::string(OpName(op))] = s;
+    if (IsDenseGemm(op)) dense += s;
+    if (IsGemm(op)) gemm += s;
+    std::fprintf(stderr, "    %-14s %8.2f ms  %5.1f%%\n", std::string(OpName(op)).c_str(), s * 1e3,
+                 100.0 * s / measured);
+  }
+  // Time the op timers did not cover (the loop itself, grouping) counts as "other".
+  j["ops"]["other"] = j["ops"].value("other", 0.0) + std::max(0.0, wall - measured);
+  j["seconds_per_run"] = wall;
+  j["share_outside_dense_gemms"] = 1.0 - dense / wall;
+  j["share_outside_gemms"] = 1.0 - gemm / wall;
+  std::fprintf(stderr, "    outside the dense GEMMs: %.1f%%; outside all GEMMs: %.1f%%\n",
+               100.0 * (1.0 - dense / wall), 100.0 * (1.0 - gemm / wall));
+  return j;
+}
+
 std::vector<std::vector<int32_t>> Sst2(const BertModel& model, const std::string& path, size_t limit) {
   std::ifstream in(path);
   std::string line;
@@ -121,8 +166,10 @@ int main(int argc, char** argv) {
   app.add_option("--sst2", sst2, "SST-2 dev.tsv for the real length mix");
   app.add_option("--sst2-limit", sst2_limit, "first N SST-2 dev sentences as one batch");
   app.add_option("--json", json_out);
-  app.add_option("--precision", precision_s, "encoder dense layers: fp32 or int8")
-      ->check(CLI::IsMember({"fp32", "int8"}));
+  app.add_option("--precision", precision_s, "encoder dense layers: fp32, int8 or bf16")
+      ->check(CLI::IsMember({"fp32", "int8", "bf16"}));
+  bool profile = false;
+  app.add_flag("--profile", profile, "print (and write to the JSON) the time of each op per budget");
   CLI11_PARSE(app, argc, argv);
   const Precision precision = *PrecisionFromName(precision_s);  // IsMember checked the name
 
@@ -153,16 +200,23 @@ int main(int argc, char** argv) {
   out["schedule"] = m.schedule().source;
   out["placement"] = std::string(PlacementName(m.schedule().placement));
   out["precision"] = precision_s;
+  out["cpu"] = CpuModelName();
+  out["isa"] = std::string(DnnlIsaName());
+  std::fprintf(stderr, "CPU: %s; oneDNN ISA: %s; our kernels: %s\n", CpuModelName().c_str(),
+               std::string(DnnlIsaName()).c_str(), GetCpuFeatures().avx512 ? "avx512" : "avx2");
   out["rows"] = nlohmann::json::array();
   for (int threads : ParseList<int>(threads_s)) {
     FlushDnnlPrimitiveCache();  // primitives made under another thread count must not be reused
     auto mt = BertModel::Load(model_dir, {.num_threads = threads, .precision = precision});
+    out["precision"] = std::string(PrecisionName((*mt)->precision()));  // after any fallback
     Workspace ws(**mt);
     for (const Workload& w : workloads) {
       double base = 0;
       int64_t base_macs = 0;
       for (double b : budgets) {
         Timed t = RunBatch(**mt, ws, w.ids, std::vector<double>(w.ids.size(), b), repeats);
+        nlohmann::json ops;
+        if (profile) ops = Profile(**mt, ws, w.ids, b, repeats);
         if (b == 1.0) {
           base = t.seconds;
           base_macs = t.macs;
@@ -179,6 +233,7 @@ int main(int argc, char** argv) {
           row["flops_reduction"] = reduction;
           row["speedup_over_reduction"] = speedup / reduction;
         }
+        if (profile) row["profile"] = ops;
         out["rows"].push_back(row);
         std::fprintf(stderr, "%-9s threads=%d budget=%-6g %8.1f ms  flops=%.3f  %6.1f GFLOP/s%s\n",
                      w.name.c_str(), threads, b, t.seconds * 1e3,

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <numeric>
 
@@ -66,6 +67,14 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   m->shape_ = ModelShape::FromConfig(m->config_);
   m->num_threads_ = options.num_threads > 0 ? options.num_threads : AvailableCpus();
   m->precision_ = options.precision;
+  if (m->precision_ == Precision::kBfloat16 && !CpuHasNativeBf16()) {
+    // Emulated bf16 would be slower than fp32 and less exact: run fp32, and say so once per load.
+    std::fprintf(stderr,
+                 "topserve: %s: precision bf16 needs a CPU with AVX512-BF16 or AMX (oneDNN sees %s); "
+                 "running fp32\n",
+                 dir.c_str(), std::string(DnnlIsaName()).c_str());
+    m->precision_ = Precision::kFloat32;
+  }
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
   auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
   if (!schedule.ok()) return schedule.status();
@@ -124,12 +133,13 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
                               m->precision_);
     if (!qkv.ok()) return qkv.status();
     layer.qkv = std::move(*qkv);
-    layer.attn_out = linear(p + "attention.output.dense", d, d, Epilogue::kNone, true, m->precision_);
+    // The residual sums happen in LayerNormResidualRows, so these write x W + b only.
+    layer.attn_out = linear(p + "attention.output.dense", d, d, Epilogue::kNone, false, m->precision_);
     layer.ln1_gamma = read(p + "attention.output.LayerNorm.weight", {d});
     layer.ln1_beta = read(p + "attention.output.LayerNorm.bias", {d});
     layer.ffn_in = linear(p + "intermediate.dense", f, d, ActivationEpilogue(c.activation), false,
                           m->precision_);
-    layer.ffn_out = linear(p + "output.dense", d, f, Epilogue::kNone, true, m->precision_);
+    layer.ffn_out = linear(p + "output.dense", d, f, Epilogue::kNone, false, m->precision_);
     layer.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     layer.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     m->layers_.push_back(std::move(layer));
@@ -200,6 +210,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   const int64_t batch = static_cast<int64_t>(inputs.size());
   if (batch == 0) return absl::OkStatus();
   omp_set_num_threads(ws.threads_);
+  OpProfile* prof = ws.cache_.profile();
 
   const BertConfig& c = config_;
   const int64_t d = c.hidden_size, f = c.intermediate_size, heads = c.num_heads;
@@ -242,6 +253,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
 
   // Embeddings + LayerNorm, one parallel region over all sequences.
   const int64_t nseq = static_cast<int64_t>(seqs.size());
+  {
+  ScopedOp timed(prof, Op::kEmbeddings);
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t si = 0; si < nseq; ++si) {
     const Seq& s = seqs[static_cast<size_t>(si)];
@@ -257,6 +270,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     }
   }
   LayerNormRows(x, total, d, emb_ln_gamma_.data(), emb_ln_beta_.data(), eps);
+  }
 
   if (run_options.record_kept) {
     for (int64_t s = 0; s < batch; ++s) outputs[s].kept_positions.assign(static_cast<size_t>(c.num_layers), {});
@@ -268,6 +282,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   // spare buffer, which then takes the place of `rows`. `carried` holds each token's last full
   // hidden state; per-token tasks (QA, feature extraction) store it for the tokens dropped here.
   auto prune = [&](int64_t l, std::vector<float>& rows, const float* carried) {
+    ScopedOp timed(prof, Op::kPruneGather);
     const float* src = rows.data();
     float* dst = ws.spare_.data();
     int32_t* dst_pos = ws.spare_pos_.data();
@@ -347,7 +362,10 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     }
 
     // Self-attention.
-    layer.qkv.Forward(ws.cache_, x, total, qkv);
+    {
+      ScopedOp timed(prof, Op::kQkvGemm);
+      layer.qkv.Forward(ws.cache_, x, total, qkv);
+    }
     for (size_t gi = 0; gi < seqs.size();) {
       size_t ge = gi;
       while (ge < seqs.size() && seqs[ge].len == seqs[gi].len) ++ge;
@@ -358,17 +376,32 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
         const int64_t g = std::min<int64_t>(chunk, static_cast<int64_t>(ge - cs));
         const int64_t off = seqs[cs].offset;
         float* scores = Grow(ws.scores_, g * per_seq);
-        AttentionScores(ws.cache_, att, qkv + off * 3 * d, g, len, scale, scores);
-        SoftmaxRows(ws.cache_, scores, g * heads * len, len);
-        if (prunes_here) AttentionReceived(scores, g, heads, len, importance + off);
+        {
+          ScopedOp timed(prof, Op::kAttnScores);
+          AttentionScores(ws.cache_, att, qkv + off * 3 * d, g, len, scale, scores);
+        }
+        {
+          ScopedOp timed(prof, Op::kSoftmax);
+          SoftmaxRows(ws.cache_, scores, g * heads * len, len);
+        }
+        if (prunes_here) {
+          ScopedOp timed(prof, Op::kImportance);
+          AttentionReceived(scores, g, heads, len, importance + off);
+        }
+        ScopedOp timed(prof, Op::kAttnContext);
         AttentionContext(ws.cache_, att, scores, qkv + off * 3 * d, g, len, ctx + off * d);
       }
       gi = ge;
     }
     // y = LayerNorm(x + ctx W_o + b_o)
-    std::memcpy(y, x, static_cast<size_t>(total * d) * sizeof(float));
-    layer.attn_out.Forward(ws.cache_, ctx, total, y);
-    LayerNormRows(y, total, d, layer.ln1_gamma.data(), layer.ln1_beta.data(), eps);
+    {
+      ScopedOp timed(prof, Op::kAttnOutGemm);
+      layer.attn_out.Forward(ws.cache_, ctx, total, y);
+    }
+    {
+      ScopedOp timed(prof, Op::kLayerNorm);
+      LayerNormResidualRows(y, x, total, d, layer.ln1_gamma.data(), layer.ln1_beta.data(), eps);
+    }
 
     if (prunes_here && run_options.placement == Placement::kAfterMha) {
       // x, the layer's input, is each dropped token's last full hidden state.
@@ -376,10 +409,18 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       y = ws.y_.data();
     }
     // x = LayerNorm(y + act(y W_i + b_i) W_o + b_o)
-    std::memcpy(x, y, static_cast<size_t>(total * d) * sizeof(float));
-    layer.ffn_in.Forward(ws.cache_, y, total, hid);
-    layer.ffn_out.Forward(ws.cache_, hid, total, x);
-    LayerNormRows(x, total, d, layer.ln2_gamma.data(), layer.ln2_beta.data(), eps);
+    {
+      ScopedOp timed(prof, Op::kFfnInGemm);
+      layer.ffn_in.Forward(ws.cache_, y, total, hid);
+    }
+    {
+      ScopedOp timed(prof, Op::kFfnOutGemm);
+      layer.ffn_out.Forward(ws.cache_, hid, total, x);
+    }
+    {
+      ScopedOp timed(prof, Op::kLayerNorm);
+      LayerNormResidualRows(x, y, total, d, layer.ln2_gamma.data(), layer.ln2_beta.data(), eps);
+    }
 
     if (prunes_here && run_options.placement == Placement::kBetweenLayers) {
       prune(l, ws.x_, x);
@@ -394,6 +435,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   }
 
   // Heads.
+  ScopedOp timed_heads(prof, Op::kHeads);
   if (!per_token) {
     const int64_t nl = c.num_labels();
     float* cls = Grow(ws.heads_in_, 2 * batch * d);

@@ -30,8 +30,9 @@ namespace topserve::engine {
 struct EngineOptions {
   int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
   // Arithmetic of the encoder's dense layers (engine/dnnl_ops.h). kFloat32 (default) matches the
-  // reference to 1e-4; kInt8 trades that for speed (2.8x on bert-base here, docs/benchmarks.md). Embeddings, attention, LayerNorm and
-  // the heads stay fp32 either way.
+  // reference to 1e-4; kInt8 and kBfloat16 trade that for speed (docs/benchmarks.md). Embeddings,
+  // attention, LayerNorm and the heads stay fp32 in every precision. kBfloat16 on a CPU without
+  // native bf16 runs fp32 (precision() then says kFloat32) after one line on stderr.
   Precision precision = Precision::kFloat32;
 };
 
@@ -70,6 +71,8 @@ class Workspace {
   // `threads` OpenMP threads per Run (0 = the model's default).
   Workspace(const BertModel& model, int threads);
   int threads() const { return threads_; }
+  // Records the per-op time of every later Run in `profile` (null stops it); benchmarks only.
+  void set_profile(OpProfile* profile) { cache_.set_profile(profile); }
 
  private:
   friend class BertModel;

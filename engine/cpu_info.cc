@@ -47,3 +47,36 @@ int AvailableCpus() {
 }
 
 }  // namespace topserve::engine
+
+namespace topserve::engine {
+
+std::string CpuModelName() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const size_t colon = line.find(':');
+      if (colon != std::string::npos) {
+        size_t b = line.find_first_not_of(" \t", colon + 1);
+        return b == std::string::npos ? "unknown" : line.substr(b);
+      }
+    }
+  }
+  return "unknown";
+}
+
+const CpuFeatures& GetCpuFeatures() {
+  static const CpuFeatures features = [] {
+    CpuFeatures f;
+    __builtin_cpu_init();
+    f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+    f.amx = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+            __builtin_cpu_supports("amx-int8");
+    return f;
+  }();
+  return features;
+}
+
+}  // namespace topserve::engine

@@ -7,9 +7,7 @@
 #include <string>
 #include <vector>
 
-#ifdef __AVX2__
 #include <immintrin.h>
-#endif
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -58,10 +56,11 @@ dnnl::primitive_attr MakeAttr(Epilogue epilogue, bool accumulate) {
   return attr;
 }
 
+// fp32 (src_type f32) or bf16 (src_type bf16: bf16 x bf16 weights, fp32 accumulation and dst).
 dnnl::matmul::primitive_desc LinearDesc(const dnnl::engine& eng, int64_t m, int64_t k, int64_t n,
                                         const dnnl::memory::desc& weights, Epilogue epilogue,
-                                        bool accumulate) {
-  dnnl::memory::desc src({m, k}, dt::f32, tag::ab);
+                                        bool accumulate, dt src_type = dt::f32) {
+  dnnl::memory::desc src({m, k}, src_type, tag::ab);
   dnnl::memory::desc bias({1, n}, dt::f32, tag::ab);
   dnnl::memory::desc dst({m, n}, dt::f32, tag::ab);
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, bias, dst),
@@ -137,6 +136,11 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
       lin.packed_desc_ = Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get()).weights_desc();
       src_desc = dnnl::memory::desc({k, n}, dt::s8, dims{1, k});
       src_data = q.data();
+    } else if (precision == Precision::kBfloat16) {
+      // Rounded to bf16 (nearest even) by the reorder that packs them.
+      dnnl::memory::desc any({k, n}, dt::bf16, tag::any);
+      lin.packed_desc_ =
+          LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate, dt::bf16).weights_desc();
     } else {
       dnnl::memory::desc any({k, n}, dt::f32, tag::any);
       lin.packed_desc_ = LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate).weights_desc();
@@ -163,13 +167,41 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
 }
 
 std::string_view PrecisionName(Precision precision) {
-  return precision == Precision::kInt8 ? "int8" : "fp32";
+  switch (precision) {
+    case Precision::kInt8: return "int8";
+    case Precision::kBfloat16: return "bf16";
+    case Precision::kFloat32: break;
+  }
+  return "fp32";
 }
 
 std::optional<Precision> PrecisionFromName(std::string_view name) {
   if (name == "fp32") return Precision::kFloat32;
   if (name == "int8") return Precision::kInt8;
+  if (name == "bf16") return Precision::kBfloat16;
   return std::nullopt;
+}
+
+bool CpuHasNativeBf16() {
+  const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
+  return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+}
+
+std::string_view DnnlIsaName() {
+  switch (dnnl::get_effective_cpu_isa()) {
+    case dnnl::cpu_isa::sse41: return "sse41";
+    case dnnl::cpu_isa::avx: return "avx";
+    case dnnl::cpu_isa::avx2: return "avx2";
+    case dnnl::cpu_isa::avx2_vnni: return "avx2_vnni";
+    case dnnl::cpu_isa::avx512_mic: return "avx512_mic";
+    case dnnl::cpu_isa::avx512_mic_4ops: return "avx512_mic_4ops";
+    case dnnl::cpu_isa::avx512_core: return "avx512_core";
+    case dnnl::cpu_isa::avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl::cpu_isa::avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl::cpu_isa::avx512_core_amx: return "avx512_core_amx";
+    default: break;
+  }
+  return "other";
 }
 
 namespace {
@@ -253,6 +285,8 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
   float* row_scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
   float* row_shift = row_scale + m;
   float* d = accumulate_ ? row_shift + m : y;
+  {
+  ScopedOp timed(cache.profile(), Op::kQuantize);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * k;
@@ -263,6 +297,7 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
     QuantizeRow(xi, k, 1.0f / s, z, q + i * k);
     row_scale[i] = s;
     row_shift[i] = s * z;
+  }
   }
   // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
   const auto& prim = cache.Get(this, m, 1, [&] {
@@ -277,6 +312,7 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
   // y = s_i (d - z_i wc_j) + b_j (+ y when accumulating): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
   const float* b = bias_.get();
   const float* wc = w_colsum_.get();
+  ScopedOp timed(cache.profile(), Op::kDequantize);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     const float s = row_scale[i], sz = row_shift[i];
@@ -292,6 +328,7 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
 }
 
 void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
+  ScopedOp timed(cache.profile(), Op::kActivation);
   // The same oneDNN activation the fp32 matmul's post-op applies, in place.
   dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
   const auto& act = cache.Get(&kSmallEpilogueTag, m * n_, static_cast<int64_t>(epilogue_), [&] {
@@ -304,9 +341,66 @@ void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
   cache.stream().wait();
 }
 
+namespace {
+
+// Rounds fp32 to bf16, nearest even (what the AVX512-BF16 instruction does; NaN stays NaN).
+uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void ToBf16RowNative(
+    const float* x, int64_t k, uint16_t* out) {
+  int64_t c = 0;
+  for (; c + 32 <= k; c += 32) {
+    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c));
+    _mm512_storeu_si512(out + c, reinterpret_cast<const __m512i&>(v));
+  }
+  for (; c < k; ++c) out[c] = ToBf16(x[c]);
+}
+
+void ToBf16Row(const float* x, int64_t k, uint16_t* out) {
+  for (int64_t c = 0; c < k; ++c) out[c] = ToBf16(x[c]);
+}
+
+}  // namespace
+
+void Linear::ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
+  const int64_t k = k_;
+  auto* xb = reinterpret_cast<uint16_t*>(cache.Bytes(static_cast<size_t>(m * k) * 2));
+  {
+    ScopedOp timed(cache.profile(), Op::kConvert);
+    const bool native = CpuHasNativeBf16();
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < m; ++i) {
+      if (native) {
+        ToBf16RowNative(x + i * k, k, xb + i * k);
+      } else {
+        ToBf16Row(x + i * k, k, xb + i * k);
+      }
+    }
+  }
+  const auto& prim = cache.Get(this, m, 2, [&] {
+    return dnnl::matmul(
+        LinearDesc(cache.engine(), m, k, n_, packed_desc_, epilogue_, accumulate_, dt::bf16));
+  });
+  const auto& eng = cache.engine();
+  dnnl::memory src({{m, k}, dt::bf16, tag::ab}, eng, xb);
+  dnnl::memory w(packed_desc_, eng, packed_.get());
+  dnnl::memory b({{1, n_}, dt::f32, tag::ab}, eng, bias_.get());
+  dnnl::memory dst({{m, n_}, dt::f32, tag::ab}, eng, y);
+  prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b},
+                                {DNNL_ARG_DST, dst}});
+  cache.stream().wait();
+}
+
 void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
   if (m <= 0) return;
   if (precision_ == Precision::kInt8) return ForwardInt8(cache, x, m, y);
+  if (precision_ == Precision::kBfloat16) return ForwardBf16(cache, x, m, y);
   if (small_.has_value() && m <= kSmallGemmMaxRows) {
     SmallGemm(*small_, packed_.get(), bias_.get(), x, m, k_, n_, accumulate_, y);
     if (epilogue_ != Epilogue::kNone) ApplyEpilogue(cache, y, m);

@@ -13,6 +13,7 @@
 #include <dnnl.hpp>
 
 #include "absl/status/statusor.h"
+#include "engine/profile.h"
 #include "engine/small_gemm.h"
 
 namespace topserve::engine {
@@ -41,9 +42,19 @@ enum class Epilogue { kNone, kGeluErf, kGeluTanh, kRelu, kTanh };
 // uses one activation scale per call instead; per row costs one more pass over the output but keeps
 // every token's result independent of its batch-mates. Not exact: outputs differ from fp32 by the
 // quantization error (tests bound it); the budget planner and the FLOPs reports are unchanged.
-enum class Precision { kFloat32, kInt8 };
+//
+// kBfloat16: weights rounded to bf16 and packed at load, activations rounded to bf16 per call, fp32
+// accumulation and output (bias and activation fused in the matmul, as fp32's are): AMX on Xeons,
+// AVX512-BF16 on Zen 4. Needs a CPU with native bf16 (CpuHasNativeBf16); BertModel::Load falls back
+// to fp32 on others, saying so.
+enum class Precision { kFloat32, kInt8, kBfloat16 };
 
-// "fp32" / "int8": the names the config, the CLIs and ModelInfo use.
+// True when oneDNN runs bf16 matmuls natively here (avx512_core_bf16 or AMX), not emulated.
+bool CpuHasNativeBf16();
+// The instruction set oneDNN dispatches its kernels for (dnnl::get_effective_cpu_isa()), by name.
+std::string_view DnnlIsaName();
+
+// "fp32" / "int8" / "bf16": the names the config, the CLIs and ModelInfo use.
 std::string_view PrecisionName(Precision precision);
 std::optional<Precision> PrecisionFromName(std::string_view name);  // nullopt for any other name
 
@@ -63,6 +74,9 @@ class PrimitiveCache {
     return floats_.data();
   }
   const dnnl::engine& engine() const { return engine_; }
+  // Where the ops run with this cache record their time (engine/profile.h); null = not profiled.
+  OpProfile* profile() const { return profile_; }
+  void set_profile(OpProfile* profile) { profile_ = profile; }
 
   // Returns the cached primitive for (owner, key) or creates it with make().
   template <typename Make>
@@ -92,6 +106,7 @@ class PrimitiveCache {
   static constexpr size_t kMaxEntries = 4096;
   dnnl::engine engine_;
   dnnl::stream stream_;
+  OpProfile* profile_ = nullptr;
   std::vector<uint8_t> bytes_;
   std::vector<float> floats_;
   std::unordered_map<Key, dnnl::primitive, KeyHash> cache_;
@@ -117,6 +132,7 @@ class Linear {
 
  private:
   void ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
+  void ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
   // The epilogue's activation in place on m rows (paths that cannot fuse it into the matmul).
   void ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const;
 

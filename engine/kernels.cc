@@ -4,24 +4,48 @@
 
 namespace topserve::engine {
 
+namespace {
+
+// One row: v = LayerNorm(v + r) (r may be null). Two passes in float: the sum for the mean, then the
+// centred squares, each a SIMD reduction (omp simd reassociates the sums across lanes).
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void NormRow(
+    float* v, const float* r, int64_t width, const float* gamma, const float* beta, float eps) {
+  float sum = 0.0f;
+  if (r != nullptr) {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < width; ++i) {
+      v[i] += r[i];
+      sum += v[i];
+    }
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int64_t i = 0; i < width; ++i) sum += v[i];
+  }
+  const float mean = sum / static_cast<float>(width);
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t i = 0; i < width; ++i) {
+    const float c = v[i] - mean;
+    sq += c * c;
+  }
+  const float inv = 1.0f / std::sqrt(sq / static_cast<float>(width) + eps);
+#pragma omp simd
+  for (int64_t i = 0; i < width; ++i) v[i] = (v[i] - mean) * inv * gamma[i] + beta[i];
+}
+
+}  // namespace
+
 void LayerNormRows(float* x, int64_t rows, int64_t width, const float* gamma, const float* beta,
                    float eps) {
 #pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) NormRow(x + r * width, nullptr, width, gamma, beta, eps);
+}
+
+void LayerNormResidualRows(float* y, const float* residual, int64_t rows, int64_t width,
+                           const float* gamma, const float* beta, float eps) {
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    float* v = x + r * width;
-    // Two passes in double: exact enough that the engine tracks a float64 reference to ~1e-6.
-    double sum = 0;
-    for (int64_t i = 0; i < width; ++i) sum += v[i];
-    const double mean = sum / static_cast<double>(width);
-    double sq = 0;
-    for (int64_t i = 0; i < width; ++i) {
-      const double c = v[i] - mean;
-      sq += c * c;
-    }
-    const double inv = 1.0 / std::sqrt(sq / static_cast<double>(width) + eps);
-    const float m = static_cast<float>(mean);
-    const float s = static_cast<float>(inv);
-    for (int64_t i = 0; i < width; ++i) v[i] = (v[i] - m) * s * gamma[i] + beta[i];
+    NormRow(y + r * width, residual + r * width, width, gamma, beta, eps);
   }
 }
 

@@ -297,7 +297,7 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
     }
     if (!engine::PrecisionFromName(m.precision).has_value()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(p, "precision: '", m.precision, "' is not one of fp32, int8"));
+          absl::StrCat(p, "precision: '", m.precision, "' is not one of fp32, int8, bf16"));
     }
     QueueConfig& q = m.batching;
     if (!q.max_batch_tokens) q.max_batch_tokens = b.max_batch_tokens;

@@ -416,6 +416,8 @@ absl::Status Runtime::LoadModel(ServedModel& m) {
   auto loaded = engine::BertModel::Load(mc.path, eo);
   if (!loaded.ok()) return fail(loaded.status());
   std::unique_ptr<engine::BertModel> bert = std::move(*loaded);
+  // What runs, which differs from the config when the CPU lacks it (bf16 without native support).
+  m.info.set_precision(std::string(engine::PrecisionName(bert->precision())));
   if (!mc.schedule.empty()) {
     auto schedule = engine::PruningSchedule::Load(mc.schedule, bert->config().num_layers);
     if (!schedule.ok()) return fail(schedule.status());

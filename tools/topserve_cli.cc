@@ -51,8 +51,8 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_dir, "model directory (Hugging Face layout)")->required();
   app.add_option("--threads", threads, "threads (default: CPUs available to the process)");
   std::string precision = "fp32";
-  app.add_option("--precision", precision, "encoder dense layers: fp32 or int8")
-      ->check(CLI::IsMember({"fp32", "int8"}));
+  app.add_option("--precision", precision, "encoder dense layers: fp32, int8 or bf16")
+      ->check(CLI::IsMember({"fp32", "int8", "bf16"}));
 
   auto* classify = app.add_subcommand("classify", "classify texts (or text pairs with --pair)");
   std::vector<std::string> texts;
