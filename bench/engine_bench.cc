@@ -12,6 +12,7 @@
 // the sum of the single-budget batches (the groups' ideal cost).
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -201,6 +202,12 @@ int main(int argc, char** argv) {
   out["placement"] = std::string(PlacementName(m.schedule().placement));
   out["precision"] = precision_s;
   out["cpu"] = CpuModelName();
+  // The OpenMP thread model decides small-batch latency on few cores; the server runs with
+  // OMP_WAIT_POLICY=passive GOMP_SPINCOUNT=10000 (server/main.cc), and so should a benchmark of it.
+  for (const char* var : {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}) {
+    const char* v = std::getenv(var);
+    out["openmp"][var] = v != nullptr ? v : "";
+  }
   out["isa"] = std::string(DnnlIsaName());
   std::fprintf(stderr, "CPU: %s; oneDNN ISA: %s; our kernels: %s\n", CpuModelName().c_str(),
                std::string(DnnlIsaName()).c_str(), GetCpuFeatures().avx512 ? "avx512" : "avx2");

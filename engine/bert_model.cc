@@ -35,6 +35,11 @@ Epilogue ActivationEpilogue(Activation a) {
   return Epilogue::kGeluErf;
 }
 
+// Element `offset` of a float (fp32 attention) or bf16 buffer.
+const void* Offset(const void* base, int64_t offset, bool bf16) {
+  return static_cast<const char*>(base) + offset * (bf16 ? 2 : 4);
+}
+
 void CopyRow(const float* src, float* dst, int64_t width) {
   if (src != dst) std::memcpy(dst, src, static_cast<size_t>(width) * sizeof(float));
 }
@@ -75,6 +80,7 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
                  dir.c_str(), std::string(DnnlIsaName()).c_str());
     m->precision_ = Precision::kFloat32;
   }
+  m->bf16_attention_ = m->precision_ != Precision::kFloat32 && CpuHasNativeBf16();
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
   auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
   if (!schedule.ok()) return schedule.status();
@@ -366,6 +372,13 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       ScopedOp timed(prof, Op::kQkvGemm);
       layer.qkv.Forward(ws.cache_, x, total, qkv);
     }
+    const void* qkv_in = qkv;
+    if (bf16_attention_) {
+      ScopedOp timed(prof, Op::kConvert);
+      uint16_t* qb = Grow(ws.qkv_bf16_, total * 3 * d);
+      ConvertToBf16(qkv, total * 3 * d, qb);
+      qkv_in = qb;
+    }
     for (size_t gi = 0; gi < seqs.size();) {
       size_t ge = gi;
       while (ge < seqs.size() && seqs[ge].len == seqs[gi].len) ++ge;
@@ -378,7 +391,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
         float* scores = Grow(ws.scores_, g * per_seq);
         {
           ScopedOp timed(prof, Op::kAttnScores);
-          AttentionScores(ws.cache_, att, qkv + off * 3 * d, g, len, scale, scores);
+          AttentionScores(ws.cache_, att, Offset(qkv_in, off * 3 * d, bf16_attention_), bf16_attention_, g, len,
+                          scale, scores);
         }
         {
           ScopedOp timed(prof, Op::kSoftmax);
@@ -388,8 +402,16 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
           ScopedOp timed(prof, Op::kImportance);
           AttentionReceived(scores, g, heads, len, importance + off);
         }
+        const void* probs = scores;
+        if (bf16_attention_) {
+          ScopedOp timed(prof, Op::kConvert);
+          uint16_t* pb = Grow(ws.probs_bf16_, g * per_seq);
+          ConvertToBf16(scores, g * per_seq, pb);
+          probs = pb;
+        }
         ScopedOp timed(prof, Op::kAttnContext);
-        AttentionContext(ws.cache_, att, scores, qkv + off * 3 * d, g, len, ctx + off * d);
+        AttentionContext(ws.cache_, att, probs, Offset(qkv_in, off * 3 * d, bf16_attention_), bf16_attention_, g,
+                         len, ctx + off * d);
       }
       gi = ge;
     }
@@ -409,11 +431,27 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       y = ws.y_.data();
     }
     // x = LayerNorm(y + act(y W_i + b_i) W_o + b_o)
-    {
-      ScopedOp timed(prof, Op::kFfnInGemm);
-      layer.ffn_in.Forward(ws.cache_, y, total, hid);
-    }
-    {
+    if (precision_ == Precision::kInt8) {
+      // The hidden activations never exist in fp32 memory: the up projection's epilogue
+      // quantizes them per token for the down projection in the same pass.
+      float* scales = Grow(ws.q_scales_, 4 * total);
+      const QuantizedRows qy{Grow(ws.q_in_, total * d), scales, scales + total};
+      const QuantizedRows qh{Grow(ws.q_hid_, total * f), scales + 2 * total, scales + 3 * total};
+      {
+        ScopedOp timed(prof, Op::kQuantize);
+        QuantizeRows(y, total, d, qy);
+      }
+      {
+        ScopedOp timed(prof, Op::kFfnInGemm);
+        layer.ffn_in.ForwardQuantized(ws.cache_, qy, total, hid, nullptr, &qh);
+      }
+      ScopedOp timed(prof, Op::kFfnOutGemm);
+      layer.ffn_out.ForwardQuantized(ws.cache_, qh, total, nullptr, x, nullptr);
+    } else {
+      {
+        ScopedOp timed(prof, Op::kFfnInGemm);
+        layer.ffn_in.Forward(ws.cache_, y, total, hid);
+      }
       ScopedOp timed(prof, Op::kFfnOutGemm);
       layer.ffn_out.Forward(ws.cache_, hid, total, x);
     }

@@ -31,8 +31,10 @@ struct EngineOptions {
   int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
   // Arithmetic of the encoder's dense layers (engine/dnnl_ops.h). kFloat32 (default) matches the
   // reference to 1e-4; kInt8 and kBfloat16 trade that for speed (docs/benchmarks.md). Embeddings,
-  // attention, LayerNorm and the heads stay fp32 in every precision. kBfloat16 on a CPU without
-  // native bf16 runs fp32 (precision() then says kFloat32) after one line on stderr.
+  // LayerNorm, softmax and the heads stay fp32 in every precision. kBfloat16 and kInt8 run the
+  // attention products (Q K^T, P V) in bf16 where the CPU has native bf16 (fp32 accumulation);
+  // kBfloat16 on a CPU without it runs fp32 (precision() then says kFloat32) after one line on
+  // stderr.
   Precision precision = Precision::kFloat32;
 };
 
@@ -80,6 +82,9 @@ class Workspace {
   int threads_;
   std::vector<float> x_, y_, spare_, qkv_, ctx_, ffn_, scores_, final_, heads_in_, heads_out_;
   std::vector<double> importance_;
+  std::vector<uint8_t> q_in_, q_hid_;  // int8: the FFN's quantized input and hidden activations
+  std::vector<float> q_scales_;
+  std::vector<uint16_t> qkv_bf16_, probs_bf16_;  // bf16 attention
   std::vector<int32_t> pos_, spare_pos_, order_, select_;
   std::vector<int64_t> gather_;
 };
@@ -125,6 +130,7 @@ class BertModel {
   DnnlContext dnnl_;
   int num_threads_ = 1;
   Precision precision_ = Precision::kFloat32;
+  bool bf16_attention_ = false;  // Q K^T and P V in bf16 (not fp32 precision, native bf16 only)
   int64_t max_length_ = 0;
   std::vector<float> word_emb_, pos_emb_, type_emb_, emb_ln_gamma_, emb_ln_beta_;
   std::vector<Layer> layers_;

@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/simd_math.h"
 
 namespace topserve::engine {
 
@@ -274,19 +275,7 @@ void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
 
 }  // namespace
 
-void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
-  // Each row i (one token) is quantized with its own range, widened to include 0 so that 0 is
-  // exact: x[i, :] ~ s_i (q[i, :] - z_i), q in [0, 255]. Per row, not per call: a token's result
-  // never depends on which other tokens share the batch (the int32 accumulation is exact), so
-  // batching cannot change a sequence's logits or its pruning decisions.
-  const int64_t k = k_, n = n_;
-  uint8_t* q = cache.Bytes(static_cast<size_t>(m * k));
-  // Scratch: s_i and s_i z_i per row, then (accumulating layers) the matmul's output.
-  float* row_scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
-  float* row_shift = row_scale + m;
-  float* d = accumulate_ ? row_shift + m : y;
-  {
-  ScopedOp timed(cache.profile(), Op::kQuantize);
+void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out) {
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * k;
@@ -294,37 +283,116 @@ void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float
     RowRange(xi, k, lo, hi);
     const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
     const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-    QuantizeRow(xi, k, 1.0f / s, z, q + i * k);
-    row_scale[i] = s;
-    row_shift[i] = s * z;
+    QuantizeRow(xi, k, 1.0f / s, z, out.q + i * k);
+    out.scale[i] = s;
+    out.shift[i] = s * z;
   }
+}
+
+namespace {
+
+// One output row of an int8 layer, in place in d: d = act(s d - sz wc + b (+ acc when given)), as
+// the fp32 matmul's sum-then-eltwise post-ops order it,
+// 16 lanes at a time while the row is in registers (simd_math.h); the tail runs the same formula in
+// scalar code with the library's functions.
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void DequantizeRow(
+    float* d, int64_t n, float s, float sz, const float* wc, const float* b, Epilogue epilogue,
+    const float* acc) {
+  using simd::F16;
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    F16 v, w, bb;
+    std::memcpy(&v, d + j, sizeof(v));
+    std::memcpy(&w, wc + j, sizeof(w));
+    std::memcpy(&bb, b + j, sizeof(bb));
+    v = s * v - sz * w + bb;
+    if (acc != nullptr) {
+      F16 a;
+      std::memcpy(&a, acc + j, sizeof(a));
+      v += a;
+    }
+    switch (epilogue) {
+      case Epilogue::kNone: break;
+      case Epilogue::kGeluErf: v = simd::GeluErf(v); break;
+      case Epilogue::kGeluTanh: v = simd::GeluTanh(v); break;
+      case Epilogue::kRelu: v = simd::Relu(v); break;
+      case Epilogue::kTanh: v = simd::Tanh(v); break;
+    }
+    std::memcpy(d + j, &v, sizeof(v));
   }
+  for (; j < n; ++j) {
+    float v = s * d[j] - sz * wc[j] + b[j] + (acc != nullptr ? acc[j] : 0.0f);
+    switch (epilogue) {
+      case Epilogue::kNone: break;
+      case Epilogue::kGeluErf: v = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); break;
+      case Epilogue::kGeluTanh:
+        v = 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        break;
+      case Epilogue::kRelu: v = std::max(v, 0.0f); break;
+      case Epilogue::kTanh: v = std::tanh(v); break;
+    }
+    d[j] = v;
+  }
+}
+
+}  // namespace
+
+void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
+                              float* scratch, float* y, const QuantizedRows* out) const {
+  const int64_t k = k_, n = n_;
   // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
-  const auto& prim = cache.Get(this, m, 1, [&] {
-    return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
-  });
-  const auto& eng = cache.engine();
-  dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, q);
-  dnnl::memory w(packed_desc_, eng, packed_.get());
-  dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
-  prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
-  cache.stream().wait();
-  // y = s_i (d - z_i wc_j) + b_j (+ y when accumulating): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
+  float* d = (out != nullptr || accumulate_) ? scratch : y;
+  {
+    const auto& prim = cache.Get(this, m, 1, [&] {
+      return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
+    });
+    const auto& eng = cache.engine();
+    dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, in.q);
+    dnnl::memory w(packed_desc_, eng, packed_.get());
+    dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
+    prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+    cache.stream().wait();
+  }
+  // y = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j. One
+  // pass: scales, zero point, bias, activation, residual and (with `out`) the next layer's
+  // quantization, each row while it is in cache.
+  ScopedOp timed(cache.profile(), Op::kDequantize);
   const float* b = bias_.get();
   const float* wc = w_colsum_.get();
-  ScopedOp timed(cache.profile(), Op::kDequantize);
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
-    const float s = row_scale[i], sz = row_shift[i];
-    const float* di = d + i * n;
-    float* yi = y + i * n;
-    if (accumulate_) {
-      for (int64_t j = 0; j < n; ++j) yi[j] += s * di[j] - sz * wc[j] + b[j];
-    } else {
-      for (int64_t j = 0; j < n; ++j) yi[j] = s * di[j] - sz * wc[j] + b[j];
+    float* di = d + i * n;
+    DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
+                  accumulate_ ? y + i * n : nullptr);
+    if (out != nullptr) {
+      float lo, hi;
+      RowRange(di, n, lo, hi);
+      const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+      const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
+      QuantizeRow(di, n, 1.0f / s, z, out->q + i * n);
+      out->scale[i] = s;
+      out->shift[i] = s * z;
+    } else if (d != y) {
+      std::memcpy(y + i * n, di, static_cast<size_t>(n) * sizeof(float));
     }
   }
-  if (epilogue_ != Epilogue::kNone) ApplyEpilogue(cache, y, m);
+}
+
+void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
+  // Each row i (one token) is quantized with its own range, widened to include 0 so that 0 is
+  // exact. Per row, not per call: a token's result never depends on which other tokens share the
+  // batch (the int32 accumulation is exact), so batching cannot change a sequence's logits or its
+  // pruning decisions.
+  const int64_t k = k_, n = n_;
+  QuantizedRows in;
+  in.q = cache.Bytes(static_cast<size_t>(m * k));
+  in.scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
+  in.shift = in.scale + m;
+  {
+    ScopedOp timed(cache.profile(), Op::kQuantize);
+    QuantizeRows(x, m, k, in);
+  }
+  ForwardQuantized(cache, in, m, accumulate_ ? in.shift + m : nullptr, y, nullptr);
 }
 
 void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
@@ -425,48 +493,70 @@ namespace {
 constexpr char kScoresTag = 0, kContextTag = 0, kSoftmaxTag = 0;
 
 // Q (or V) of a group as a 4-D view [G, H, L, dh] into the [G*L, 3d] QKV buffer.
-dnnl::memory::desc HeadView(const AttentionShape& s, int64_t groups, int64_t length) {
+dnnl::memory::desc HeadView(const AttentionShape& s, int64_t groups, int64_t length, dt type) {
   const int64_t row = 3 * s.hidden();
-  return dnnl::memory::desc({groups, s.heads, length, s.head_dim}, dt::f32,
+  return dnnl::memory::desc({groups, s.heads, length, s.head_dim}, type,
                             dims{length * row, s.head_dim, row, 1});
 }
 
+// The cache key's second half: the length and the data type.
+int64_t AttentionKey(int64_t length, bool bf16) { return length * 2 + (bf16 ? 1 : 0); }
+
 }  // namespace
 
-void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const float* qkv,
+void ConvertToBf16(const float* x, int64_t n, uint16_t* out) {
+  constexpr int64_t kChunk = 4096;
+  const bool native = CpuHasNativeBf16();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static)
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+    if (native) {
+      ToBf16RowNative(x + begin, len, out + begin);
+    } else {
+      ToBf16Row(x + begin, len, out + begin);
+    }
+  }
+}
+
+void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const void* qkv, bool bf16,
                      int64_t groups, int64_t length, float scale, float* scores) {
+  const dt type = bf16 ? dt::bf16 : dt::f32;
   const int64_t row = 3 * s.hidden();
-  dnnl::memory::desc q = HeadView(s, groups, length);
+  dnnl::memory::desc q = HeadView(s, groups, length, type);
   // K^T as the weights [G, H, dh, L]: element (dh_i, l) sits at l*row + dh_i.
-  dnnl::memory::desc kt({groups, s.heads, s.head_dim, length}, dt::f32,
+  dnnl::memory::desc kt({groups, s.heads, s.head_dim, length}, type,
                         dims{length * row, s.head_dim, 1, row});
   dnnl::memory::desc out({groups, s.heads, length, length}, dt::f32, tag::abcd);
-  const auto& prim = cache.Get(&kScoresTag, groups, length, [&] {
+  const auto& prim = cache.Get(&kScoresTag, groups, AttentionKey(length, bf16), [&] {
     dnnl::primitive_attr attr;
     attr.set_output_scales(0, {scale});
     return dnnl::matmul(
         dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, kt, out), attr, cache.engine()));
   });
   const auto& eng = cache.engine();
-  float* base = const_cast<float*>(qkv);
-  dnnl::memory mq(q, eng, base), mk(kt, eng, base + s.hidden()), mo(out, eng, scores);
+  const size_t elem = bf16 ? 2 : 4;
+  auto* base = static_cast<char*>(const_cast<void*>(qkv));
+  dnnl::memory mq(q, eng, base), mk(kt, eng, base + s.hidden() * elem), mo(out, eng, scores);
   prim.execute(cache.stream(), {{DNNL_ARG_SRC, mq}, {DNNL_ARG_WEIGHTS, mk}, {DNNL_ARG_DST, mo}});
   cache.stream().wait();
 }
 
-void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const float* probs,
-                      const float* qkv, int64_t groups, int64_t length, float* ctx) {
+void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void* probs,
+                      const void* qkv, bool bf16, int64_t groups, int64_t length, float* ctx) {
+  const dt type = bf16 ? dt::bf16 : dt::f32;
   const int64_t d = s.hidden();
-  dnnl::memory::desc p({groups, s.heads, length, length}, dt::f32, tag::abcd);
-  dnnl::memory::desc v = HeadView(s, groups, length);
+  dnnl::memory::desc p({groups, s.heads, length, length}, type, tag::abcd);
+  dnnl::memory::desc v = HeadView(s, groups, length, type);
   dnnl::memory::desc out({groups, s.heads, length, s.head_dim}, dt::f32,
                          dims{length * d, s.head_dim, d, 1});
-  const auto& prim = cache.Get(&kContextTag, groups, length, [&] {
+  const auto& prim = cache.Get(&kContextTag, groups, AttentionKey(length, bf16), [&] {
     return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(p, v, out), cache.engine()));
   });
   const auto& eng = cache.engine();
-  dnnl::memory mp(p, eng, const_cast<float*>(probs));
-  dnnl::memory mv(v, eng, const_cast<float*>(qkv) + 2 * d);
+  const size_t elem = bf16 ? 2 : 4;
+  dnnl::memory mp(p, eng, const_cast<void*>(probs));
+  dnnl::memory mv(v, eng, static_cast<char*>(const_cast<void*>(qkv)) + 2 * d * elem);
   dnnl::memory mo(out, eng, ctx);
   prim.execute(cache.stream(), {{DNNL_ARG_SRC, mp}, {DNNL_ARG_WEIGHTS, mv}, {DNNL_ARG_DST, mo}});
   cache.stream().wait();

@@ -112,6 +112,18 @@ class PrimitiveCache {
   std::unordered_map<Key, dnnl::primitive, KeyHash> cache_;
 };
 
+// int8 activations of M rows of K values: row i is s_i (q[i, :] - z_i), q in [0, 255], with
+// scale[i] = s_i and shift[i] = s_i z_i. Made by QuantizeRows or by a Linear's fused epilogue, so the
+// next int8 layer reads them without another pass over fp32 memory.
+struct QuantizedRows {
+  uint8_t* q = nullptr;   // [M x K]
+  float* scale = nullptr;  // [M]
+  float* shift = nullptr;  // [M]
+};
+
+// Quantizes m rows of x [m x k] per row (range widened to include 0, so 0 is exact).
+void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out);
+
 // y[M,N] = epilogue(x[M,K] W^T + b) (+ y when accumulate). W is given as [N,K] row-major (the
 // PyTorch/HF Linear layout) and packed at construction.
 class Linear {
@@ -125,6 +137,13 @@ class Linear {
   // kSmallGemmMaxRows rows run on SmallGemm (engine/small_gemm.h) when it can read the packed
   // weights, more on oneDNN's matmul.
   void Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
+
+  // int8 layers only, for chaining two of them (the FFN): `in` holds this layer's quantized input
+  // (from QuantizeRows or another layer's ForwardQuantized); `scratch` is [m x n] floats. With
+  // `out` set, the result (epilogue applied) is quantized per row into `out` in the same pass and y
+  // is not written (it may be null); otherwise the result goes to y.
+  void ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m, float* scratch,
+                        float* y, const QuantizedRows* out) const;
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
@@ -151,19 +170,23 @@ class Linear {
   std::shared_ptr<float> w_colsum_;
 };
 
+// Rounds n floats to bf16 (nearest even), in parallel; AVX512-BF16 where the CPU has it.
+void ConvertToBf16(const float* x, int64_t n, uint16_t* out);
+
 // Batched attention over a group of G sequences of equal length L, with the packed QKV buffer laid
 // out as [G*L, 3*d] (Q | K | V per row, heads of width dh side by side):
 //   scores[g,h] = scale * Q[g,h] K[g,h]^T   (G x H x L x L, dense)
 //   context[g,h] = P[g,h] V[g,h]            (written into ctx [G*L, d] at columns h*dh)
-// One oneDNN call per product for the whole group.
+// One oneDNN call per product for the whole group. `bf16`: qkv (and probs) are bf16 (uint16_t)
+// and the products run in bf16 with fp32 accumulation; scores and context are fp32 either way.
 struct AttentionShape {
   int64_t heads = 0, head_dim = 0;
   int64_t hidden() const { return heads * head_dim; }
 };
-void AttentionScores(PrimitiveCache& cache, const AttentionShape& shape, const float* qkv,
+void AttentionScores(PrimitiveCache& cache, const AttentionShape& shape, const void* qkv, bool bf16,
                      int64_t groups, int64_t length, float scale, float* scores);
-void AttentionContext(PrimitiveCache& cache, const AttentionShape& shape, const float* probs,
-                      const float* qkv, int64_t groups, int64_t length, float* ctx);
+void AttentionContext(PrimitiveCache& cache, const AttentionShape& shape, const void* probs,
+                      const void* qkv, bool bf16, int64_t groups, int64_t length, float* ctx);
 // In-place softmax over the last axis of rows x length.
 void SoftmaxRows(PrimitiveCache& cache, float* data, int64_t rows, int64_t length);
 

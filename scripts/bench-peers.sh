@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/python-env.sh
 source scripts/python-env.sh
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
+# The server's OpenMP thread model (server/main.cc): passive threads after a short spin.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
 build=${BUILD_DIR:-build-bench}
 repeats=${REPEATS:-5}
 threads=${THREADS:-2}

@@ -2,6 +2,7 @@
 // reference and against oneDNN's matmul on the same packed weights, for every row count it takes,
 // odd shapes (K not a multiple of 16, N not a multiple of 16 or 64), accumulation and activations.
 #include "engine/dnnl_ops.h"
+#include "engine/simd_math.h"
 
 #include <cmath>
 #include <iostream>
@@ -189,3 +190,32 @@ TEST(SmallGemmTest, TakesOneDnnsPackedLayoutOnAvx512) {
 
 }  // namespace
 }  // namespace topserve::engine
+
+// The vectorized activations of the fused int8 epilogue (engine/simd_math.h) against the library.
+TEST(SimdMathTest, MatchesTheLibraryFunctions) {
+  using topserve::engine::simd::F16;
+  double worst_exp = 0, worst_erf = 0, worst_tanh = 0, worst_gelu = 0;
+  for (int i = -200000; i <= 200000; i += 16) {
+    F16 x;
+    for (int l = 0; l < 16; ++l) x[l] = static_cast<float>(i + l) * 1e-4f;  // [-20, 20]
+    const F16 e = topserve::engine::simd::ExpNonPositive(-topserve::engine::simd::Abs(x));
+    const F16 erf = topserve::engine::simd::Erf(x);
+    const F16 th = topserve::engine::simd::Tanh(x);
+    const F16 g = topserve::engine::simd::GeluErf(x);
+    for (int l = 0; l < 16; ++l) {
+      const double v = x[l];
+      const double want_exp = std::exp(-std::fabs(v));
+      worst_exp = std::max(worst_exp, std::fabs(e[l] - want_exp) / want_exp);
+      worst_erf = std::max(worst_erf, std::fabs(erf[l] - std::erf(v)));
+      worst_tanh = std::max(worst_tanh, std::fabs(th[l] - std::tanh(v)));
+      const double gelu = 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)));
+      worst_gelu = std::max(worst_gelu, std::fabs(g[l] - gelu) / std::max(1.0, std::fabs(v)));
+    }
+  }
+  EXPECT_LT(worst_exp, 3e-7);
+  EXPECT_LT(worst_erf, 6e-7);  // A&S 7.1.26 is 1.5e-7; float arithmetic adds the rest
+  EXPECT_LT(worst_tanh, 3e-7);
+  EXPECT_LT(worst_gelu, 1e-6);
+  std::printf("exp rel %.2g, erf abs %.2g, tanh abs %.2g, gelu %.2g\n", worst_exp, worst_erf,
+              worst_tanh, worst_gelu);
+}

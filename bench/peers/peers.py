@@ -34,7 +34,10 @@ import subprocess
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # before torch starts its OpenMP pool
+# The server's OpenMP thread model (server/main.cc), for torch and engine_bench alike; set before
+# torch loads libgomp.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
@@ -225,6 +228,8 @@ def main():
     p.add_argument("--workloads", help="comma list to run (default: all)")
     p.add_argument("--skip-ort", action="store_true", help="PyTorch only")
     p.add_argument("--skip-bf16", action="store_true", help="no PyTorch bf16 row")
+    p.add_argument("--peers", help="comma list of peers to time (default: all): pytorch-fp32, "
+                   "pytorch-bf16, ort-fp32, ort-int8")
     p.add_argument("--engine-bench", help="engine_bench binary: time topserve in the same run")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="topserve precisions to run (engine_bench --precision)")
@@ -267,6 +272,8 @@ def main():
         ort_info = {"version": onnxruntime.__version__, "fused_ops_fp32": ops}
         runners += [("ort-fp32", lambda t: ort_runner(fp32, t)),
                     ("ort-int8", lambda t: ort_runner(int8, t))]
+    if args.peers:
+        runners = [(peer, make) for peer, make in runners if peer in args.peers.split(",")]
     for peer, make in runners:
         for t in threads:
             torch.set_num_threads(t)
