@@ -16,7 +16,7 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} GOMP_SPINCOUNT=${GOMP_SPINCOU
 build=${BUILD_DIR:-build-bench}
 repeats=${REPEATS:-5}
 threads=${THREADS:-2}
-precisions=${PRECISIONS:-fp32,int8}
+precisions=${PRECISIONS:-fp32,bf16,int8}
 if ! "$py" -c 'import onnxruntime, transformers' 2>/dev/null; then
   echo "bench-peers: ONNX Runtime or transformers is missing from $py; run scripts/install-deps.sh --bench" >&2
   exit 1
