@@ -17,27 +17,10 @@
 namespace topserve::engine {
 namespace {
 
-// Scores of one attention chunk are bounded to this many floats (64 MiB).
-constexpr int64_t kMaxScoreFloats = int64_t{16} << 20;
-
 template <typename T>
 T* Grow(std::vector<T>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
   return v.data();
-}
-
-Epilogue ActivationEpilogue(Activation a) {
-  switch (a) {
-    case Activation::kGelu: return Epilogue::kGeluErf;
-    case Activation::kGeluTanh: return Epilogue::kGeluTanh;
-    case Activation::kRelu: return Epilogue::kRelu;
-  }
-  return Epilogue::kGeluErf;
-}
-
-// Element `offset` of a float (fp32 attention) or bf16 buffer.
-const void* Offset(const void* base, int64_t offset, bool bf16) {
-  return static_cast<const char*>(base) + offset * (bf16 ? 2 : 4);
 }
 
 void CopyRow(const float* src, float* dst, int64_t width) {
@@ -80,7 +63,6 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
                  dir.c_str(), std::string(DnnlIsaName()).c_str());
     m->precision_ = Precision::kFloat32;
   }
-  m->bf16_attention_ = m->precision_ != Precision::kFloat32 && CpuHasNativeBf16();
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
   auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
   if (!schedule.ok()) return schedule.status();
@@ -125,30 +107,28 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   m->emb_ln_beta_ = read(e + "LayerNorm.bias", {d});
   for (int64_t l = 0; l < c.num_layers && status.ok(); ++l) {
     const std::string p = absl::StrCat(prefix, "encoder.layer.", l, ".");
-    Layer layer;
+    LayerWeights w;
     // Q, K and V are fused into one [3d, d] projection.
-    std::vector<float> wqkv, bqkv;
     for (const char* part : {"query", "key", "value"}) {
-      std::vector<float> w = read(p + "attention.self." + part + ".weight", {d, d});
-      std::vector<float> b = read(p + "attention.self." + part + ".bias", {d});
-      wqkv.insert(wqkv.end(), w.begin(), w.end());
-      bqkv.insert(bqkv.end(), b.begin(), b.end());
+      std::vector<float> wp = read(p + "attention.self." + part + ".weight", {d, d});
+      std::vector<float> bp = read(p + "attention.self." + part + ".bias", {d});
+      w.wqkv.insert(w.wqkv.end(), wp.begin(), wp.end());
+      w.bqkv.insert(w.bqkv.end(), bp.begin(), bp.end());
     }
+    w.w_attn_out = read(p + "attention.output.dense.weight", {d, d});
+    w.b_attn_out = read(p + "attention.output.dense.bias", {d});
+    w.ln1_gamma = read(p + "attention.output.LayerNorm.weight", {d});
+    w.ln1_beta = read(p + "attention.output.LayerNorm.bias", {d});
+    w.w_ffn_in = read(p + "intermediate.dense.weight", {f, d});
+    w.b_ffn_in = read(p + "intermediate.dense.bias", {f});
+    w.w_ffn_out = read(p + "output.dense.weight", {d, f});
+    w.b_ffn_out = read(p + "output.dense.bias", {d});
+    w.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
+    w.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     if (!status.ok()) break;
-    auto qkv = Linear::Create(m->dnnl_, wqkv.data(), bqkv.data(), 3 * d, d, Epilogue::kNone, false,
-                              m->precision_);
-    if (!qkv.ok()) return qkv.status();
-    layer.qkv = std::move(*qkv);
-    // The residual sums happen in LayerNormResidualRows, so these write x W + b only.
-    layer.attn_out = linear(p + "attention.output.dense", d, d, Epilogue::kNone, false, m->precision_);
-    layer.ln1_gamma = read(p + "attention.output.LayerNorm.weight", {d});
-    layer.ln1_beta = read(p + "attention.output.LayerNorm.bias", {d});
-    layer.ffn_in = linear(p + "intermediate.dense", f, d, ActivationEpilogue(c.activation), false,
-                          m->precision_);
-    layer.ffn_out = linear(p + "output.dense", d, f, Epilogue::kNone, false, m->precision_);
-    layer.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
-    layer.ln2_beta = read(p + "output.LayerNorm.bias", {d});
-    m->layers_.push_back(std::move(layer));
+    auto layer = EncoderLayer::Create(m->dnnl_, c, w, m->precision_);
+    if (!layer.ok()) return layer.status();
+    m->layers_.push_back(std::move(*layer));
   }
   if (c.task == Task::kSequenceClassification) {
     m->pooler_ = linear(prefix + "pooler.dense", d, d, Epilogue::kTanh, false);
@@ -219,258 +199,83 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   OpProfile* prof = ws.cache_.profile();
 
   const BertConfig& c = config_;
-  const int64_t d = c.hidden_size, f = c.intermediate_size, heads = c.num_heads;
-  const AttentionShape att{heads, c.head_dim()};
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
+  const int64_t d = c.hidden_size;
   const float eps = static_cast<float>(c.layer_norm_eps);
   const bool qa = c.task == Task::kQuestionAnswering;
   // Tasks whose output is per token keep every token's last state, dropped tokens included.
   const bool per_token = qa || c.task == Task::kFeatureExtraction;
 
-  // Per-sequence state, in the current packed order.
-  struct Seq {
-    int32_t index;   // position in `inputs`
-    int64_t len;     // current token count
-    int64_t offset;  // current first row
-    int64_t orig_offset;  // first row in the original (unpruned) layout
-  };
-  std::vector<Seq> seqs(static_cast<size_t>(batch));
-  for (int64_t s = 0; s < batch; ++s) {
-    seqs[s] = {static_cast<int32_t>(s), static_cast<int64_t>(inputs[s].ids.size()), 0, 0};
-  }
-  std::stable_sort(seqs.begin(), seqs.end(), [](const Seq& a, const Seq& b) { return a.len > b.len; });
-  int64_t total = 0;
-  for (Seq& s : seqs) {
-    s.offset = s.orig_offset = total;
-    total += s.len;
-  }
-  const int64_t total_in = total;
-
-  float* x = Grow(ws.x_, total * d);
-  float* y = Grow(ws.y_, total * d);
-  Grow(ws.spare_, total * d);
-  float* qkv = Grow(ws.qkv_, total * 3 * d);
-  float* ctx = Grow(ws.ctx_, total * d);
-  float* hid = Grow(ws.ffn_, total * f);
-  int32_t* pos = Grow(ws.pos_, total);
-  Grow(ws.spare_pos_, total);
-  double* importance = Grow(ws.importance_, total);
-  float* final_rows = per_token ? Grow(ws.final_, total * d) : nullptr;
+  PackedBatch& pb = ws.batch_;
+  ws.lengths_.resize(static_cast<size_t>(batch));
+  for (int64_t s = 0; s < batch; ++s) ws.lengths_[s] = static_cast<int64_t>(inputs[s].ids.size());
+  pb.Reset(ws.lengths_);
+  const int64_t total_in = pb.rows();
+  float* x = Grow(ws.x_, total_in * d);
+  float* y = Grow(ws.y_, total_in * d);
+  Grow(ws.spare_, total_in * d);
+  double* importance = Grow(ws.importance_, total_in);
+  float* final_rows = per_token ? Grow(ws.final_, total_in * d) : nullptr;
 
   // Embeddings + LayerNorm, one parallel region over all sequences.
-  const int64_t nseq = static_cast<int64_t>(seqs.size());
   {
-  ScopedOp timed(prof, Op::kEmbeddings);
+    ScopedOp timed(prof, Op::kEmbeddings);
+    const int64_t nseq = static_cast<int64_t>(pb.seqs().size());
 #pragma omp parallel for schedule(dynamic, 1)
-  for (int64_t si = 0; si < nseq; ++si) {
-    const Seq& s = seqs[static_cast<size_t>(si)];
-    const SequenceInput& in = inputs[s.index];
-    for (int64_t i = 0; i < s.len; ++i) {
-      const int32_t type = in.type_ids.empty() ? 0 : in.type_ids[i];
-      const float* we = word_emb_.data() + static_cast<int64_t>(in.ids[i]) * d;
-      const float* pe = pos_emb_.data() + i * d;
-      const float* te = type_emb_.data() + static_cast<int64_t>(type) * d;
-      float* row = x + (s.offset + i) * d;
-      for (int64_t k = 0; k < d; ++k) row[k] = we[k] + pe[k] + te[k];
-      pos[s.offset + i] = static_cast<int32_t>(i);
+    for (int64_t si = 0; si < nseq; ++si) {
+      const PackedBatch::Seq& s = pb.seqs()[static_cast<size_t>(si)];
+      const SequenceInput& in = inputs[s.index];
+      for (int64_t i = 0; i < s.len; ++i) {
+        const int32_t type = in.type_ids.empty() ? 0 : in.type_ids[i];
+        const float* we = word_emb_.data() + static_cast<int64_t>(in.ids[i]) * d;
+        const float* pe = pos_emb_.data() + i * d;
+        const float* te = type_emb_.data() + static_cast<int64_t>(type) * d;
+        float* row = x + (s.offset + i) * d;
+        for (int64_t k = 0; k < d; ++k) row[k] = we[k] + pe[k] + te[k];
+      }
     }
+    LayerNormRows(x, total_in, d, emb_ln_gamma_.data(), emb_ln_beta_.data(), eps);
   }
-  LayerNormRows(x, total, d, emb_ln_gamma_.data(), emb_ln_beta_.data(), eps);
-  }
-
   if (run_options.record_kept) {
     for (int64_t s = 0; s < batch; ++s) outputs[s].kept_positions.assign(static_cast<size_t>(c.num_layers), {});
   }
 
-  // Drops the tokens each sequence's plan removes at layer l from `rows` (current layout), keeping
-  // the top tokens by attention received ([CLS] always, ties to the earlier position, survivors in
-  // their original order), and re-sorts the batch by remaining length, all in one gather into the
-  // spare buffer, which then takes the place of `rows`. `carried` holds each token's last full
-  // hidden state; per-token tasks (QA, feature extraction) store it for the tokens dropped here.
-  auto prune = [&](int64_t l, std::vector<float>& rows, const float* carried) {
-    ScopedOp timed(prof, Op::kPruneGather);
-    const float* src = rows.data();
-    float* dst = ws.spare_.data();
-    int32_t* dst_pos = ws.spare_pos_.data();
-    std::vector<int32_t>& sel = ws.select_;
-    sel.clear();
-    struct Pick {
-      int64_t begin, len;
-    };
-    std::vector<Pick> picks(seqs.size());
-    for (size_t si = 0; si < seqs.size(); ++si) {
-      const Seq& s = seqs[si];
-      const auto& kept = inputs[s.index].kept;
-      const int64_t k = kept.empty() ? s.len : std::min<int64_t>(kept[l], s.len);
-      const size_t base = sel.size();
-      picks[si] = {static_cast<int64_t>(base), k};
-      for (int64_t i = 0; i < s.len; ++i) sel.push_back(static_cast<int32_t>(i));
-      if (k < s.len) {
-        const double* imp = importance + s.offset;
-        auto first = sel.begin() + static_cast<std::ptrdiff_t>(base) + 1;  // [CLS] stays
-        auto last = sel.begin() + static_cast<std::ptrdiff_t>(base + static_cast<size_t>(s.len));
-        auto better = [imp](int32_t a, int32_t b) {
-          return imp[a] > imp[b] || (imp[a] == imp[b] && a < b);
-        };
-        std::nth_element(first, first + (k - 1), last, better);
-        std::sort(first, first + (k - 1));
-        sel.resize(base + static_cast<size_t>(k));
-      }
-    }
-    std::vector<int64_t>& gather = ws.gather_;
-    gather.resize(static_cast<size_t>(total));
-    std::vector<int32_t>& order = ws.order_;
-    order.resize(seqs.size());
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int32_t a, int32_t b) { return picks[a].len > picks[b].len; });
-    std::vector<Seq> next(seqs.size());
-    int64_t row = 0;
-    for (size_t oi = 0; oi < order.size(); ++oi) {
-      const size_t si = static_cast<size_t>(order[oi]);
-      const Seq& s = seqs[si];
-      const int32_t* chosen = sel.data() + picks[si].begin;
-      const int64_t k = picks[si].len;
-      if (per_token && k < s.len) {
-        int64_t j = 0;
-        for (int64_t i = 0; i < s.len; ++i) {
-          if (j < k && chosen[j] == i) {
-            ++j;
-            continue;
-          }
-          CopyRow(carried + (s.offset + i) * d,
-                  final_rows + (s.orig_offset + pos[s.offset + i]) * d, d);
-        }
-      }
-      for (int64_t j = 0; j < k; ++j) {
-        gather[static_cast<size_t>(row + j)] = s.offset + chosen[j];
-        dst_pos[row + j] = pos[s.offset + chosen[j]];
-      }
-      next[oi] = {s.index, k, row, s.orig_offset};
-      row += k;
-    }
-    // One parallel copy of all surviving rows.
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < row; ++r) CopyRow(src + gather[static_cast<size_t>(r)] * d, dst + r * d, d);
-    seqs = std::move(next);
-    total = row;
-    std::swap(ws.spare_, rows);
-    std::swap(ws.spare_pos_, ws.pos_);
-    pos = ws.pos_.data();
-  };
-
+  std::vector<int64_t>& keep = ws.keep_;
+  keep.resize(static_cast<size_t>(batch));
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const Layer& layer = layers_[static_cast<size_t>(l)];
+    const EncoderLayer& layer = layers_[static_cast<size_t>(l)];
+    // Tokens each sequence keeps at this layer's pruning point.
     bool prunes_here = false;
-    for (const Seq& s : seqs) {
+    for (const PackedBatch::Seq& s : pb.seqs()) {
       const auto& kept = inputs[s.index].kept;
-      if (!kept.empty() && kept[l] < s.len) prunes_here = true;
+      keep[s.index] = kept.empty() ? s.len : kept[l];
+      prunes_here |= keep[s.index] < s.len;
     }
-
-    // Self-attention.
-    {
-      ScopedOp timed(prof, Op::kQkvGemm);
-      layer.qkv.Forward(ws.cache_, x, total, qkv);
-    }
-    const void* qkv_in = qkv;
-    if (bf16_attention_) {
-      ScopedOp timed(prof, Op::kConvert);
-      uint16_t* qb = Grow(ws.qkv_bf16_, total * 3 * d);
-      ConvertToBf16(qkv, total * 3 * d, qb);
-      qkv_in = qb;
-    }
-    for (size_t gi = 0; gi < seqs.size();) {
-      size_t ge = gi;
-      while (ge < seqs.size() && seqs[ge].len == seqs[gi].len) ++ge;
-      const int64_t len = seqs[gi].len;
-      const int64_t per_seq = heads * len * len;
-      const int64_t chunk = std::max<int64_t>(1, kMaxScoreFloats / per_seq);
-      for (size_t cs = gi; cs < ge; cs += static_cast<size_t>(chunk)) {
-        const int64_t g = std::min<int64_t>(chunk, static_cast<int64_t>(ge - cs));
-        const int64_t off = seqs[cs].offset;
-        float* scores = Grow(ws.scores_, g * per_seq);
-        {
-          ScopedOp timed(prof, Op::kAttnScores);
-          AttentionScores(ws.cache_, att, Offset(qkv_in, off * 3 * d, bf16_attention_), bf16_attention_, g, len,
-                          scale, scores);
-        }
-        {
-          ScopedOp timed(prof, Op::kSoftmax);
-          SoftmaxRows(ws.cache_, scores, g * heads * len, len);
-        }
-        if (prunes_here) {
-          ScopedOp timed(prof, Op::kImportance);
-          AttentionReceived(scores, g, heads, len, importance + off);
-        }
-        const void* probs = scores;
-        if (bf16_attention_) {
-          ScopedOp timed(prof, Op::kConvert);
-          uint16_t* pb = Grow(ws.probs_bf16_, g * per_seq);
-          ConvertToBf16(scores, g * per_seq, pb);
-          probs = pb;
-        }
-        ScopedOp timed(prof, Op::kAttnContext);
-        AttentionContext(ws.cache_, att, probs, Offset(qkv_in, off * 3 * d, bf16_attention_), bf16_attention_, g,
-                         len, ctx + off * d);
-      }
-      gi = ge;
-    }
-    // y = LayerNorm(x + ctx W_o + b_o)
-    {
-      ScopedOp timed(prof, Op::kAttnOutGemm);
-      layer.attn_out.Forward(ws.cache_, ctx, total, y);
-    }
-    {
-      ScopedOp timed(prof, Op::kLayerNorm);
-      LayerNormResidualRows(y, x, total, d, layer.ln1_gamma.data(), layer.ln1_beta.data(), eps);
-    }
-
+    // x is each dropped token's last full hidden state when it leaves after attention; the layer's
+    // output when it leaves between layers.
+    auto prune = [&](std::vector<float>& rows, const float* carried) {
+      ScopedOp timed(prof, Op::kPruneGather);
+      pb.Prune(keep, importance, rows, ws.spare_, d, carried, final_rows);
+    };
+    layer.Attention(ws.cache_, ws.layer_, pb.groups(), x, pb.rows(), y,
+                    prunes_here ? importance : nullptr);
     if (prunes_here && run_options.placement == Placement::kAfterMha) {
-      // x, the layer's input, is each dropped token's last full hidden state.
-      prune(l, ws.y_, x);
+      prune(ws.y_, x);
       y = ws.y_.data();
     }
-    // x = LayerNorm(y + act(y W_i + b_i) W_o + b_o)
-    if (precision_ == Precision::kInt8) {
-      // The hidden activations never exist in fp32 memory: the up projection's epilogue
-      // quantizes them per token for the down projection in the same pass.
-      float* scales = Grow(ws.q_scales_, 4 * total);
-      const QuantizedRows qy{Grow(ws.q_in_, total * d), scales, scales + total};
-      const QuantizedRows qh{Grow(ws.q_hid_, total * f), scales + 2 * total, scales + 3 * total};
-      {
-        ScopedOp timed(prof, Op::kQuantize);
-        QuantizeRows(y, total, d, qy);
-      }
-      {
-        ScopedOp timed(prof, Op::kFfnInGemm);
-        layer.ffn_in.ForwardQuantized(ws.cache_, qy, total, hid, nullptr, &qh);
-      }
-      ScopedOp timed(prof, Op::kFfnOutGemm);
-      layer.ffn_out.ForwardQuantized(ws.cache_, qh, total, nullptr, x, nullptr);
-    } else {
-      {
-        ScopedOp timed(prof, Op::kFfnInGemm);
-        layer.ffn_in.Forward(ws.cache_, y, total, hid);
-      }
-      ScopedOp timed(prof, Op::kFfnOutGemm);
-      layer.ffn_out.Forward(ws.cache_, hid, total, x);
-    }
-    {
-      ScopedOp timed(prof, Op::kLayerNorm);
-      LayerNormResidualRows(x, y, total, d, layer.ln2_gamma.data(), layer.ln2_beta.data(), eps);
-    }
-
+    layer.FeedForward(ws.cache_, ws.layer_, y, pb.rows(), x);
     if (prunes_here && run_options.placement == Placement::kBetweenLayers) {
-      prune(l, ws.x_, x);
+      prune(ws.x_, x);
       x = ws.x_.data();
     }
     if (run_options.record_kept) {
-      for (const Seq& s : seqs) {
+      for (const PackedBatch::Seq& s : pb.seqs()) {
         auto& kp = outputs[s.index].kept_positions[static_cast<size_t>(l)];
-        kp.assign(pos + s.offset, pos + s.offset + s.len);
+        kp.assign(pb.positions() + s.offset, pb.positions() + s.offset + s.len);
       }
     }
   }
+  const std::vector<PackedBatch::Seq>& seqs = pb.seqs();
+  const int32_t* pos = pb.positions();
 
   // Heads.
   ScopedOp timed_heads(prof, Op::kHeads);
@@ -478,19 +283,19 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     const int64_t nl = c.num_labels();
     float* cls = Grow(ws.heads_in_, 2 * batch * d);
     float* pooled = cls + batch * d;
-    for (const Seq& s : seqs) CopyRow(x + s.offset * d, cls + s.index * d, d);
+    for (const PackedBatch::Seq& s : seqs) CopyRow(x + s.offset * d, cls + s.index * d, d);
     float* logits = Grow(ws.heads_out_, batch * nl);
     pooler_.Forward(ws.cache_, cls, batch, pooled);
     classifier_.Forward(ws.cache_, pooled, batch, logits);
     for (int64_t s = 0; s < batch; ++s) outputs[s].logits.assign(logits + s * nl, logits + (s + 1) * nl);
   } else {
-    for (const Seq& s : seqs) {
+    for (const PackedBatch::Seq& s : seqs) {
       for (int64_t i = 0; i < s.len; ++i) {
         CopyRow(x + (s.offset + i) * d, final_rows + (s.orig_offset + pos[s.offset + i]) * d, d);
       }
     }
     if (!qa) {  // feature extraction: the final rows are the output
-      for (const Seq& s : seqs) {
+      for (const PackedBatch::Seq& s : seqs) {
         const int64_t n = static_cast<int64_t>(inputs[s.index].ids.size());
         const float* first = final_rows + s.orig_offset * d;
         outputs[s.index].hidden.assign(first, first + n * d);
@@ -499,7 +304,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     }
     float* logits = Grow(ws.heads_out_, total_in * 2);
     qa_.Forward(ws.cache_, final_rows, total_in, logits);
-    for (const Seq& s : seqs) {
+    for (const PackedBatch::Seq& s : seqs) {
       const int64_t n = static_cast<int64_t>(inputs[s.index].ids.size());
       SequenceOutput& out = outputs[s.index];
       out.start_logits.resize(static_cast<size_t>(n));

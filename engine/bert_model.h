@@ -21,7 +21,9 @@
 #include "absl/status/statusor.h"
 #include "engine/cost_model.h"
 #include "engine/dnnl_ops.h"
+#include "engine/encoder_layer.h"
 #include "engine/model_config.h"
+#include "engine/packed_batch.h"
 #include "engine/pruning.h"
 #include "engine/tokenizer.h"
 
@@ -80,13 +82,11 @@ class Workspace {
   friend class BertModel;
   PrimitiveCache cache_;
   int threads_;
-  std::vector<float> x_, y_, spare_, qkv_, ctx_, ffn_, scores_, final_, heads_in_, heads_out_;
+  PackedBatch batch_;
+  LayerScratch layer_;
+  std::vector<float> x_, y_, spare_, final_, heads_in_, heads_out_;
   std::vector<double> importance_;
-  std::vector<uint8_t> q_in_, q_hid_;  // int8: the FFN's quantized input and hidden activations
-  std::vector<float> q_scales_;
-  std::vector<uint16_t> qkv_bf16_, probs_bf16_;  // bf16 attention
-  std::vector<int32_t> pos_, spare_pos_, order_, select_;
-  std::vector<int64_t> gather_;
+  std::vector<int64_t> lengths_, keep_;
 };
 
 class BertModel {
@@ -115,10 +115,6 @@ class BertModel {
   const PruningSchedule& schedule() const { return planner_->schedule(); }
 
  private:
-  struct Layer {
-    Linear qkv, attn_out, ffn_in, ffn_out;
-    std::vector<float> ln1_gamma, ln1_beta, ln2_gamma, ln2_beta;
-  };
   BertModel() = default;
   absl::Status Validate(std::span<const SequenceInput> inputs) const;
 
@@ -130,10 +126,9 @@ class BertModel {
   DnnlContext dnnl_;
   int num_threads_ = 1;
   Precision precision_ = Precision::kFloat32;
-  bool bf16_attention_ = false;  // Q K^T and P V in bf16 (not fp32 precision, native bf16 only)
   int64_t max_length_ = 0;
   std::vector<float> word_emb_, pos_emb_, type_emb_, emb_ln_gamma_, emb_ln_beta_;
-  std::vector<Layer> layers_;
+  std::vector<EncoderLayer> layers_;
   std::unique_ptr<BudgetPlanner> planner_;
   Linear pooler_, classifier_, qa_;
 };

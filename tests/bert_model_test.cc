@@ -246,9 +246,9 @@ INSTANTIATE_TEST_SUITE_P(
     Models, BertModelReduced,
     ::testing::Combine(::testing::Values("cls-f32", "qa-f32", "cls-relu", "cls-gelu-tanh"),
                        ::testing::Values(Precision::kInt8, Precision::kBfloat16)),
-    [](const auto& info) {
-      std::string n = std::get<0>(info.param) + "_" +
-                      std::string(PrecisionName(std::get<1>(info.param)));
+    [](const auto& param_info) {
+      std::string n = std::get<0>(param_info.param) + "_" +
+                      std::string(PrecisionName(std::get<1>(param_info.param)));
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });

@@ -116,7 +116,7 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisions) {
 
 INSTANTIATE_TEST_SUITE_P(Precisions, ReducedPrecisionParity,
                          ::testing::Values(Precision::kInt8, Precision::kBfloat16),
-                         [](const auto& info) { return std::string(PrecisionName(info.param)); });
+                         [](const auto& param_info) { return std::string(PrecisionName(param_info.param)); });
 
 }  // namespace
 }  // namespace topserve::engine
