@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Where the engine's time goes, per op and per precision: engine_bench --profile on the bert-base
+# shape (random weights), 8 x 128 and the SST-2 dev mix, budgets 1 and 0.25, 2 threads. Writes
+# docs/bench/profile-<precision>.json and docs/bench/profile.md. Slow; not part of scripts/test.sh.
+#   scripts/bench-profile.sh
+#   PRECISIONS=int8 REPEATS=3 scripts/bench-profile.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
+# The server's OpenMP thread model (server/main.cc): passive threads after a short spin.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
+build=${BUILD_DIR:-build-bench}
+repeats=${REPEATS:-5}
+threads=${THREADS:-2}
+precisions=${PRECISIONS:-fp32,bf16,int8}
+shared=${TOPSERVE_SHARED_DIR:-../shared}
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOPSERVE_BUILD_TESTS=OFF >/dev/null
+cmake --build "$build" -j "$(nproc)" --target engine_bench
+model="$build/models/bert-base-cls"
+[ -f "$model/model.safetensors" ] || "$py" tools/gen_model.py --out "$model" --preset bert-base --task cls --seed 5 --std 0.02
+mkdir -p docs/bench
+jsons=()
+for p in ${precisions//,/ }; do
+  "$build/bench/engine_bench" --model "$model" --lengths 128 --batch 8 --budgets 1,0.25 \
+    --threads "$threads" --repeats "$repeats" --sst2 "$shared/data/sst2/dev.tsv" --precision "$p" \
+    --profile --json "docs/bench/profile-$p.json" >/dev/null
+  jsons+=("docs/bench/profile-$p.json")
+done
+"$py" tools/bench_report.py --profile "${jsons[@]}" --md docs/bench/profile.md \
+  --command "scripts/bench-profile.sh (REPEATS=$repeats THREADS=$threads)"
+echo "wrote docs/bench/profile.md and ${jsons[*]}"
