@@ -6,7 +6,9 @@
 # scripts/test.sh. Needs the .venv of scripts/install-deps.sh. Writes docs/bench/peers.{json,md}.
 #   scripts/bench-peers.sh
 #   REPEATS=3 THREADS=2 scripts/bench-peers.sh
-#   PRECISIONS=fp32,int8 WORKLOADS=len128,sst2-dev scripts/bench-peers.sh
+#   PRECISIONS=fp32,int8 WORKLOADS=len128,sst2-dev PAIRS=3 scripts/bench-peers.sh
+# PAIRS (default 5): back-to-back peer/topserve pairs at budget 1, whose ratios do not depend on
+# the machine drifting between rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/python-env.sh
@@ -28,7 +30,7 @@ model="$build/models/bert-base-cls"
 mkdir -p docs/bench
 "$py" bench/peers/peers.py --model "$model" --out "$build/peers" --threads "$threads" \
   --repeats "$repeats" --sst2 ../shared/data/sst2/dev.tsv --precisions "$precisions" \
-  ${WORKLOADS:+--workloads "$WORKLOADS"} --engine-bench "$build/bench/engine_bench" \
+  ${WORKLOADS:+--workloads "$WORKLOADS"} --pairs "${PAIRS:-5}" --engine-bench "$build/bench/engine_bench" \
   --json docs/bench/peers.json --md docs/bench/peers.md \
   --command "scripts/bench-peers.sh (REPEATS=$repeats THREADS=$threads PRECISIONS=$precisions)" >/dev/null
 echo "wrote docs/bench/peers.{json,md}"

@@ -186,7 +186,8 @@ def torch_runner(model):
     return run
 
 
-def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_limit, precisions):
+def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_limit, precisions,
+                budgets="1,0.5,0.25,0.125"):
     rows = []
     for precision in precisions:
         for name, args in (("len128", ["--lengths", "128", "--batch", "8"]),
@@ -198,7 +199,7 @@ def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_lim
                 continue
             path = os.path.join(out, f"engine-{precision}-{name}.json")
             proc = subprocess.run([engine_bench, "--model", model, *args,
-                                   "--budgets", "1,0.5,0.25,0.125", "--threads", threads,
+                                   "--budgets", budgets, "--threads", threads,
                                    "--repeats", str(repeats), "--precision", precision,
                                    "--json", path],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -217,6 +218,35 @@ def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_lim
     return rows
 
 
+def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, sst2, sst2_limit):
+    """The machine's speed drifts by 10-30% over minutes, so rows timed minutes apart can mislead
+    even in one run. Here each pair times a peer and then topserve back to back (8 x 128 and the
+    SST-2 mix, budget 1, 2 threads), `pairs` times, and reports every pair's ratio and the median:
+    topserve-int8 against ort-int8, topserve-fp32 and topserve-bf16 against ort-fp32."""
+    against = {"int8": "ort-int8", "fp32": "ort-fp32", "bf16": "ort-fp32"}
+    made = dict(runners)
+    result = []
+    for wl in ("len128", "sst2-dev"):
+        if wl not in work:
+            continue
+        for precision, peer in against.items():
+            if peer not in made:
+                continue
+            run = made[peer](2)
+            ratios = []
+            for _ in range(pairs):
+                peer_s, _mode = time_peer(run, {wl: work[wl]}, repeats)[wl]
+                ours = engine_rows(engine_bench, model, out, {wl: work[wl]}, "2", repeats, sst2,
+                                   sst2_limit, [precision], budgets="1")
+                ours_s = ours[0]["seconds"]
+                ratios.append(peer_s / ours_s)
+                print(f"pair {wl} {peer} {peer_s * 1e3:.1f} ms / topserve-{precision} "
+                      f"{ours_s * 1e3:.1f} ms = {peer_s / ours_s:.2f}x", file=sys.stderr)
+            result.append({"workload": wl, "peer": peer, "topserve": f"topserve-{precision}",
+                           "ratios": ratios, "median": float(np.median(ratios))})
+    return result
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="a BertForSequenceClassification directory")
@@ -233,6 +263,8 @@ def main():
     p.add_argument("--engine-bench", help="engine_bench binary: time topserve in the same run")
     p.add_argument("--precisions", default=",".join(PRECISIONS),
                    help="topserve precisions to run (engine_bench --precision)")
+    p.add_argument("--pairs", type=int, default=0, help="also time N back-to-back pairs of each "
+                   "peer and topserve at budget 1 (8 x 128, SST-2), reporting each pair's ratio")
     p.add_argument("--json", help="write the combined results here")
     p.add_argument("--md", help="write a markdown table here")
     p.add_argument("--command", default="", help="command line to cite in the markdown")
@@ -295,6 +327,9 @@ def main():
                             args.repeats, args.sst2, args.sst2_limit, args.precisions.split(","))
         isas = {r["isa"] for r in rows if r.get("isa")}
         result["onednn_isa"] = ", ".join(sorted(isas))
+    if args.pairs and args.engine_bench:
+        result["pairs"] = interleaved_pairs(args.engine_bench, args.model, args.out, work, runners,
+                                            args.pairs, args.repeats, args.sst2, args.sst2_limit)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, sort_keys=True)
@@ -332,6 +367,16 @@ def markdown(result, command):
                 lines.append(f"| {r['peer']} | {r['mode']} | {r['seconds'] * 1e3:.1f} | "
                              + " | ".join(cells) + " |")
             lines.append("")
+    if result.get("pairs"):
+        lines += ["### Back-to-back pairs, budget 1, 2 threads", "",
+                  "Each pair times the peer and then topserve right after it, so the machine's drift "
+                  "between rows does not decide the ratio.", "",
+                  "| workload | peer / topserve | each pair (peer time / topserve time) | median |",
+                  "|---|---|---|---|"]
+        for pr in result["pairs"]:
+            lines.append(f"| {pr['workload']} | {pr['peer']} / {pr['topserve']} | "
+                         + ", ".join(f"{r:.2f}x" for r in pr["ratios"]) + f" | **{pr['median']:.2f}x** |")
+        lines.append("")
     diffs = result.get("max_abs_logit_diff_vs_pytorch_fp32", {})
     lines += ["Ratios are speedups (peer time / row time; above 1 = the row is faster). Max abs "
               "logit difference from PyTorch fp32 on the first workload: "
