@@ -52,6 +52,11 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
         dir, "/vocab.txt: ", m->tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
         m->config_.vocab_size));
   }
+  // The weights back the config's sizes before anything is sized by them (the schedule, the
+  // planner, the layers): a config claiming 1e9 layers stops here, at once.
+  auto file = SafetensorsFile::Open(dir + "/model.safetensors");
+  if (!file.ok()) return file.status();
+  if (auto st = ValidateBertTensors(**file, m->config_); !st.ok()) return st;
   m->shape_ = ModelShape::FromConfig(m->config_);
   m->num_threads_ = options.num_threads > 0 ? options.num_threads : AvailableCpus();
   m->precision_ = options.precision;
@@ -68,8 +73,6 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   if (!schedule.ok()) return schedule.status();
   m->planner_ = std::make_unique<BudgetPlanner>(m->shape_, std::move(*schedule));
 
-  auto file = SafetensorsFile::Open(dir + "/model.safetensors");
-  if (!file.ok()) return file.status();
   const SafetensorsFile& st = **file;
   const BertConfig& c = m->config_;
   const int64_t d = c.hidden_size, f = c.intermediate_size;

@@ -364,7 +364,25 @@ std::vector<TensorSpec> ExpectedBertTensors(const BertConfig& config) {
   return specs;
 }
 
+absl::Status CheckTensorCount(const SafetensorsFile& weights, const BertConfig& config) {
+  // The config's sizes are not trusted before the file backs them: a num_hidden_layers of 1e9
+  // would otherwise build a billion specs (and, later, per-layer state) before any check.
+  const int64_t head = config.task == Task::kSequenceClassification ? 4
+                       : config.task == Task::kQuestionAnswering  ? 2
+                                                                  : 0;
+  // (Near misses, a layer or two off, get the per-tensor list below, which says more.)
+  const int64_t needed = 5 + 16 * config.num_layers + head;
+  const int64_t held = static_cast<int64_t>(weights.tensors().size());
+  if (needed > 2 * held + 64) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        weights.path(), ": holds ", held, " tensors, far fewer than the ", needed,
+        " that config.json's num_hidden_layers ", config.num_layers, " needs"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateBertTensors(const SafetensorsFile& weights, const BertConfig& config) {
+  if (absl::Status st = CheckTensorCount(weights, config); !st.ok()) return st;
   constexpr size_t kMaxListed = 5;
   std::vector<std::string> problems;
   size_t count = 0;

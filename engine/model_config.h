@@ -93,10 +93,15 @@ struct TensorSpec {
 // bert.encoder.layer.N.output.{dense,LayerNorm}.*, bert.pooler.dense.*, classifier.* / qa_outputs.*.
 std::vector<TensorSpec> ExpectedBertTensors(const BertConfig& config);
 
-// Checks that `weights` holds every expected tensor with the expected shape and a float dtype. The
+// Checks that `weights` holds every expected tensor with the expected shape and a float dtype,
+// first (before building the list) that it holds at least as many tensors as the config's layer
+// count needs, so absurd sizes fail at once and allocate nothing. The
 // error lists up to 5 problems (and how many in all), each naming the file and the tensor. Extra
 // tensors (e.g. bert.embeddings.position_ids, bert.pooler.* of a QA checkpoint) are allowed.
 absl::Status ValidateBertTensors(const SafetensorsFile& weights, const BertConfig& config);
+// Only the first check: the file holds about as many tensors as the layer count needs (cheap, and
+// the guard against configs whose sizes nothing backs).
+absl::Status CheckTensorCount(const SafetensorsFile& weights, const BertConfig& config);
 
 // A Hugging Face BERT model directory, opened and validated.
 struct ModelDir {

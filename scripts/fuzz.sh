@@ -36,15 +36,17 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
 cmake --build "$build" -j "$jobs" --target "${fuzzers[@]}"
 
 root=$PWD
+# Absolute from here on: BUILD_DIR may be given either way.
+case $build in /*) ;; *) build=$root/$build ;; esac
 failed=0
 summary=()
 for target in "${fuzzers[@]}"; do
-  bin=$root/$build/fuzz/$target
+  bin=$build/fuzz/$target
   seeds=$root/fuzz/corpus/$target
   regressions=$root/fuzz/regressions/$target
-  corpus=$root/$build/fuzz-corpus/$target
-  artifacts=$root/$build/fuzz-artifacts/$target
-  log=$root/$build/fuzz-logs/$target.log
+  corpus=$build/fuzz-corpus/$target
+  artifacts=$build/fuzz-artifacts/$target
+  log=$build/fuzz-logs/$target.log
   dict_name=${target#fuzz_}
   dict=$root/fuzz/dict/$dict_name.dict
   mkdir -p "$corpus" "$artifacts" "$(dirname "$log")"

@@ -353,10 +353,19 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
     const ServerConfig& config) {
   std::vector<std::unique_ptr<ServedModel>> models;
   for (const ModelConfig& mc : config.models) {
-    auto bert = engine::LoadBertConfig(mc.path + "/config.json");
-    if (!bert.ok()) {
-      return absl::Status(bert.status().code(),
-                          absl::StrCat("model '", mc.name, "': ", bert.status().message()));
+    auto config = engine::LoadBertConfig(mc.path + "/config.json");
+    if (!config.ok()) {
+      return absl::Status(config.status().code(),
+                          absl::StrCat("model '", mc.name, "': ", config.status().message()));
+    }
+    const engine::BertConfig* bert = &*config;
+    // A layer count the weight file's header cannot back is a bad config.json: it stops start-up
+    // here, before per-layer metrics and schedules are sized by it. (A missing or corrupt weight
+    // file is the load's to report.)
+    if (auto weights = engine::SafetensorsFile::Open(mc.path + "/model.safetensors"); weights.ok()) {
+      if (auto st = engine::CheckTensorCount(**weights, *bert); !st.ok()) {
+        return absl::Status(st.code(), absl::StrCat("model '", mc.name, "': ", st.message()));
+      }
     }
     if (bert->task == engine::Task::kFeatureExtraction) {
       return absl::InvalidArgumentError(absl::StrCat(

@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/bert_model.h"
 #include "engine/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -522,6 +523,24 @@ TEST_F(ModelConfigDirTest, MissingPiecesAreNamed) {
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ(model->tokenizer.model_max_length, 512);
   EXPECT_TRUE(model->tokenizer.do_lower_case);
+}
+
+// A config whose sizes the weights cannot back fails at once, before anything is sized by it
+// (issue: num_hidden_layers 1e9 took 6 GB and never finished starting).
+TEST_F(ModelConfigDirTest, AbsurdLayerCountFailsBeforeAllocating) {
+  const std::string dir = CopyGolden("tiny-cls", "billion-layers");
+  Write("billion-layers/config.json",
+        Config({{"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000000"}}));
+  // Without the check this builds a billion tensor specs (and BertModel::Load a billion-layer
+  // schedule): the test would run out of memory or time, not pass.
+  auto model = LoadModelDir(dir);
+  ASSERT_FALSE(model.ok());
+  EXPECT_THAT(std::string(model.status().message()),
+              AllOf(StartsWith(dir + "/model.safetensors: holds "),
+                    HasSubstr("config.json's num_hidden_layers 1000000000 needs")));
+  auto loaded = BertModel::Load(dir);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_EQ(loaded.status().message(), model.status().message());
 }
 
 TEST_F(ModelConfigDirTest, ConfigNotMatchingWeightsIsNamedPerTensor) {

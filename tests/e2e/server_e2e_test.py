@@ -1126,6 +1126,24 @@ class StartupTest(unittest.TestCase):
         self.assertTrue(lines[-1].startswith("topserve-server: error: model 'broken'"), lines[-1])
         self.assertIn("model.safetensors", lines[-1])
 
+    def test_absurd_layer_count(self):
+        # config.json claims a billion layers: start-up used to size per-layer state by it (6 GB of
+        # RSS, no output); now the weight file's header refuses it before anything is allocated.
+        good = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
+        bad = os.path.join(ARGS.work, "models", "billion-layers")
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(good, bad)
+        path = os.path.join(bad, "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["num_hidden_layers"] = 1000000000
+        with open(path, "w") as f:
+            json.dump(config, f)
+        code, lines = self.run_server("--model", f"huge={bad}", "--port", "0", "--metrics-port", "-1")
+        self.assertEqual(code, 2)
+        self.assertTrue(lines[-1].startswith("topserve-server: error: model 'huge'"), lines[-1])
+        self.assertIn("num_hidden_layers 1000000000", lines[-1])
+
     def test_port_in_use(self):
         good = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
         import socket
