@@ -9,21 +9,25 @@
 
 namespace topserve::engine {
 
-absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
-                                                     std::string_view question,
-                                                     std::string_view context,
-                                                     const QaOptions& options) {
+absl::StatusOr<QaPieces> TokenizeQa(const Tokenizer& tokenizer, std::string_view question,
+                                    std::string_view context, const QaOptions& options) {
   auto q = tokenizer.Tokenize(question);
   if (!q.ok()) return absl::InvalidArgumentError(absl::StrCat("question: ", q.status().message()));
   auto c = tokenizer.Tokenize(context);
   if (!c.ok()) return absl::InvalidArgumentError(absl::StrCat("context: ", c.status().message()));
-  std::vector<Piece> question_pieces = std::move(*q);
-  if (question_pieces.empty()) return absl::InvalidArgumentError("question: no tokens");
-  if (static_cast<int64_t>(question_pieces.size()) > options.max_query_tokens) {
-    question_pieces.resize(static_cast<size_t>(options.max_query_tokens));
+  QaPieces pieces{std::move(*q), std::move(*c)};
+  if (pieces.question.empty()) return absl::InvalidArgumentError("question: no tokens");
+  if (static_cast<int64_t>(pieces.question.size()) > options.max_query_tokens) {
+    pieces.question.resize(static_cast<size_t>(options.max_query_tokens));
   }
-  const int64_t room =
-      options.max_length - 3 - static_cast<int64_t>(question_pieces.size());
+  return pieces;
+}
+
+namespace {
+
+// Context pieces per window, after checking the options leave room and a valid stride.
+absl::StatusOr<int64_t> ContextRoom(const QaPieces& pieces, const QaOptions& options) {
+  const int64_t room = options.max_length - 3 - static_cast<int64_t>(pieces.question.size());
   if (room < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_length ", options.max_length,
                                                    " leaves no room for the context"));
@@ -32,14 +36,41 @@ absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
     return absl::InvalidArgumentError(absl::StrCat("doc_stride ", options.doc_stride,
                                                    " must be in [0, ", room, ")"));
   }
-  const std::vector<Piece>& all = *c;
+  return room;
+}
+
+}  // namespace
+
+absl::StatusOr<QaWindowCount> CountQaWindows(const QaPieces& pieces, const QaOptions& options) {
+  auto room = ContextRoom(pieces, options);
+  if (!room.ok()) return room.status();
+  // The same walk as BuildQaWindows, on integers only.
+  const int64_t n = static_cast<int64_t>(pieces.context.size());
+  const int64_t fixed = 3 + static_cast<int64_t>(pieces.question.size());
+  QaWindowCount count;
+  for (int64_t start = 0;; start += *room - options.doc_stride) {
+    const int64_t len = std::min(*room, n - start);
+    ++count.windows;
+    count.tokens += fixed + len;
+    if (start + len >= n) break;
+  }
+  return count;
+}
+
+absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
+                                                     const QaPieces& pieces,
+                                                     const QaOptions& options) {
+  auto room_or = ContextRoom(pieces, options);
+  if (!room_or.ok()) return room_or.status();
+  const int64_t room = *room_or;
+  const std::vector<Piece>& all = pieces.context;
   std::vector<Encoding> windows;
   int64_t start = 0;
   const int64_t n = static_cast<int64_t>(all.size());
   while (true) {
     const int64_t len = std::min(room, n - start);
     std::vector<Piece> part(all.begin() + start, all.begin() + start + len);
-    auto enc = tokenizer.Build(question_pieces, &part, static_cast<size_t>(options.max_length),
+    auto enc = tokenizer.Build(pieces.question, &part, static_cast<size_t>(options.max_length),
                                Truncation::kNone);
     if (!enc.ok()) return enc.status();
     windows.push_back(std::move(*enc));
@@ -47,6 +78,15 @@ absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
     start += room - options.doc_stride;
   }
   return windows;
+}
+
+absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
+                                                     std::string_view question,
+                                                     std::string_view context,
+                                                     const QaOptions& options) {
+  auto pieces = TokenizeQa(tokenizer, question, context, options);
+  if (!pieces.ok()) return pieces.status();
+  return BuildQaWindows(tokenizer, *pieces, options);
 }
 
 std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Encoding> windows,

@@ -21,7 +21,26 @@ struct QaOptions {
   int64_t n_best = 1;
 };
 
+// The word pieces of a question (truncated to max_query_tokens) and its context.
+struct QaPieces {
+  std::vector<Piece> question, context;
+};
+absl::StatusOr<QaPieces> TokenizeQa(const Tokenizer& tokenizer, std::string_view question,
+                                    std::string_view context, const QaOptions& options);
+
+// How many windows BuildQaWindows will make and their tokens in all, computed without making them,
+// so a caller can refuse a call that exceeds its limits before spending memory on it. Errors
+// (max_length leaves no room, doc_stride out of range) are BuildQaWindows' own.
+struct QaWindowCount {
+  int64_t windows = 0, tokens = 0;
+};
+absl::StatusOr<QaWindowCount> CountQaWindows(const QaPieces& pieces, const QaOptions& options);
+
 // [CLS] question [SEP] context-window [SEP] for every window needed to cover the context.
+absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
+                                                     const QaPieces& pieces,
+                                                     const QaOptions& options);
+// TokenizeQa, then BuildQaWindows.
 absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
                                                      std::string_view question,
                                                      std::string_view context,

@@ -78,6 +78,23 @@ absl::Status CheckPriority(int32_t priority, int64_t max_priority) {
   return absl::OkStatus();
 }
 
+// A call whose sequences or tokens exceed the model's whole queue can never be admitted: that is
+// RESOURCE_EXHAUSTED (do not retry), not the UNAVAILABLE of a queue that is full right now.
+absl::Status CheckFitsQueue(int64_t sequences, int64_t tokens, const ModelConfig& model) {
+  const QueueConfig& q = model.batching;
+  if (q.max_queue_size && sequences > *q.max_queue_size) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request needs ", sequences, " sequences; model '", model.name, "' queues at most ",
+        *q.max_queue_size, " (batching.max_queue_size)"));
+  }
+  if (q.max_queue_tokens && tokens > *q.max_queue_tokens) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request has ", tokens, " tokens; model '", model.name, "' queues at most ",
+        *q.max_queue_tokens, " (batching.max_queue_tokens)"));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckTokens(int64_t tokens, int64_t quota) {
   if (tokens > quota) {
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -615,6 +632,7 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   if (absl::Status s = CheckTokens(total_tokens, limits.max_tokens_per_call); !s.ok()) {
     return reject(s);
   }
+  if (absl::Status s = CheckFitsQueue(n, total_tokens, model.config); !s.ok()) return reject(s);
 
   resp->set_model(model.config.name);
   resp->clear_results();
@@ -681,12 +699,11 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
     return reject(Invalid("n_best", absl::StrCat(req.n_best(), " is outside [1, 100]")));
   }
   const engine::Tokenizer& tok = model.engine->tokenizer();
-  auto question = tok.Tokenize(req.question());
-  if (!question.ok()) return reject(Invalid("question", question.status().message()));
-  if (question->empty()) return reject(Invalid("question", "has no tokens"));
-  const int64_t room = qa.max_length - 3 -
-                       std::min<int64_t>(static_cast<int64_t>(question->size()),
-                                         qa.max_query_tokens);
+  // Tokenized once; the windows are counted before any is made, so a call that can never be
+  // served costs its tokenization only.
+  auto pieces = engine::TokenizeQa(tok, req.question(), req.context(), qa);
+  if (!pieces.ok()) return reject(absl::InvalidArgumentError(pieces.status().message()));
+  const int64_t room = qa.max_length - 3 - static_cast<int64_t>(pieces->question.size());
   if (req.has_doc_stride()) {
     if (req.doc_stride() < 0 || req.doc_stride() >= room) {
       return reject(Invalid("doc_stride", absl::StrCat(req.doc_stride(), " is outside [0, ", room,
@@ -698,7 +715,16 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
     // time when max_length is small).
     qa.doc_stride = std::min(kDefaultDocStride, room / 2);
   }
-  auto windows = engine::BuildQaWindows(tok, req.question(), req.context(), qa);
+  auto count = engine::CountQaWindows(*pieces, qa);
+  if (!count.ok()) return reject(absl::InvalidArgumentError(count.status().message()));
+  if (pieces->context.empty()) return reject(Invalid("context", "has no tokens"));
+  if (absl::Status s = CheckTokens(count->tokens, limits.max_tokens_per_call); !s.ok()) {
+    return reject(s);
+  }
+  if (absl::Status s = CheckFitsQueue(count->windows, count->tokens, model.config); !s.ok()) {
+    return reject(s);
+  }
+  auto windows = engine::BuildQaWindows(tok, *pieces, qa);
   if (!windows.ok()) return reject(absl::InvalidArgumentError(windows.status().message()));
 
   int64_t total_tokens = 0;

@@ -591,6 +591,17 @@ models:
         self.assertCode(RE, self.stub.Answer,
                         pb.AnswerRequest(question="q", context="word " * 390, max_length=12,
                                          doc_stride=6), timeout=5)
+        # More sequences than the model's whole queue holds (max_queue_size 3): it could never be
+        # admitted, so not the retryable UNAVAILABLE of a queue that is full right now.
+        d = self.assertCode(RE, self.stub.Classify,
+                            pb.ClassifyRequest(model="slow", inputs=[pb.TextInput(text="a")] * 4),
+                            timeout=5)
+        self.assertIn("max_queue_size", d)
+        # Windows far beyond the token quota: refused from the count, before any window exists.
+        d = self.assertCode(RE, self.stub.Answer,
+                            pb.AnswerRequest(question="q", context="." * 1999, max_length=64,
+                                             doc_stride=59), timeout=5)
+        self.assertIn("max_tokens_per_call", d)
 
     def test_internal(self):
         labels = {"model": "broken", "method": "Classify", "code": "INTERNAL"}
