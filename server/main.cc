@@ -143,7 +143,7 @@ int main(int argc, char** argv) {
 
   CLI::App app{"topserve-server: BERT classification and question answering over gRPC, with "
                "per-request compute budgets"};
-  std::string config_path, listen, auth_token_file;
+  std::string config_path, listen, auth_token_file, metrics_address;
   int port = -1, metrics_port = -2, threads = -1, workers = -1, ready_delay_ms = 0;
   std::vector<std::string> model_flags, fail_models;
   bool check = false;
@@ -152,6 +152,8 @@ int main(int argc, char** argv) {
   app.add_option("--listen", listen, "gRPC address host:port (overrides server.listen)");
   app.add_option("--port", port, "gRPC port (overrides the port of server.listen; 0 = any free)")
       ->check(CLI::Range(0, 65535));
+  app.add_option("--metrics-address", metrics_address,
+                 "Prometheus bind address (overrides server.metrics_address, e.g. 127.0.0.1)");
   app.add_option("--metrics-port", metrics_port,
                  "Prometheus port (overrides server.metrics_port; 0 = any free, -1 = off)")
       ->check(CLI::Range(-1, 65535));
@@ -204,6 +206,7 @@ int main(int argc, char** argv) {
     config.listen = absl::StrCat(hp->first, ":", port);
   }
   if (metrics_port >= -1) config.metrics_port = metrics_port;
+  if (!metrics_address.empty()) config.metrics_address = metrics_address;
   if (threads >= 0) config.batching.threads_per_worker = threads;
   if (workers >= 1) config.batching.workers = workers;
   if (!auth_token_file.empty()) config.auth_token_file = auth_token_file;

@@ -46,7 +46,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   if (config.metrics_port >= 0) {
     const std::string address = absl::StrCat(config.metrics_address, ":", config.metrics_port);
     try {
-      s->exposer_ = std::make_unique<prometheus::Exposer>(address, 2);
+      // civetweb's defaults (2 threads here, a 30 s read timeout) let two clients that stop
+      // mid-headers hold every thread for 30 s, and Prometheus marks the target down. More threads
+      // than stalled clients are likely, and a short read timeout bounds the rest: a scrape waits
+      // at most about kMetricsReadTimeoutMs behind a slow client.
+      constexpr const char* kMetricsThreads = "8";
+      constexpr const char* kMetricsReadTimeoutMs = "1000";
+      s->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
+          "listening_ports", address, "num_threads", kMetricsThreads, "request_timeout_ms",
+          kMetricsReadTimeoutMs});
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat("server.metrics_port: cannot listen on ",
                                                  address, " (", e.what(), ")"));

@@ -603,6 +603,27 @@ models:
                                              doc_stride=59), timeout=5)
         self.assertIn("max_tokens_per_call", d)
 
+    def test_metrics_survive_stalled_clients(self):
+        # Ten clients that stop mid-headers used to hold the exporter's two threads for civetweb's
+        # 30 s read timeout. Now a scrape still answers (the 5 s urlopen timeout in scrape() would
+        # fail it otherwise) and the server drops the stalled connections by itself.
+        import socket
+        stalled = []
+        try:
+            for _ in range(10):
+                c = socket.create_connection(("127.0.0.1", self.server.metrics_port), timeout=5)
+                c.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
+                stalled.append(c)
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.server.metrics_port}/metrics",
+                                        timeout=5) as r:
+                self.assertIn(b"topserve_requests_total", r.read())
+            for c in stalled:
+                c.settimeout(10)
+                c.recv(4096)  # raises socket.timeout unless the server closes the connection or answers
+        finally:
+            for c in stalled:
+                c.close()
+
     def test_internal(self):
         labels = {"model": "broken", "method": "Classify", "code": "INTERNAL"}
         before = metric(scrape(self.server.metrics_port), "topserve_requests_total", **labels)
