@@ -192,7 +192,12 @@ class InferenceService::StreamCall final
     lock.unlock();  // The Runtime may complete the item on this thread.
 
     if (item->request.request_id().size() > kMaxRequestIdBytes) {
-      item->response.clear_request_id();
+      // Echo what fits, cut at a UTF-8 character boundary, so the client can tell which request
+      // failed (an empty id would match none of them).
+      const std::string& id = item->request.request_id();
+      size_t cut = kMaxRequestIdBytes;
+      while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
+      item->response.set_request_id(id.substr(0, cut));
       Complete(item, absl::InvalidArgumentError(absl::StrCat(
                          "request_id: ", item->request.request_id().size(),
                          " bytes is over the limit of ", kMaxRequestIdBytes)));

@@ -486,10 +486,18 @@ models:
         requests.append(pb.ClassifyStreamRequest(
             request_id="bad-model", request=pb.ClassifyRequest(model="nope",
                                                               inputs=[pb.TextInput(text="x")])))
+        # Over the 256-byte limit, ending in 2-byte characters: the error echoes the first 256
+        # bytes, cut at a character boundary (255 bytes here).
+        long_id = "L" + "é" * 200
+        requests.append(pb.ClassifyStreamRequest(
+            request_id=long_id, request=pb.ClassifyRequest(inputs=[pb.TextInput(text="x")])))
         responses = list(self.stub.ClassifyStream(iter(requests), timeout=30))
         by_id = {r.request_id: r for r in responses}
         self.assertEqual(len(responses), len(requests))
-        self.assertEqual(set(by_id), {r.request_id for r in requests})
+        echoed = long_id.encode()[:255].decode()
+        self.assertEqual(set(by_id), {r.request_id for r in requests[:-1]} | {echoed})
+        self.assertEqual(by_id[echoed].error.code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertIn("request_id", by_id[echoed].error.message)
         for i in range(12):
             r = by_id[f"id-{i}"]
             if i == 5:
