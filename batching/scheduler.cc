@@ -139,8 +139,6 @@ struct Scheduler::Work {
   FormedBatch batch;
   // Scratch space reused across batches.
   std::vector<Picked> picked;
-  std::vector<Task*> raw;
-  std::vector<absl::Status> statuses;
 };
 
 struct Scheduler::Worker {

@@ -45,4 +45,7 @@ int64_t EncoderMacs(const ModelShape& shape, int64_t n, std::span<const int32_t>
 // The same model unpruned at length n.
 int64_t UnprunedMacs(const ModelShape& shape, int64_t n);
 
+// FLOPs = 2 x MACs (a multiply and an add), the one conversion every reported FLOPs figure uses.
+inline int64_t FlopsFromMacs(int64_t macs) { return 2 * macs; }
+
 }  // namespace topserve::engine

@@ -207,8 +207,6 @@ std::string_view DnnlIsaName() {
 
 namespace {
 
-// Distinct address naming the activation primitives of the small-M path in the cache.
-constexpr char kSmallEpilogueTag = 0;
 
 dnnl::algorithm EltwiseOf(Epilogue e) {
   switch (e) {
@@ -399,7 +397,7 @@ void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
   ScopedOp timed(cache.profile(), Op::kActivation);
   // The same oneDNN activation the fp32 matmul's post-op applies, in place.
   dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
-  const auto& act = cache.Get(&kSmallEpilogueTag, m * n_, static_cast<int64_t>(epilogue_), [&] {
+  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, m * n_, static_cast<int64_t>(epilogue_), [&] {
     dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
                                      0.0f, 0.0f);
     return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
@@ -489,8 +487,6 @@ void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y)
 
 namespace {
 
-// Distinct addresses that name the attention primitives in the cache.
-constexpr char kScoresTag = 0, kContextTag = 0, kSoftmaxTag = 0;
 
 // Q (or V) of a group as a 4-D view [G, H, L, dh] into the [G*L, 3d] QKV buffer.
 dnnl::memory::desc HeadView(const AttentionShape& s, int64_t groups, int64_t length, dt type) {
@@ -528,7 +524,7 @@ void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const void*
   dnnl::memory::desc kt({groups, s.heads, s.head_dim, length}, type,
                         dims{length * row, s.head_dim, 1, row});
   dnnl::memory::desc out({groups, s.heads, length, length}, dt::f32, tag::abcd);
-  const auto& prim = cache.Get(&kScoresTag, groups, AttentionKey(length, bf16), [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kScores, groups, AttentionKey(length, bf16), [&] {
     dnnl::primitive_attr attr;
     attr.set_output_scales(0, {scale});
     return dnnl::matmul(
@@ -550,7 +546,7 @@ void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void
   dnnl::memory::desc v = HeadView(s, groups, length, type);
   dnnl::memory::desc out({groups, s.heads, length, s.head_dim}, dt::f32,
                          dims{length * d, s.head_dim, d, 1});
-  const auto& prim = cache.Get(&kContextTag, groups, AttentionKey(length, bf16), [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kContext, groups, AttentionKey(length, bf16), [&] {
     return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(p, v, out), cache.engine()));
   });
   const auto& eng = cache.engine();
@@ -564,7 +560,7 @@ void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void
 
 void SoftmaxRows(PrimitiveCache& cache, float* data, int64_t rows, int64_t length) {
   dnnl::memory::desc md({rows, length}, dt::f32, tag::ab);
-  const auto& prim = cache.Get(&kSoftmaxTag, rows, length, [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kSoftmax, rows, length, [&] {
     dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference, md, 1);
     return dnnl::softmax_forward(dnnl::softmax_forward::primitive_desc(desc, cache.engine()));
   });

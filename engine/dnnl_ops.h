@@ -8,6 +8,7 @@
 #include <optional>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include <dnnl.hpp>
@@ -78,26 +79,38 @@ class PrimitiveCache {
   OpProfile* profile() const { return profile_; }
   void set_profile(OpProfile* profile) { profile_ = profile; }
 
+  // The primitives shared by every layer, cached by kind and shape (a Linear's own primitives are
+  // cached under its address).
+  enum class Shared : int { kNone = 0, kScores, kContext, kSoftmax, kActivation };
+
   // Returns the cached primitive for (owner, key) or creates it with make().
   template <typename Make>
   const dnnl::primitive& Get(const void* owner, int64_t key_a, int64_t key_b, Make&& make) {
-    Key key{owner, key_a, key_b};
-    auto it = cache_.find(key);
-    if (it != cache_.end()) return it->second;
-    if (cache_.size() >= kMaxEntries) cache_.clear();  // bounded; shapes repeat, so this is rare
-    return cache_.emplace(key, make()).first->second;
+    return Lookup(Key{owner, Shared::kNone, key_a, key_b}, std::forward<Make>(make));
+  }
+  template <typename Make>
+  const dnnl::primitive& Get(Shared kind, int64_t key_a, int64_t key_b, Make&& make) {
+    return Lookup(Key{nullptr, kind, key_a, key_b}, std::forward<Make>(make));
   }
   size_t size() const { return cache_.size(); }
 
  private:
   struct Key {
     const void* owner;
+    Shared kind;
     int64_t a, b;
     bool operator==(const Key&) const = default;
   };
+  template <typename Make>
+  const dnnl::primitive& Lookup(const Key& key, Make&& make) {
+    auto it = cache_.find(key);
+    if (it != cache_.end()) return it->second;
+    if (cache_.size() >= kMaxEntries) cache_.clear();  // bounded; shapes repeat, so this is rare
+    return cache_.emplace(key, make()).first->second;
+  }
   struct KeyHash {
     size_t operator()(const Key& k) const {
-      size_t h = std::hash<const void*>()(k.owner);
+      size_t h = std::hash<const void*>()(k.owner) ^ static_cast<size_t>(k.kind);
       h ^= std::hash<int64_t>()(k.a) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
       h ^= std::hash<int64_t>()(k.b) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
       return h;

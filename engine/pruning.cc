@@ -37,7 +37,7 @@ absl::StatusOr<PruningSchedule> PruningSchedule::Load(const std::string& path, i
   }
   if (!root.IsMap()) return fail("expected a mapping at the top level");
   static const std::set<std::string> kKeys = {"version", "placement", "keep_ratios",
-                                              "target_flops", "method", "start_layer", "notes"};
+                                              "target_flops", "method", "notes"};
   PruningSchedule s;
   s.source = path;
   try {

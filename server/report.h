@@ -6,13 +6,13 @@
 #include <string_view>
 
 #include "batching/task.h"
+#include "engine/cost_model.h"
 #include "engine/pruning.h"
 #include "topserve/v1/inference.pb.h"
 
 namespace topserve::server {
 
-// FLOPs = 2 x MACs (engine/cost_model.h's definition).
-inline int64_t FlopsFromMacs(int64_t macs) { return 2 * macs; }
+using engine::FlopsFromMacs;  // engine/cost_model.h: FLOPs = 2 x MACs
 
 // Fills `out` from a plan (an unpruned plan, with empty kept, reports tokens_in for every layer).
 void FillPruningReport(const engine::PruneReport& plan, int64_t num_layers,

@@ -275,6 +275,8 @@ TEST_F(ScheduleFile, RejectsDefectsNamingTheKey) {
     std::string text, needle;
   } cases[] = {
       {"version: 1\nkeep_ratios: [1, 0.5]\nspeed: fast\n", "unknown key 'speed'"},
+      // Once accepted and silently ignored; a key the schedule does not use is an error.
+      {"version: 1\nkeep_ratios: [1, 0.5]\nstart_layer: 1\n", "unknown key 'start_layer'"},
       {"version: 2\nkeep_ratios: [1, 0.5]\n", "'version' must be 1"},
       {"version: 1\nkeep_ratios: [1, 0.5, 0.5]\n", "has 3 entries; the model has 2"},
       {"version: 1\nkeep_ratios: [1, 0]\n", "keep_ratios[1] = 0"},
