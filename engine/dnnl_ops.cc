@@ -273,18 +273,24 @@ void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
 
 }  // namespace
 
+namespace {
+
+// Row i of `out` from k floats: its range (widened to include 0), scale, zero point and codes.
+void QuantizeOne(const float* x, int64_t k, const QuantizedRows& out, int64_t i) {
+  float lo, hi;
+  RowRange(x, k, lo, hi);
+  const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+  const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
+  QuantizeRow(x, k, 1.0f / s, z, out.q + i * k);
+  out.scale[i] = s;
+  out.shift[i] = s * z;
+}
+
+}  // namespace
+
 void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out) {
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    const float* xi = x + i * k;
-    float lo, hi;
-    RowRange(xi, k, lo, hi);
-    const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-    const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-    QuantizeRow(xi, k, 1.0f / s, z, out.q + i * k);
-    out.scale[i] = s;
-    out.shift[i] = s * z;
-  }
+  for (int64_t i = 0; i < m; ++i) QuantizeOne(x + i * k, k, out, i);
 }
 
 namespace {
@@ -363,13 +369,7 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
     DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
                   accumulate_ ? y + i * n : nullptr);
     if (out != nullptr) {
-      float lo, hi;
-      RowRange(di, n, lo, hi);
-      const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-      const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-      QuantizeRow(di, n, 1.0f / s, z, out->q + i * n);
-      out->scale[i] = s;
-      out->shift[i] = s * z;
+      QuantizeOne(di, n, *out, i);
     } else if (d != y) {
       std::memcpy(y + i * n, di, static_cast<size_t>(n) * sizeof(float));
     }
@@ -449,12 +449,17 @@ void Linear::ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float
       }
     }
   }
-  const auto& prim = cache.Get(this, m, 2, [&] {
+  RunMatmul(cache, xb, true, m, y);
+}
+
+void Linear::RunMatmul(PrimitiveCache& cache, const void* x, bool bf16, int64_t m, float* y) const {
+  const dt type = bf16 ? dt::bf16 : dt::f32;
+  const auto& prim = cache.Get(this, m, bf16 ? 2 : 0, [&] {
     return dnnl::matmul(
-        LinearDesc(cache.engine(), m, k, n_, packed_desc_, epilogue_, accumulate_, dt::bf16));
+        LinearDesc(cache.engine(), m, k_, n_, packed_desc_, epilogue_, accumulate_, type));
   });
   const auto& eng = cache.engine();
-  dnnl::memory src({{m, k}, dt::bf16, tag::ab}, eng, xb);
+  dnnl::memory src({{m, k_}, type, tag::ab}, eng, const_cast<void*>(x));
   dnnl::memory w(packed_desc_, eng, packed_.get());
   dnnl::memory b({{1, n_}, dt::f32, tag::ab}, eng, bias_.get());
   dnnl::memory dst({{m, n_}, dt::f32, tag::ab}, eng, y);
@@ -472,17 +477,7 @@ void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y)
     if (epilogue_ != Epilogue::kNone) ApplyEpilogue(cache, y, m);
     return;
   }
-  const auto& prim = cache.Get(this, m, 0, [&] {
-    return dnnl::matmul(LinearDesc(cache.engine(), m, k_, n_, packed_desc_, epilogue_, accumulate_));
-  });
-  const auto& eng = cache.engine();
-  dnnl::memory src({{m, k_}, dt::f32, tag::ab}, eng, const_cast<float*>(x));
-  dnnl::memory w(packed_desc_, eng, packed_.get());
-  dnnl::memory b({{1, n_}, dt::f32, tag::ab}, eng, bias_.get());
-  dnnl::memory dst({{m, n_}, dt::f32, tag::ab}, eng, y);
-  prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b},
-                                {DNNL_ARG_DST, dst}});
-  cache.stream().wait();
+  RunMatmul(cache, x, false, m, y);
 }
 
 namespace {

@@ -165,6 +165,8 @@ class Linear {
  private:
   void ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
   void ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
+  // oneDNN's matmul on m rows of fp32 or bf16 (x) with bias and the fused post-ops, into y.
+  void RunMatmul(PrimitiveCache& cache, const void* x, bool bf16, int64_t m, float* y) const;
   // The epilogue's activation in place on m rows (paths that cannot fuse it into the matmul).
   void ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const;
 
