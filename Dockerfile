@@ -25,6 +25,10 @@ RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/inst
 COPY --from=build /out/bin/ /usr/local/bin/
 COPY --from=build /out/models/ /opt/topserve/models/
 COPY deploy/config.example.yaml /etc/topserve/config.yaml
+# The example config names its model relative to the working directory (models/sst2-small, as from
+# the repository root); here the models live under /opt/topserve. (The Kubernetes ConfigMap uses
+# absolute paths.)
+WORKDIR /opt/topserve
 # OpenMP workers must not spin: on small CPU quotas they starve the gRPC threads.
 ENV OMP_WAIT_POLICY=passive
 USER 10001:10001
