@@ -12,20 +12,12 @@
 #include "absl/strings/str_cat.h"
 #include "engine/cpu_info.h"
 #include "engine/kernels.h"
+#include "engine/rows.h"
 #include "engine/safetensors.h"
 
 namespace topserve::engine {
 namespace {
 
-template <typename T>
-T* Grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
-
-void CopyRow(const float* src, float* dst, int64_t width) {
-  if (src != dst) std::memcpy(dst, src, static_cast<size_t>(width) * sizeof(float));
-}
 
 }  // namespace
 
@@ -88,13 +80,12 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     }
     return std::move(*r);
   };
-  // Encoder layers use the model's precision; the heads stay fp32.
-  auto linear = [&](const std::string& name, int64_t out, int64_t in, Epilogue epi, bool acc,
-                    Precision precision = Precision::kFloat32) {
+  // The heads (the encoder layers are EncoderLayer's): fp32 in every precision.
+  auto linear = [&](const std::string& name, int64_t out, int64_t in, Epilogue epi) {
     std::vector<float> w = read(name + ".weight", {out, in});
     std::vector<float> b = read(name + ".bias", {out});
     if (!status.ok()) return Linear();
-    auto lin = Linear::Create(m->dnnl_, w.data(), b.data(), out, in, epi, acc, precision);
+    auto lin = Linear::Create(m->dnnl_, w.data(), b.data(), out, in, epi, false);
     if (!lin.ok()) {
       status = lin.status();
       return Linear();
@@ -129,15 +120,15 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     w.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     w.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     if (!status.ok()) break;
-    auto layer = EncoderLayer::Create(m->dnnl_, c, w, m->precision_);
+    auto layer = EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_);
     if (!layer.ok()) return layer.status();
     m->layers_.push_back(std::move(*layer));
   }
   if (c.task == Task::kSequenceClassification) {
-    m->pooler_ = linear(prefix + "pooler.dense", d, d, Epilogue::kTanh, false);
-    m->classifier_ = linear("classifier", c.num_labels(), d, Epilogue::kNone, false);
+    m->pooler_ = linear(prefix + "pooler.dense", d, d, Epilogue::kTanh);
+    m->classifier_ = linear("classifier", c.num_labels(), d, Epilogue::kNone);
   } else if (c.task == Task::kQuestionAnswering) {
-    m->qa_ = linear("qa_outputs", 2, d, Epilogue::kNone, false);
+    m->qa_ = linear("qa_outputs", 2, d, Epilogue::kNone);
   }  // a headless encoder has no head (its pooler, if saved, is not part of the output)
   if (!status.ok()) return status;
   return m;

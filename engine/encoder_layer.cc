@@ -2,21 +2,17 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "engine/kernels.h"
 #include "engine/profile.h"
+#include "engine/rows.h"
 
 namespace topserve::engine {
 namespace {
 
 // Scores of one attention chunk are bounded to this many floats (64 MiB).
 constexpr int64_t kMaxScoreFloats = int64_t{16} << 20;
-
-template <typename T>
-T* Grow(std::vector<T>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
-}
 
 Epilogue ActivationEpilogue(Activation a) {
   switch (a) {
@@ -35,7 +31,7 @@ const void* Offset(const void* base, int64_t offset, bool bf16) {
 }  // namespace
 
 absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const BertConfig& c,
-                                                  const LayerWeights& w, Precision precision) {
+                                                  LayerWeights w, Precision precision) {
   EncoderLayer layer;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   layer.hidden_ = d;
@@ -59,10 +55,10 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
                   make(w.w_ffn_out, w.b_ffn_out, d, f, Epilogue::kNone, layer.ffn_out_)}) {
     if (!st.ok()) return st;
   }
-  layer.ln1_gamma_ = w.ln1_gamma;
-  layer.ln1_beta_ = w.ln1_beta;
-  layer.ln2_gamma_ = w.ln2_gamma;
-  layer.ln2_beta_ = w.ln2_beta;
+  layer.ln1_gamma_ = std::move(w.ln1_gamma);
+  layer.ln1_beta_ = std::move(w.ln1_beta);
+  layer.ln2_gamma_ = std::move(w.ln2_gamma);
+  layer.ln2_beta_ = std::move(w.ln2_beta);
   return layer;
 }
 

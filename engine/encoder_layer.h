@@ -39,7 +39,7 @@ class EncoderLayer {
  public:
   EncoderLayer() = default;
   static absl::StatusOr<EncoderLayer> Create(const DnnlContext& ctx, const BertConfig& config,
-                                             const LayerWeights& weights, Precision precision);
+                                             LayerWeights weights, Precision precision);
 
   // y = LayerNorm(x + SelfAttention(x)) over `rows` rows, attention within each group. With
   // `importance` set, also importance[r] = the attention row r's token receives (mean over heads and

@@ -4,15 +4,9 @@
 #include <cstring>
 #include <numeric>
 
+#include "engine/rows.h"
+
 namespace topserve::engine {
-namespace {
-
-void CopyRow(const float* src, float* dst, int64_t width) {
-  if (src != dst) std::memcpy(dst, src, static_cast<size_t>(width) * sizeof(float));
-}
-
-}  // namespace
-
 void PackedBatch::Reset(std::span<const int64_t> lengths) {
   seqs_.resize(lengths.size());
   for (size_t s = 0; s < lengths.size(); ++s) {

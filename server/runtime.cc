@@ -370,12 +370,11 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
     const ServerConfig& config) {
   std::vector<std::unique_ptr<ServedModel>> models;
   for (const ModelConfig& mc : config.models) {
-    auto config = engine::LoadBertConfig(mc.path + "/config.json");
-    if (!config.ok()) {
-      return absl::Status(config.status().code(),
-                          absl::StrCat("model '", mc.name, "': ", config.status().message()));
+    auto bert = engine::LoadBertConfig(mc.path + "/config.json");
+    if (!bert.ok()) {
+      return absl::Status(bert.status().code(),
+                          absl::StrCat("model '", mc.name, "': ", bert.status().message()));
     }
-    const engine::BertConfig* bert = &*config;
     // A layer count the weight file's header cannot back is a bad config.json: it stops start-up
     // here, before per-layer metrics and schedules are sized by it. (A missing or corrupt weight
     // file is the load's to report.)
@@ -727,14 +726,12 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   auto windows = engine::BuildQaWindows(tok, *pieces, qa);
   if (!windows.ok()) return reject(absl::InvalidArgumentError(windows.status().message()));
 
-  int64_t total_tokens = 0;
-  bool any_context = false;
+  // The context and token checks ran on the count above (it equals the windows built: qa_test).
   std::vector<std::unique_ptr<InferTask>> tasks;
   resp->set_model(model.config.name);
   resp->clear_windows();
   for (size_t w = 0; w < windows->size(); ++w) {
     const engine::Encoding& enc = (*windows)[w];
-    total_tokens += static_cast<int64_t>(enc.size());
     v1::WindowReport* report = resp->add_windows();
     int32_t first = -1, last = -1;
     for (size_t i = 0; i < enc.size(); ++i) {
@@ -743,7 +740,6 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
       last = enc.end[i];
     }
     if (first >= 0) {
-      any_context = true;
       report->set_context_start(CodePoints(req.context(), first));
       report->set_context_end(CodePoints(req.context(), last));
     }
@@ -752,10 +748,6 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
     task->type_ids = enc.type_ids;
     task->index = static_cast<int>(w);
     tasks.push_back(std::move(task));
-  }
-  if (!any_context) return reject(Invalid("context", "has no tokens"));
-  if (absl::Status s = CheckTokens(total_tokens, limits.max_tokens_per_call); !s.ok()) {
-    return reject(s);
   }
   auto job = std::make_shared<AnswerJob>(*this, model, start, *budget, deadline, req.priority(),
                                          std::move(token), std::move(done), &req, resp,

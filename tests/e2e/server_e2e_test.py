@@ -1152,11 +1152,17 @@ class StartupTest(unittest.TestCase):
         self.assertIn("model 'no-such-model'", lines[-1])
         self.assertIn("config.json", lines[-1])
 
-    def test_corrupt_weights(self):
+    @staticmethod
+    def broken_copy(name):
+        """A fresh copy of the tiny classification model under models/<name>, to damage."""
         good = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
-        bad = os.path.join(ARGS.work, "models", "corrupt")
+        bad = os.path.join(ARGS.work, "models", name)
         shutil.rmtree(bad, ignore_errors=True)
         shutil.copytree(good, bad)
+        return bad
+
+    def test_corrupt_weights(self):
+        bad = self.broken_copy("corrupt")
         weights = os.path.join(bad, "model.safetensors")
         with open(weights, "r+b") as f:
             f.truncate(os.path.getsize(weights) // 2)
@@ -1169,10 +1175,7 @@ class StartupTest(unittest.TestCase):
     def test_absurd_layer_count(self):
         # config.json claims a billion layers: start-up used to size per-layer state by it (6 GB of
         # RSS, no output); now the weight file's header refuses it before anything is allocated.
-        good = make_model("cls", "--preset", "tiny", "--task", "cls", "--seed", "5")
-        bad = os.path.join(ARGS.work, "models", "billion-layers")
-        shutil.rmtree(bad, ignore_errors=True)
-        shutil.copytree(good, bad)
+        bad = self.broken_copy("billion-layers")
         path = os.path.join(bad, "config.json")
         with open(path) as f:
             config = json.load(f)
