@@ -11,25 +11,18 @@
 # the machine drifting between rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/python-env.sh
-source scripts/python-env.sh
-# The server's OpenMP thread model (server/main.cc): passive threads after a short spin.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
-build=${BUILD_DIR:-build-bench}
-repeats=${REPEATS:-5}
 threads=${THREADS:-2}
 precisions=${PRECISIONS:-fp32,bf16,int8}
+# shellcheck source=scripts/python-env.sh
+source scripts/python-env.sh
 if ! "$py" -c 'import onnxruntime, transformers' 2>/dev/null; then
   echo "bench-peers: ONNX Runtime or transformers is missing from $py; run scripts/install-deps.sh --bench" >&2
   exit 1
 fi
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOPSERVE_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target engine_bench
-model="$build/models/bert-base-cls"
-[ -f "$model/model.safetensors" ] || "$py" tools/gen_model.py --out "$model" --preset bert-base --task cls --seed 5 --std 0.02
-mkdir -p docs/bench
+# shellcheck source=scripts/bench-env.sh
+source scripts/bench-env.sh
 "$py" bench/peers/peers.py --model "$model" --out "$build/peers" --threads "$threads" \
-  --repeats "$repeats" --sst2 ../shared/data/sst2/dev.tsv --precisions "$precisions" \
+  --repeats "$repeats" --sst2 "$shared/data/sst2/dev.tsv" --precisions "$precisions" \
   ${WORKLOADS:+--workloads "$WORKLOADS"} --pairs "${PAIRS:-5}" --engine-bench "$build/bench/engine_bench" \
   --json docs/bench/peers.json --md docs/bench/peers.md \
   --command "scripts/bench-peers.sh (REPEATS=$repeats THREADS=$threads PRECISIONS=$precisions)" >/dev/null

@@ -6,20 +6,10 @@
 #   PRECISIONS=int8 REPEATS=3 scripts/bench-profile.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=scripts/python-env.sh
-source scripts/python-env.sh
-# The server's OpenMP thread model (server/main.cc): passive threads after a short spin.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} GOMP_SPINCOUNT=${GOMP_SPINCOUNT:-10000}
-build=${BUILD_DIR:-build-bench}
-repeats=${REPEATS:-5}
 threads=${THREADS:-2}
 precisions=${PRECISIONS:-fp32,bf16,int8}
-shared=${TOPSERVE_SHARED_DIR:-../shared}
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOPSERVE_BUILD_TESTS=OFF >/dev/null
-cmake --build "$build" -j "$(nproc)" --target engine_bench
-model="$build/models/bert-base-cls"
-[ -f "$model/model.safetensors" ] || "$py" tools/gen_model.py --out "$model" --preset bert-base --task cls --seed 5 --std 0.02
-mkdir -p docs/bench
+# shellcheck source=scripts/bench-env.sh
+source scripts/bench-env.sh
 jsons=()
 for p in ${precisions//,/ }; do
   "$build/bench/engine_bench" --model "$model" --lengths 128 --batch 8 --budgets 1,0.25 \

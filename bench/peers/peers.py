@@ -187,7 +187,7 @@ def torch_runner(model):
 
 
 def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_limit, precisions,
-                budgets="1,0.5,0.25,0.125"):
+                budgets="1,0.5,0.25,0.125", extra=()):
     rows = []
     for precision in precisions:
         for name, args in (("len128", ["--lengths", "128", "--batch", "8"]),
@@ -201,7 +201,7 @@ def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_lim
             proc = subprocess.run([engine_bench, "--model", model, *args,
                                    "--budgets", budgets, "--threads", threads,
                                    "--repeats", str(repeats), "--precision", precision,
-                                   "--json", path],
+                                   "--json", path, *extra],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"engine_bench failed: {proc.stderr.strip()}")
@@ -237,7 +237,8 @@ def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, s
             for _ in range(pairs):
                 peer_s, _mode = time_peer(run, {wl: work[wl]}, repeats)[wl]
                 ours = engine_rows(engine_bench, model, out, {wl: work[wl]}, "2", repeats, sst2,
-                                   sst2_limit, [precision], budgets="1")
+                                   sst2_limit, [precision], budgets="1",
+                                   extra=["--skip-accuracy"])  # once, in the main rows, is enough
                 ours_s = ours[0]["seconds"]
                 ratios.append(peer_s / ours_s)
                 print(f"pair {wl} {peer} {peer_s * 1e3:.1f} ms / topserve-{precision} "
@@ -278,6 +279,10 @@ def main():
     work = make_workloads(args.model, args.sst2, args.sst2_limit, cfg.vocab_size)
     if args.workloads:
         keep = set(args.workloads.split(","))
+        unknown = keep - set(work)
+        if unknown:
+            p.error(f"--workloads: unknown {sorted(unknown)} (known: {', '.join(work)}; sst2-dev "
+                    "needs --sst2)")
         work = {k: v for k, v in work.items() if k in keep}
     print(f"CPU: {cpu_model()}; torch {torch.__version__}", file=sys.stderr)
 
