@@ -252,11 +252,12 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     };
     layer.Attention(ws.cache_, ws.layer_, pb.groups(), x, pb.rows(), y,
                     prunes_here ? importance : nullptr);
-    if (prunes_here && run_options.placement == Placement::kAfterMha) {
+    const bool prune_after_mha = prunes_here && run_options.placement == Placement::kAfterMha;
+    if (prune_after_mha) {
       prune(ws.y_, x);
       y = ws.y_.data();
     }
-    layer.FeedForward(ws.cache_, ws.layer_, y, pb.rows(), x);
+    layer.FeedForward(ws.cache_, ws.layer_, y, pb.rows(), x, !prune_after_mha);
     if (prunes_here && run_options.placement == Placement::kBetweenLayers) {
       prune(ws.x_, x);
       x = ws.x_.data();

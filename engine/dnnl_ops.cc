@@ -11,6 +11,8 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/kernels.h"
+#include "engine/rows.h"
 #include "engine/simd_math.h"
 
 namespace topserve::engine {
@@ -289,7 +291,7 @@ void QuantizeOne(const float* x, int64_t k, const QuantizedRows& out, int64_t i)
 }  // namespace
 
 void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Parallel(m * k))
   for (int64_t i = 0; i < m; ++i) QuantizeOne(x + i * k, k, out, i);
 }
 
@@ -339,76 +341,6 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void DequantizeRow(
   }
 }
 
-}  // namespace
-
-void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
-                              float* scratch, float* y, const QuantizedRows* out) const {
-  const int64_t k = k_, n = n_;
-  // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
-  float* d = (out != nullptr || accumulate_) ? scratch : y;
-  {
-    const auto& prim = cache.Get(this, m, 1, [&] {
-      return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
-    });
-    const auto& eng = cache.engine();
-    dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, in.q);
-    dnnl::memory w(packed_desc_, eng, packed_.get());
-    dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
-    prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
-    cache.stream().wait();
-  }
-  // y = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j. One
-  // pass: scales, zero point, bias, activation, residual and (with `out`) the next layer's
-  // quantization, each row while it is in cache.
-  ScopedOp timed(cache.profile(), Op::kDequantize);
-  const float* b = bias_.get();
-  const float* wc = w_colsum_.get();
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    float* di = d + i * n;
-    DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
-                  accumulate_ ? y + i * n : nullptr);
-    if (out != nullptr) {
-      QuantizeOne(di, n, *out, i);
-    } else if (d != y) {
-      std::memcpy(y + i * n, di, static_cast<size_t>(n) * sizeof(float));
-    }
-  }
-}
-
-void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
-  // Each row i (one token) is quantized with its own range, widened to include 0 so that 0 is
-  // exact. Per row, not per call: a token's result never depends on which other tokens share the
-  // batch (the int32 accumulation is exact), so batching cannot change a sequence's logits or its
-  // pruning decisions.
-  const int64_t k = k_, n = n_;
-  QuantizedRows in;
-  in.q = cache.Bytes(static_cast<size_t>(m * k));
-  in.scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
-  in.shift = in.scale + m;
-  {
-    ScopedOp timed(cache.profile(), Op::kQuantize);
-    QuantizeRows(x, m, k, in);
-  }
-  ForwardQuantized(cache, in, m, accumulate_ ? in.shift + m : nullptr, y, nullptr);
-}
-
-void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
-  ScopedOp timed(cache.profile(), Op::kActivation);
-  // The same oneDNN activation the fp32 matmul's post-op applies, in place.
-  dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
-  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, m * n_, static_cast<int64_t>(epilogue_), [&] {
-    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
-                                     0.0f, 0.0f);
-    return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
-  });
-  dnnl::memory mem(md, cache.engine(), y);
-  act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
-  cache.stream().wait();
-}
-
-namespace {
-
 // Rounds fp32 to bf16, nearest even (what the AVX512-BF16 instruction does; NaN stays NaN).
 uint16_t ToBf16(float f) {
   uint32_t u;
@@ -434,13 +366,90 @@ void ToBf16Row(const float* x, int64_t k, uint16_t* out) {
 
 }  // namespace
 
+void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
+                              float* scratch, const Int8Output& out) const {
+  const int64_t k = k_, n = n_;
+  // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j], written in place of y when nothing else needs
+  // y's old contents.
+  float* d = (out.y == nullptr || accumulate_) ? scratch : out.y;
+  {
+    const auto& prim = cache.Get(this, m, 1, [&] {
+      return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
+    });
+    const auto& eng = cache.engine();
+    dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, in.q);
+    dnnl::memory w(packed_desc_, eng, packed_.get());
+    dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
+    prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+    cache.stream().wait();
+  }
+  // v = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j. Then
+  // the norm and every requested form of the row, while it is in cache.
+  ScopedOp timed(cache.profile(), Op::kDequantize);
+  const float* b = bias_.get();
+  const float* wc = w_colsum_.get();
+  const bool native_bf16 = out.bf16 != nullptr && CpuHasNativeBf16();
+#pragma omp parallel for schedule(static) if (Parallel(m * n))
+  for (int64_t i = 0; i < m; ++i) {
+    float* di = d + i * n;
+    DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
+                  accumulate_ ? out.y + i * n : nullptr);
+    if (out.norm != nullptr) {
+      const ResidualNorm& ln = *out.norm;
+      LayerNormRow(di, ln.residual + i * n, n, ln.gamma, ln.beta, ln.eps);
+    }
+    if (out.y != nullptr && d != out.y) {
+      std::memcpy(out.y + i * n, di, static_cast<size_t>(n) * sizeof(float));
+    }
+    if (out.bf16 != nullptr) {
+      if (native_bf16) {
+        ToBf16RowNative(di, n, out.bf16 + i * n);
+      } else {
+        ToBf16Row(di, n, out.bf16 + i * n);
+      }
+    }
+    if (out.quantized != nullptr) QuantizeOne(di, n, *out.quantized, i);
+  }
+}
+
+void Linear::ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
+  // Each row i (one token) is quantized with its own range, widened to include 0 so that 0 is
+  // exact. Per row, not per call: a token's result never depends on which other tokens share the
+  // batch (the int32 accumulation is exact), so batching cannot change a sequence's logits or its
+  // pruning decisions.
+  const int64_t k = k_, n = n_;
+  QuantizedRows in;
+  in.q = cache.Bytes(static_cast<size_t>(m * k));
+  in.scale = cache.Floats(static_cast<size_t>(2 * m + (accumulate_ ? m * n : 0)));
+  in.shift = in.scale + m;
+  {
+    ScopedOp timed(cache.profile(), Op::kQuantize);
+    QuantizeRows(x, m, k, in);
+  }
+  ForwardQuantized(cache, in, m, accumulate_ ? in.shift + m : nullptr, Int8Output{.y = y});
+}
+
+void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
+  ScopedOp timed(cache.profile(), Op::kActivation);
+  // The same oneDNN activation the fp32 matmul's post-op applies, in place.
+  dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
+  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, m * n_, static_cast<int64_t>(epilogue_), [&] {
+    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
+                                     0.0f, 0.0f);
+    return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
+  });
+  dnnl::memory mem(md, cache.engine(), y);
+  act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
+  cache.stream().wait();
+}
+
 void Linear::ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float* y) const {
   const int64_t k = k_;
   auto* xb = reinterpret_cast<uint16_t*>(cache.Bytes(static_cast<size_t>(m * k) * 2));
   {
     ScopedOp timed(cache.profile(), Op::kConvert);
     const bool native = CpuHasNativeBf16();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Parallel(m * k))
     for (int64_t i = 0; i < m; ++i) {
       if (native) {
         ToBf16RowNative(x + i * k, k, xb + i * k);
@@ -499,7 +508,7 @@ void ConvertToBf16(const float* x, int64_t n, uint16_t* out) {
   constexpr int64_t kChunk = 4096;
   const bool native = CpuHasNativeBf16();
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Parallel(n))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
     if (native) {

@@ -137,6 +137,26 @@ struct QuantizedRows {
 // Quantizes m rows of x [m x k] per row (range widened to include 0, so 0 is exact).
 void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out);
 
+// y = LayerNorm(v + residual) * gamma + beta, the residual connection fused into an int8 layer's
+// output pass.
+struct ResidualNorm {
+  const float* residual = nullptr;  // [m x n]
+  const float* gamma = nullptr;
+  const float* beta = nullptr;
+  float eps = 0.0f;
+};
+
+// Where an int8 layer's result rows go. Each row is dequantized (scales, zero point, bias,
+// activation), then normed with `norm` when set, then written to any of y (fp32), bf16 and
+// quantized (the next int8 layer's input) while it is in L1: the int32 -> fp32 matmul output is the
+// only whole-matrix pass (oneDNN 2.6 cannot apply per-row scales itself).
+struct Int8Output {
+  float* y = nullptr;                        // [m x n] fp32, or null
+  uint16_t* bf16 = nullptr;                  // [m x n] bf16 (nearest even), or null
+  const QuantizedRows* quantized = nullptr;  // [m x n] per-row u8, or null
+  const ResidualNorm* norm = nullptr;        // applied before the writes above, or null
+};
+
 // y[M,N] = epilogue(x[M,K] W^T + b) (+ y when accumulate). W is given as [N,K] row-major (the
 // PyTorch/HF Linear layout) and packed at construction.
 class Linear {
@@ -151,12 +171,11 @@ class Linear {
   // weights, more on oneDNN's matmul.
   void Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
 
-  // int8 layers only, for chaining two of them (the FFN): `in` holds this layer's quantized input
-  // (from QuantizeRows or another layer's ForwardQuantized); `scratch` is [m x n] floats. With
-  // `out` set, the result (epilogue applied) is quantized per row into `out` in the same pass and y
-  // is not written (it may be null); otherwise the result goes to y.
+  // int8 layers only: `in` holds this layer's quantized input (from QuantizeRows or another
+  // layer's output); `out` says where each result row goes, all in the pass that dequantizes it
+  // (Int8Output). `scratch` is [m x n] floats, used when out.y is null or the layer accumulates.
   void ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m, float* scratch,
-                        float* y, const QuantizedRows* out) const;
+                        const Int8Output& out) const;
 
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }

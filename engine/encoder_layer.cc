@@ -28,6 +28,25 @@ const void* Offset(const void* base, int64_t offset, bool bf16) {
   return static_cast<const char*>(base) + offset * (bf16 ? 2 : 4);
 }
 
+// Slot `slot` of the int8 scratch: room for `rows` quantized rows of `width` values. Slot 0 is the
+// input of the layer about to run, slot 1 Attention's output (the FFN's input), slot 2 the FFN's
+// hidden rows.
+QuantizedRows QuantizedSlot(LayerScratch& scratch, int slot, int64_t rows, int64_t width) {
+  auto& codes = scratch.q_codes[static_cast<size_t>(slot)];
+  auto& scales = scratch.q_scales[static_cast<size_t>(slot)];
+  float* sc = Grow(scales, 2 * rows);
+  return QuantizedRows{Grow(codes, rows * width), sc, sc + rows};
+}
+
+// Quantizes `rows` rows of x into slot 0.
+QuantizedRows QuantizedInput(OpProfile* prof, LayerScratch& scratch, const float* x, int64_t rows,
+                             int64_t width) {
+  const QuantizedRows q = QuantizedSlot(scratch, 0, rows, width);
+  ScopedOp timed(prof, Op::kQuantize);
+  QuantizeRows(x, rows, width, q);
+  return q;
+}
+
 }  // namespace
 
 absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const BertConfig& c,
@@ -67,18 +86,31 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
                              float* y, double* importance) const {
   OpProfile* prof = cache.profile();
   const int64_t d = hidden_, heads = shape_.heads;
-  float* qkv = Grow(scratch.qkv, rows * 3 * d);
+  const bool int8 = precision_ == Precision::kInt8;
   float* ctx = Grow(scratch.ctx, rows * d);
-  {
+  // Q | K | V: fp32, or bf16 for bf16 attention. int8 writes the bf16 form straight from its
+  // output pass; fp32 and bf16 layers write fp32 and convert.
+  const void* qkv_in = nullptr;
+  uint16_t* qkv_bf16 = bf16_attention_ ? Grow(scratch.qkv_bf16, rows * 3 * d) : nullptr;
+  if (int8) {
+    const QuantizedRows qx = QuantizedInput(prof, scratch, x, rows, d);
+    float* qkv = Grow(scratch.qkv, rows * 3 * d);
     ScopedOp timed(prof, Op::kQkvGemm);
-    qkv_.Forward(cache, x, rows, qkv);
-  }
-  const void* qkv_in = qkv;
-  if (bf16_attention_) {
-    ScopedOp timed(prof, Op::kConvert);
-    uint16_t* qb = Grow(scratch.qkv_bf16, rows * 3 * d);
-    ConvertToBf16(qkv, rows * 3 * d, qb);
-    qkv_in = qb;
+    qkv_.ForwardQuantized(cache, qx, rows, qkv,
+                          bf16_attention_ ? Int8Output{.bf16 = qkv_bf16} : Int8Output{.y = qkv});
+    qkv_in = bf16_attention_ ? static_cast<const void*>(qkv_bf16) : qkv;
+  } else {
+    float* qkv = Grow(scratch.qkv, rows * 3 * d);
+    {
+      ScopedOp timed(prof, Op::kQkvGemm);
+      qkv_.Forward(cache, x, rows, qkv);
+    }
+    qkv_in = qkv;
+    if (bf16_attention_) {
+      ScopedOp timed(prof, Op::kConvert);
+      ConvertToBf16(qkv, rows * 3 * d, qkv_bf16);
+      qkv_in = qkv_bf16;
+    }
   }
   for (const LengthGroup& grp : groups) {
     const int64_t len = grp.length;
@@ -101,6 +133,8 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
         ScopedOp timed(prof, Op::kImportance);
         AttentionReceived(scores, g, heads, len, importance + off);
       }
+      // fp32 softmax, then rounding to nearest even: oneDNN 2.6's softmax_v2 with a bf16 output
+      // saves this pass but moved int8 logits ~35% further from the reference (cls-relu fixture).
       const void* probs = scores;
       if (bf16_attention_) {
         ScopedOp timed(prof, Op::kConvert);
@@ -112,45 +146,59 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
       AttentionContext(cache, shape_, probs, q, bf16_attention_, g, len, ctx + off * d);
     }
   }
+  const ResidualNorm ln1{x, ln1_gamma_.data(), ln1_beta_.data(), eps_};
+  if (int8) {
+    // y = LayerNorm(x + ctx W + b) in the output projection's own pass; y is also quantized there
+    // for the FFN's first projection.
+    const QuantizedRows qc = QuantizedInput(prof, scratch, ctx, rows, d);
+    const QuantizedRows qy = QuantizedSlot(scratch, 1, rows, d);
+    ScopedOp timed(prof, Op::kAttnOutGemm);
+    attn_out_.ForwardQuantized(cache, qc, rows, nullptr,
+                               Int8Output{.y = y, .quantized = &qy, .norm = &ln1});
+    return;
+  }
   {
     ScopedOp timed(prof, Op::kAttnOutGemm);
     attn_out_.Forward(cache, ctx, rows, y);
   }
   ScopedOp timed(prof, Op::kLayerNorm);
-  LayerNormResidualRows(y, x, rows, d, ln1_gamma_.data(), ln1_beta_.data(), eps_);
+  LayerNormResidualRows(y, x, rows, d, ln1.gamma, ln1.beta, eps_);
 }
 
 void EncoderLayer::FeedForward(PrimitiveCache& cache, LayerScratch& scratch, const float* y,
-                               int64_t rows, float* x) const {
+                               int64_t rows, float* x, bool y_from_attention) const {
   OpProfile* prof = cache.profile();
   const int64_t d = hidden_, f = ffn_;
   float* hid = Grow(scratch.hidden, rows * f);
+  const ResidualNorm ln2{y, ln2_gamma_.data(), ln2_beta_.data(), eps_};
   if (precision_ == Precision::kInt8) {
-    // The hidden activations never exist in fp32 memory: the up projection's epilogue quantizes
-    // them per token for the down projection in the same pass.
-    float* scales = Grow(scratch.q_scales, 4 * rows);
-    const QuantizedRows qy{Grow(scratch.q_in, rows * d), scales, scales + rows};
-    const QuantizedRows qh{Grow(scratch.q_hidden, rows * f), scales + 2 * rows, scales + 3 * rows};
-    {
+    // y arrives quantized from Attention's last pass unless rows were removed since; the hidden
+    // activations never exist in fp32 memory (the up projection's pass quantizes them for the down
+    // projection), and the down projection's pass adds the residual and norms.
+    const QuantizedRows qy = QuantizedSlot(scratch, 1, rows, d);
+    if (!y_from_attention) {
       ScopedOp timed(prof, Op::kQuantize);
       QuantizeRows(y, rows, d, qy);
     }
+    const QuantizedRows qh = QuantizedSlot(scratch, 2, rows, f);
     {
       ScopedOp timed(prof, Op::kFfnInGemm);
-      ffn_in_.ForwardQuantized(cache, qy, rows, hid, nullptr, &qh);
+      ffn_in_.ForwardQuantized(cache, qy, rows, hid, Int8Output{.quantized = &qh});
     }
     ScopedOp timed(prof, Op::kFfnOutGemm);
-    ffn_out_.ForwardQuantized(cache, qh, rows, nullptr, x, nullptr);
-  } else {
-    {
-      ScopedOp timed(prof, Op::kFfnInGemm);
-      ffn_in_.Forward(cache, y, rows, hid);
-    }
+    ffn_out_.ForwardQuantized(cache, qh, rows, nullptr, Int8Output{.y = x, .norm = &ln2});
+    return;
+  }
+  {
+    ScopedOp timed(prof, Op::kFfnInGemm);
+    ffn_in_.Forward(cache, y, rows, hid);
+  }
+  {
     ScopedOp timed(prof, Op::kFfnOutGemm);
     ffn_out_.Forward(cache, hid, rows, x);
   }
   ScopedOp timed(prof, Op::kLayerNorm);
-  LayerNormResidualRows(x, y, rows, d, ln2_gamma_.data(), ln2_beta_.data(), eps_);
+  LayerNormResidualRows(x, y, rows, d, ln2.gamma, ln2.beta, eps_);
 }
 
 }  // namespace topserve::engine

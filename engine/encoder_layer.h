@@ -5,6 +5,7 @@
 // precision.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -24,8 +25,9 @@ struct LengthGroup {
 struct LayerScratch {
   std::vector<float> qkv, ctx, hidden, scores;
   std::vector<uint16_t> qkv_bf16, probs_bf16;  // bf16 attention
-  std::vector<uint8_t> q_in, q_hidden;         // int8 FFN: quantized input and hidden rows
-  std::vector<float> q_scales;
+  // int8: per-row quantized activations and their scales (slots: see encoder_layer.cc)
+  std::array<std::vector<uint8_t>, 3> q_codes;
+  std::array<std::vector<float>, 3> q_scales;
 };
 
 // The weights of one layer as the checkpoint holds them ([out, in] row-major, fp32).
@@ -48,8 +50,10 @@ class EncoderLayer {
                  const float* x, int64_t rows, float* y, double* importance) const;
 
   // x = LayerNorm(y + W_2 act(W_1 y + b_1) + b_2) over `rows` rows.
+  // `y_from_attention`: y is exactly what this layer's Attention just wrote (no rows removed
+  // since), so int8 reuses the quantized form that Attention's last pass made.
   void FeedForward(PrimitiveCache& cache, LayerScratch& scratch, const float* y, int64_t rows,
-                   float* x) const;
+                   float* x, bool y_from_attention) const;
 
  private:
   int64_t hidden_ = 0, ffn_ = 0;

@@ -2,13 +2,13 @@
 
 #include <cmath>
 
-namespace topserve::engine {
+#include "engine/rows.h"
 
-namespace {
+namespace topserve::engine {
 
 // One row: v = LayerNorm(v + r) (r may be null). Two passes in float: the sum for the mean, then the
 // centred squares, each a SIMD reduction (omp simd reassociates the sums across lanes).
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void NormRow(
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void LayerNormRow(
     float* v, const float* r, int64_t width, const float* gamma, const float* beta, float eps) {
   float sum = 0.0f;
   if (r != nullptr) {
@@ -33,26 +33,24 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void NormRow(
   for (int64_t i = 0; i < width; ++i) v[i] = (v[i] - mean) * inv * gamma[i] + beta[i];
 }
 
-}  // namespace
-
 void LayerNormRows(float* x, int64_t rows, int64_t width, const float* gamma, const float* beta,
                    float eps) {
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) NormRow(x + r * width, nullptr, width, gamma, beta, eps);
+#pragma omp parallel for schedule(static) if (Parallel(rows * width))
+  for (int64_t r = 0; r < rows; ++r) LayerNormRow(x + r * width, nullptr, width, gamma, beta, eps);
 }
 
 void LayerNormResidualRows(float* y, const float* residual, int64_t rows, int64_t width,
                            const float* gamma, const float* beta, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Parallel(rows * width))
   for (int64_t r = 0; r < rows; ++r) {
-    NormRow(y + r * width, residual + r * width, width, gamma, beta, eps);
+    LayerNormRow(y + r * width, residual + r * width, width, gamma, beta, eps);
   }
 }
 
 void AttentionReceived(const float* probs, int64_t groups, int64_t heads, int64_t length,
                        double* importance) {
   const double norm = 1.0 / static_cast<double>(heads * length);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (Parallel(groups * heads * length * length))
   for (int64_t g = 0; g < groups; ++g) {
     double* acc = importance + g * length;
     for (int64_t j = 0; j < length; ++j) acc[j] = 0.0;

@@ -18,6 +18,11 @@ void LayerNormRows(float* x, int64_t rows, int64_t width, const float* gamma, co
 void LayerNormResidualRows(float* y, const float* residual, int64_t rows, int64_t width,
                            const float* gamma, const float* beta, float eps);
 
+// One row of LayerNormResidualRows (residual may be null: LayerNormRows), for callers that fuse
+// the norm into their own pass over the rows.
+void LayerNormRow(float* v, const float* residual, int64_t width, const float* gamma,
+                  const float* beta, float eps);
+
 // importance[g, j] = mean over heads h and query rows i of probs[g, h, i, j], for a group of
 // `groups` sequences of `length` tokens: probs is [groups, heads, length, length].
 // Accumulated in double so near-ties rank as they do in a float64 reference.

@@ -27,13 +27,15 @@ using I16 = int32_t __attribute__((vector_size(64)));
 [[gnu::always_inline]] inline F16 Abs(F16 a) { return reinterpret_cast<F16>(reinterpret_cast<I16>(a) & 0x7fffffff); }
 
 // e^x for x <= 0 (clamped below at -87.3, where it underflows to ~1e-38), Cephes expf's reduction
-// and polynomial: x = n ln2 + r, |r| <= ln2 / 2.
+// and polynomial: x = n ln2 + r, |r| <= ln2 / 2. n = round(x / ln2) by adding 1.5 x 2^23, which
+// leaves n in the low mantissa bits (two adds instead of converts, compare and floor: the GELU of
+// the int8 epilogue is bound by this function's instruction count).
 [[gnu::always_inline]] inline F16 ExpNonPositive(F16 x) {
   x = Max(x, Splat(-87.3f));
-  const F16 fn = x * 1.44269504088896341f + 0.5f;
-  I16 n = __builtin_convertvector(fn, I16);
-  n -= reinterpret_cast<I16>(fn < __builtin_convertvector(n, F16)) & 1;  // floor
-  const F16 nf = __builtin_convertvector(n, F16);
+  constexpr float kRound = 12582912.0f;  // 1.5 x 2^23
+  const F16 fn = x * 1.44269504088896341f + kRound;
+  const F16 nf = fn - kRound;
+  const I16 n = reinterpret_cast<I16>(fn) - 0x4B400000;  // the bits of kRound
   const F16 r = x - nf * 0.693359375f + nf * 2.12194440e-4f;
   F16 p = Splat(1.9875691500e-4f);
   p = p * r + 1.3981999507e-3f;
