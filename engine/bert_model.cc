@@ -235,6 +235,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
 
   std::vector<int64_t>& keep = ws.keep_;
   keep.resize(static_cast<size_t>(batch));
+  bool x_from_feed_forward = false;  // the embeddings wrote x
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const EncoderLayer& layer = layers_[static_cast<size_t>(l)];
     // Tokens each sequence keeps at this layer's pruning point.
@@ -251,17 +252,19 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
       pb.Prune(keep, importance, rows, ws.spare_, d, carried, final_rows);
     };
     layer.Attention(ws.cache_, ws.layer_, pb.groups(), x, pb.rows(), y,
-                    prunes_here ? importance : nullptr);
+                    prunes_here ? importance : nullptr, x_from_feed_forward);
     const bool prune_after_mha = prunes_here && run_options.placement == Placement::kAfterMha;
     if (prune_after_mha) {
       prune(ws.y_, x);
       y = ws.y_.data();
     }
     layer.FeedForward(ws.cache_, ws.layer_, y, pb.rows(), x, !prune_after_mha);
-    if (prunes_here && run_options.placement == Placement::kBetweenLayers) {
+    const bool prune_between = prunes_here && run_options.placement == Placement::kBetweenLayers;
+    if (prune_between) {
       prune(ws.x_, x);
       x = ws.x_.data();
     }
+    x_from_feed_forward = !prune_between;
     if (run_options.record_kept) {
       for (const PackedBatch::Seq& s : pb.seqs()) {
         auto& kp = outputs[s.index].kept_positions[static_cast<size_t>(l)];

@@ -28,9 +28,10 @@ const void* Offset(const void* base, int64_t offset, bool bf16) {
   return static_cast<const char*>(base) + offset * (bf16 ? 2 : 4);
 }
 
-// Slot `slot` of the int8 scratch: room for `rows` quantized rows of `width` values. Slot 0 is the
-// input of the layer about to run, slot 1 Attention's output (the FFN's input), slot 2 the FFN's
-// hidden rows.
+// Slot `slot` of the int8 scratch: room for `rows` quantized rows of `width` values. Slot 0 holds
+// the input of the projection about to run (Q|K|V's, written by the previous layer's FeedForward,
+// then the attention output's), slot 1 Attention's output (the FFN's input), slot 2 the FFN's hidden
+// rows.
 QuantizedRows QuantizedSlot(LayerScratch& scratch, int slot, int64_t rows, int64_t width) {
   auto& codes = scratch.q_codes[static_cast<size_t>(slot)];
   auto& scales = scratch.q_scales[static_cast<size_t>(slot)];
@@ -83,7 +84,7 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
 
 void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
                              std::span<const LengthGroup> groups, const float* x, int64_t rows,
-                             float* y, double* importance) const {
+                             float* y, double* importance, bool x_from_feed_forward) const {
   OpProfile* prof = cache.profile();
   const int64_t d = hidden_, heads = shape_.heads;
   const bool int8 = precision_ == Precision::kInt8;
@@ -93,7 +94,8 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
   const void* qkv_in = nullptr;
   uint16_t* qkv_bf16 = bf16_attention_ ? Grow(scratch.qkv_bf16, rows * 3 * d) : nullptr;
   if (int8) {
-    const QuantizedRows qx = QuantizedInput(prof, scratch, x, rows, d);
+    const QuantizedRows qx = x_from_feed_forward ? QuantizedSlot(scratch, 0, rows, d)
+                                                 : QuantizedInput(prof, scratch, x, rows, d);
     float* qkv = Grow(scratch.qkv, rows * 3 * d);
     ScopedOp timed(prof, Op::kQkvGemm);
     qkv_.ForwardQuantized(cache, qx, rows, qkv,
@@ -174,7 +176,8 @@ void EncoderLayer::FeedForward(PrimitiveCache& cache, LayerScratch& scratch, con
   if (precision_ == Precision::kInt8) {
     // y arrives quantized from Attention's last pass unless rows were removed since; the hidden
     // activations never exist in fp32 memory (the up projection's pass quantizes them for the down
-    // projection), and the down projection's pass adds the residual and norms.
+    // projection), and the down projection's pass adds the residual, norms, and quantizes x for
+    // the next layer's Q|K|V.
     const QuantizedRows qy = QuantizedSlot(scratch, 1, rows, d);
     if (!y_from_attention) {
       ScopedOp timed(prof, Op::kQuantize);
@@ -186,7 +189,9 @@ void EncoderLayer::FeedForward(PrimitiveCache& cache, LayerScratch& scratch, con
       ffn_in_.ForwardQuantized(cache, qy, rows, hid, Int8Output{.quantized = &qh});
     }
     ScopedOp timed(prof, Op::kFfnOutGemm);
-    ffn_out_.ForwardQuantized(cache, qh, rows, nullptr, Int8Output{.y = x, .norm = &ln2});
+    const QuantizedRows qx = QuantizedSlot(scratch, 0, rows, d);
+    ffn_out_.ForwardQuantized(cache, qh, rows, nullptr,
+                              Int8Output{.y = x, .quantized = &qx, .norm = &ln2});
     return;
   }
   {
