@@ -53,3 +53,12 @@ if(TARGET topserve-server)
     --shared ${TOPSERVE_SHARED_DIR})
   set_tests_properties(deploy_e2e_prometheus PROPERTIES LABELS "deploy;e2e" TIMEOUT 300)
 endif()
+
+# Three replicas behind nginx (deploy/nginx/topserve-grpc.conf) as the gRPC balancer, with the
+# client retry config of deploy/k8s/grpc-client-config.yaml; one replica drained mid-load
+# (about 5 s).
+if(TARGET topserve-server)
+  topserve_deploy_test(deploy_replicas_nginx /usr/sbin/nginx
+    ${TOPSERVE_PYTHON} tests/deploy/replicas_nginx.py --server $<TARGET_FILE:topserve-server>)
+  set_tests_properties(deploy_replicas_nginx PROPERTIES LABELS "deploy;e2e;replicas" TIMEOUT 180)
+endif()

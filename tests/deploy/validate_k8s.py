@@ -149,9 +149,88 @@ def port_of(address):
         return None
 
 
+PROTO = os.path.join(ROOT, "proto", "topserve", "v1", "inference.proto")
+GRPC_CODES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+              "UNAUTHENTICATED"}
+CLIENT_CONFIG = ("topserve-grpc-client", "service-config.json")
+
+
+def proto_services():
+    with open(PROTO) as f:
+        text = f.read()
+    package = re.search(r"^package ([\w.]+);", text, re.M).group(1)
+    return {f"{package}.{name}" for name in re.findall(r"^service (\w+)", text, re.M)}
+
+
+def _duration(value):
+    """Seconds of a protobuf JSON duration ("0.05s"), or None when it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d{1,9})?)s", value) if isinstance(value, str) else None
+    return float(m.group(1)) if m else None
+
+
+def check_client_config(objects):
+    """The gRPC service config clients are told to use (retries, balancing)."""
+    name, key = CLIENT_CONFIG
+    where = f"ConfigMap {name}"
+    cm = next((o for o in objects if o.get("kind") == "ConfigMap"
+               and o["metadata"]["name"] == name), None)
+    if cm is None:
+        return [f"no ConfigMap {name} with the clients' gRPC service config"]
+    try:
+        config = json.loads((cm.get("data") or {}).get(key, ""))
+    except json.JSONDecodeError as e:
+        return [f"{where}: {key} is not JSON: {e}"]
+    errors = []
+    if not isinstance(config, dict):
+        return [f"{where}: {key} is not a JSON object"]
+    policies = [next(iter(p)) for p in config.get("loadBalancingConfig") or [] if isinstance(p, dict)]
+    if "round_robin" not in policies:
+        errors.append(f"{where}: loadBalancingConfig has no round_robin (per-call balancing over "
+                      "the headless Service's addresses)")
+    services = proto_services()
+    retried = set()
+    for mc in config.get("methodConfig") or []:
+        for n in mc.get("name") or []:
+            if n.get("service") not in services:
+                errors.append(f"{where}: methodConfig names service {n.get('service')!r}, not one "
+                              f"of the .proto's ({', '.join(sorted(services))})")
+        rp = mc.get("retryPolicy")
+        if rp is None:
+            continue
+        unknown = set(rp) - {"maxAttempts", "initialBackoff", "maxBackoff", "backoffMultiplier",
+                             "retryableStatusCodes"}
+        if unknown:
+            errors.append(f"{where}: retryPolicy has unknown fields {sorted(unknown)}")
+        attempts = rp.get("maxAttempts")
+        if not (isinstance(attempts, int) and 2 <= attempts <= 5):
+            errors.append(f"{where}: retryPolicy.maxAttempts {attempts!r} is not in [2, 5] "
+                          "(gRPC caps it at 5)")
+        for k in ("initialBackoff", "maxBackoff"):
+            if not (_duration(rp.get(k)) or 0) > 0:
+                errors.append(f"{where}: retryPolicy.{k} {rp.get(k)!r} is not a positive "
+                              "duration like \"0.1s\"")
+        mult = rp.get("backoffMultiplier")
+        if not (isinstance(mult, (int, float)) and mult > 0):
+            errors.append(f"{where}: retryPolicy.backoffMultiplier {mult!r} is not > 0")
+        codes = rp.get("retryableStatusCodes") or []
+        for c in codes:
+            if c not in GRPC_CODES:
+                errors.append(f"{where}: retryableStatusCodes has {c!r}, not a gRPC status code")
+        if "UNAVAILABLE" not in codes:
+            errors.append(f"{where}: retryPolicy does not retry UNAVAILABLE (draining pods, full "
+                          "queues)")
+        for n in mc.get("name") or []:
+            retried.add(n.get("service"))
+    if "topserve.v1.Inference" not in retried:
+        errors.append(f"{where}: no retryPolicy for topserve.v1.Inference")
+    return errors
+
+
 def cross_check(objects):
     """topserve-specific consistency of the whole set of objects."""
-    errors = []
+    errors = check_client_config(objects)
 
     def by_kind(kind):
         return [o for o in objects if o.get("kind") == kind]
@@ -255,6 +334,12 @@ def cross_check(objects):
         if omp.get("value") != "passive":
             errors.append(f"{where}: env OMP_WAIT_POLICY=passive is not set")
 
+        headless = [s for s in by_kind("Service") if s["spec"].get("clusterIP") == "None"
+                    and matches(s["spec"].get("selector"), pod_labels)
+                    and any(p.get("name") == "grpc" for p in s["spec"]["ports"])]
+        if not headless:
+            errors.append(f"no headless Service (clusterIP: None) with a grpc port selecting the "
+                          f"pods of {where}: clients cannot balance per call")
         for s in by_kind("Service"):
             if not matches(s["spec"].get("selector"), pod_labels):
                 errors.append(f"Service {s['metadata']['name']}: selector does not match the pods "
@@ -421,6 +506,41 @@ def self_test():
                            r'readinessProbe asks for service "no-such-model"')):
         ok = any(re.search(pattern, e) for e in xerrs)
         print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}")
+        failed += not ok
+    def client_json(fn):
+        objs = copy.deepcopy(objects)
+        cm = next(o for o in objs if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == CLIENT_CONFIG[0])
+        cm["data"][CLIENT_CONFIG[1]] = fn(cm["data"][CLIENT_CONFIG[1]])
+        return objs
+
+    def retry(**changes):
+        def fn(text):
+            config = json.loads(text)
+            config["methodConfig"][0]["retryPolicy"].update(changes)
+            return json.dumps(config)
+        return fn
+
+    def no_headless(objs):
+        return [o for o in objs if not (o["kind"] == "Service"
+                                        and o["spec"].get("clusterIP") == "None")]
+
+    for name, objs, pattern in (
+            ("client config not JSON", client_json(lambda t: t + "}"), r"is not JSON"),
+            ("retry without UNAVAILABLE", client_json(retry(retryableStatusCodes=["CANCELLED"])),
+             r"does not retry UNAVAILABLE"),
+            ("retry code typo", client_json(retry(retryableStatusCodes=["UNAVAILABLE", "CANCELED"])),
+             r"'CANCELED', not a gRPC status code"),
+            ("maxAttempts 6", client_json(retry(maxAttempts=6)), r"maxAttempts 6 is not in"),
+            ("backoff without unit", client_json(retry(initialBackoff="0.1")),
+             r"initialBackoff '0.1' is not a positive duration"),
+            ("unknown service", client_json(lambda t: t.replace("topserve.v1.Inference",
+                                                                "topserve.v1.Inferense")),
+             r"names service 'topserve.v1.Inferense'"),
+            ("no headless Service", no_headless(objects), r"no headless Service")):
+        xerrs = cross_check(objs)
+        ok = any(re.search(pattern, e) for e in xerrs)
+        print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}: {'; '.join(xerrs) or 'consistent'}")
         failed += not ok
     clean = cross_check(objects)
     print(f"{'FAIL' if clean else 'ok  '} cross-check of the real manifests: "
