@@ -62,3 +62,10 @@ if(TARGET topserve-server)
     ${TOPSERVE_PYTHON} tests/deploy/replicas_nginx.py --server $<TARGET_FILE:topserve-server>)
   set_tests_properties(deploy_replicas_nginx PROPERTIES LABELS "deploy;e2e;replicas" TIMEOUT 180)
 endif()
+
+# deploy/config.example.yaml shows the defaults: the server started from it and from flags alone
+# has the same effective config (the default budget included).
+if(TARGET topserve-server)
+  topserve_deploy_test(deploy_example_config_defaults ${TOPSERVE_PYTHON}
+    ${TOPSERVE_PYTHON} tests/deploy/check_example_config.py --server $<TARGET_FILE:topserve-server>)
+endif()
