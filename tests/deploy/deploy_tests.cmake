@@ -18,7 +18,8 @@ endfunction()
 topserve_deploy_test(deploy_yamllint yamllint
   yamllint --strict -c deploy/.yamllint deploy loadtest)
 topserve_deploy_test(deploy_shellcheck shellcheck
-  shellcheck -x loadtest/run.sh tests/deploy/require.sh scripts/install-deps.sh scripts/python-env.sh)
+  shellcheck -x loadtest/run.sh tests/deploy/require.sh scripts/install-deps.sh scripts/python-env.sh
+  scripts/test-container.sh)
 
 topserve_deploy_test(deploy_k8s_validate ${TOPSERVE_PYTHON}
   ${TOPSERVE_PYTHON} tests/deploy/validate_k8s.py deploy/k8s)
