@@ -194,6 +194,7 @@ def main():
     pb, grpc_pb = client.load_stubs(os.path.join(work, "stubs"))
 
     t_start = time.time()
+    passed = False
     replicas = [Replica(n, args.server, work) for n in ("a", "b", "c")]
     # Never ready: its model "loads" for ten minutes, so every call gets UNAVAILABLE.
     loading = Replica("loading", args.server, work, ["--test-ready-delay-ms", "600000"])
@@ -333,6 +334,7 @@ def main():
             return 1
         print(f"ok   every call answered, spread over the replicas, drain exit 0 "
               f"({time.time() - t_start:.1f}s in all)")
+        passed = True
         return 0
     finally:
         if nginx is not None:
@@ -340,7 +342,7 @@ def main():
             nginx.wait()
         for r in replicas + [loading]:
             r.stop()
-        if not args.work:
+        if not args.work and passed:
             shutil.rmtree(work, ignore_errors=True)
 
 
