@@ -53,7 +53,12 @@ cleanup() {
   # The build stage's image (untagged, labelled with this run) goes too.
   "${podman[@]}" images -q --filter "label=topserve.test-run=$run_id" 2>/dev/null |
     xargs -r "${podman[@]}" rmi -f >/dev/null 2>&1 || true
-  rm -rf "$work/run-$run_id"
+  # A failed run keeps its logs (build, server, manifests' values), if it got as far as any.
+  if [ "$rc" -ne 0 ] && [ -n "$(ls -A "$work/run-$run_id" 2>/dev/null)" ]; then
+    echo "$me: FAILED; logs in $work/run-$run_id" >&2
+  else
+    rm -rf "$work/run-$run_id"
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
