@@ -169,10 +169,12 @@ run_and_check() {
   echo "$me: [$name] ok: uid $uid, read-only root, SIGTERM -> exit 0 in ${took}s (grace ${k8s_grace}s)"
 }
 
-# 4. The image as `docker run` starts it (its own config) plus a QA model.
+# 4. The image as `docker run` starts it (its own config, deploy/config.example.yaml) plus a QA
+#    model.
+image_default_budget=$("$py" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["models"][0].get("default_budget", 1.0))' deploy/config.example.yaml)
 run_and_check image 8500 9100 \
   --health "" --health sst2 --health squad --health topserve.v1.Inference \
-  --classify sst2 --answer squad -- \
+  --classify sst2 --answer squad --default-budget "$image_default_budget" -- \
   -v "$qa_model:/models/squad:ro" "$image_tag" \
   --config /etc/topserve/config.yaml --model squad=/models/squad
 
@@ -182,7 +184,8 @@ mapfile -t probe_args < <(sed 's/^/--health=/' "$runtmp/k8s/probe_services")
 mapfile -t k8s_args <"$runtmp/k8s/args"
 mapfile -t k8s_env < <(sed 's/^/--env=/' "$runtmp/k8s/env")
 run_and_check configmap "$(cat "$runtmp/k8s/grpc_port")" "$(cat "$runtmp/k8s/metrics_port")" \
-  "${probe_args[@]}" --classify "$(cat "$runtmp/k8s/first_model")" -- \
+  "${probe_args[@]}" --classify "$(cat "$runtmp/k8s/first_model")" \
+  --default-budget "$(cat "$runtmp/k8s/first_model_default_budget")" -- \
   --user "$k8s_uid:$(cat "$runtmp/k8s/gid")" --cap-drop ALL --security-opt no-new-privileges \
   "${k8s_env[@]}" -v "$runtmp/k8s/config:/etc/topserve:ro" "$image_tag" "${k8s_args[@]}"
 

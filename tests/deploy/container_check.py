@@ -9,10 +9,11 @@
 
   container_check.py serve --grpc HOST:PORT --metrics URL --client build/server/topserve-client \
       --python .venv/bin/python [--health NAME ...] [--classify MODEL] [--answer MODEL] \
-      [--container NAME --podman podman]
+      [--default-budget B] [--container NAME --podman podman]
       Waits for the server, then checks: every --health name SERVING; Classify (--classify) and
       Answer (--answer) through both clients (C++ topserve-client and tools/client.py) with equal
-      results that are consistent in themselves; reflection lists the services; a metrics scrape
+      results that are consistent in themselves, and (--default-budget) that a call without a
+      budget runs at the config's default; reflection lists the services; a metrics scrape
       counts exactly the calls made. Exits non-zero with one line per failure.
 """
 
@@ -96,6 +97,7 @@ def cmd_k8s(args):
         "termination_grace": str(pod.get("terminationGracePeriodSeconds", 30)),
         "probe_services": "\n".join(probe_services(ctr)),
         "first_model": server_cfg["models"][0]["name"],
+        "first_model_default_budget": str(server_cfg["models"][0].get("default_budget", 1.0)),
         "grpc_port": str(server_cfg["server"]["listen"].rsplit(":", 1)[1]),
         "metrics_port": str(server_cfg["server"].get("metrics_port", 9100)),
     }
@@ -171,6 +173,17 @@ def check_classify(args, model):
           f"the clients disagree: {a['label']} {a['score']} vs {b['label']} {b['score']}")
     print(f"  Classify {model}: {a['label']} {a['score']:.4f}, FLOPs fraction "
           f"{a['report']['flops_fraction']:.3f} at budget {BUDGET} (both clients)")
+    if args.default_budget is None:
+        return 2
+    # A request without a budget runs at the config's default_budget.
+    d = run_client([args.python, os.path.join(ROOT, "tools", "client.py"), "-s", args.grpc,
+                    "classify", "--model", model, TEXT])
+    got = d["results"][0]["report"]["budget_requested"]
+    check(abs(got - args.default_budget) < 1e-9, f"a call without a budget ran at {got}, the "
+          f"config's default_budget is {args.default_budget}")
+    check_report(d["results"][0]["report"], args.default_budget, "client.py Classify, no budget")
+    print(f"  Classify {model} without a budget: ran at the default budget {got}")
+    return 3
 
 
 def check_answer(args, model):
@@ -248,8 +261,7 @@ def cmd_serve(args):
     print(f"  health SERVING: {', '.join(repr(n) for n in args.health)}")
     calls = {}
     if args.classify:
-        check_classify(args, args.classify)
-        calls[(args.classify, "Classify")] = 2
+        calls[(args.classify, "Classify")] = check_classify(args, args.classify)
     if args.answer:
         check_answer(args, args.answer)
         calls[(args.answer, "Answer")] = 2
@@ -272,6 +284,8 @@ def main():
     s.add_argument("--health", action="append", default=[])
     s.add_argument("--classify")
     s.add_argument("--answer")
+    s.add_argument("--default-budget", type=float,
+                   help="check that a Classify call without a budget runs at this one")
     s.add_argument("--container")
     s.add_argument("--podman", default="podman")
     args = p.parse_args()
