@@ -8,6 +8,8 @@
 # 1. Installs podman, runc and debootstrap with scripts/install-deps.sh --container.
 # 2. Makes the debian:12-slim base with debootstrap --variant=minbase (no registry needed; the
 #    tarball is cached as $BUILD_DIR/container/debian-12-slim.tar) and imports it.
+#    In it, scripts/install-deps.sh --runtime runs as a user with sudo (it elevates itself; twice:
+#    idempotent).
 # 3. Builds the image (podman build --network host, so apt in the build reaches Debian's archive).
 # 4. Runs it as the image's own non-root user with a read-only root file system and a /tmp tmpfs,
 #    with its built-in config plus a generated QA model mounted, and checks from the host
@@ -95,6 +97,25 @@ out=$("${podman[@]}" info 2>&1) || cannot_run "podman info" "$out"
 images+=("$base_tag")
 out=$("${podman[@]}" import -q "$base_tar" "$base_tag" 2>&1) || cannot_run "podman import" "$out"
 out=$("${podman[@]}" run --rm --network none "$base_tag" true 2>&1) || cannot_run "podman run" "$out"
+
+# The README's set-up command as a user with sudo: install-deps.sh elevates itself, installs, and
+# is idempotent. (As root without sudo it runs in the image build below: the minbase base has no
+# sudo.) --runtime keeps this to a minute; the elevation path is the same for every mode.
+echo "$me: install-deps.sh as a user with sudo, in the base image"
+cname=topserve-test-$run_id-sudo
+containers+=("$cname")
+# shellcheck disable=SC2016  # the script runs inside the container: $ expands there
+if ! out=$("${podman[@]}" run --rm --name "$cname" --network host -v "$repo/scripts:/src/scripts:ro" \
+     "$base_tag" bash -euc '
+       apt-get update -qq && apt-get install -y -qq --no-install-recommends sudo >/dev/null
+       useradd -m dev && echo "dev ALL=(ALL) NOPASSWD: ALL" >/etc/sudoers.d/dev
+       cd /src && su dev -c "scripts/install-deps.sh --runtime" && su dev -c "scripts/install-deps.sh --runtime"
+       dpkg-query -W -f="\${Status}\n" libgrpc++1.51' 2>&1) ||
+   ! grep -q "already installed" <<<"$out" || ! grep -q "install ok installed" <<<"$out"; then
+  echo "$out" | tail -10 >&2
+  echo "$me: scripts/install-deps.sh failed as a user with sudo (output above)" >&2
+  exit 1
+fi
 
 # 3. The image.
 echo "$me: podman build (log: $runtmp/build.log)"
