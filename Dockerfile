@@ -6,7 +6,10 @@
 #   docker run -p 8500:8500 -p 9100:9100 topserve            # serves models/sst2-small
 #   docker run ... topserve --config /etc/topserve/config.yaml
 
-FROM debian:12-slim AS build
+# BASE: the Debian 12 image both stages start from (scripts/test-container.sh passes one it made
+# with debootstrap, so no registry is needed).
+ARG BASE=debian:12-slim
+FROM ${BASE} AS build
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/install-deps.sh
 RUN bash scripts/install-deps.sh --build
@@ -18,7 +21,7 @@ RUN cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DTOPSERVE_BUILD_TE
  && install -m 0755 /build/server/topserve-server /build/tools/topserve-cli /out/bin/ \
  && cp -r models/. /out/models/
 
-FROM debian:12-slim AS runtime
+FROM ${BASE} AS runtime
 COPY scripts/install-deps.sh /tmp/install-deps.sh
 RUN bash /tmp/install-deps.sh --runtime && rm -rf /var/lib/apt/lists/* /tmp/install-deps.sh \
  && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin topserve

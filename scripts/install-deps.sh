@@ -9,6 +9,8 @@
 #   scripts/install-deps.sh --build    # only what compiling the server needs (Docker build stage)
 #   scripts/install-deps.sh --runtime  # only the shared libraries the server needs (Docker runtime stage)
 #   scripts/install-deps.sh --bench    # the default set (it includes ONNX Runtime for bench/peers)
+#   scripts/install-deps.sh --container  # podman, runc, debootstrap and their configuration
+#                                        # (scripts/test-container.sh); nothing else
 #
 # Python: run the environment's interpreter, `.venv/bin/python tools/client.py ...`, or activate it
 # (`. .venv/bin/activate`). The python3 first on PATH may be another interpreter without torch.
@@ -19,8 +21,9 @@ case "${1:-}" in
   --runtime) mode=runtime ;;
   --build) mode=build ;;
   --bench) ;;  # kept for old instructions: the default set now has ONNX Runtime
+  --container) mode=container ;;
   ""|--full) ;;
-  *) echo "usage: $0 [--full|--build|--runtime|--bench]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--full|--build|--runtime|--bench|--container]" >&2; exit 2 ;;
 esac
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -51,11 +54,18 @@ full_pkgs=(
   python3 python3-venv python3-pip python3-torch python3-numpy python3-yaml python3-matplotlib
   python3-requests python3-packaging libopenblas0-pthread
   prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  # The gRPC (HTTP/2) balancer of the multi-replica test (tests/deploy/replicas_nginx.py).
+  nginx
 )
+
+# scripts/test-container.sh: podman with runc (crun refuses hybrid cgroup hierarchies), debootstrap
+# for the debian:12-slim base image (no registry needed), and what rootless podman needs.
+container_pkgs=(podman runc debootstrap uidmap slirp4netns fuse-overlayfs)
 
 case "$mode" in
   runtime) pkgs=("${runtime_pkgs[@]}") ;;
   build) pkgs=("${build_pkgs[@]}") ;;
+  container) pkgs=("${container_pkgs[@]}") ;;
   *) pkgs=("${full_pkgs[@]}") ;;
 esac
 
@@ -69,7 +79,28 @@ if [ "${#missing[@]}" -eq 0 ]; then
 else
   echo "install-deps: installing ${#missing[@]} packages: ${missing[*]}"
   apt-get update -qq
+  # Packages with services (nginx) are installed, not started: the tests run their own instances.
+  # A policy-rc.d that is already there is the machine's own and stays.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$mode" = container ]; then
+  # Settings podman needs on such machines, as a drop-in so the machine's own containers.conf
+  # stays as it is (rewritten on every run: idempotent). runc: crun refuses hybrid cgroups;
+  # no default ulimits: podman otherwise raises a root container's open-file limit above the hard
+  # limit such hosts allow.
+  conf=/etc/containers/containers.conf.d/50-topserve.conf
+  install -d "$(dirname "$conf")"
+  printf '%s\n' '# Written by topserve scripts/install-deps.sh --container.' \
+    '[containers]' 'default_ulimits = []' '' '[engine]' 'runtime = "runc"' >"$conf"
+  echo "install-deps: podman settings in $conf"
+  echo "install-deps: done"
+  exit 0
 fi
 # The Python environment: Debian's python3 (torch 1.13, numpy 1.24) plus the pinned PyPI packages.
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -18,7 +18,8 @@ endfunction()
 topserve_deploy_test(deploy_yamllint yamllint
   yamllint --strict -c deploy/.yamllint deploy loadtest)
 topserve_deploy_test(deploy_shellcheck shellcheck
-  shellcheck -x loadtest/run.sh tests/deploy/require.sh scripts/install-deps.sh scripts/python-env.sh)
+  shellcheck -x loadtest/run.sh tests/deploy/require.sh scripts/install-deps.sh scripts/python-env.sh
+  scripts/test-container.sh)
 
 topserve_deploy_test(deploy_k8s_validate ${TOPSERVE_PYTHON}
   ${TOPSERVE_PYTHON} tests/deploy/validate_k8s.py deploy/k8s)
@@ -52,4 +53,20 @@ if(TARGET topserve-server)
     ${TOPSERVE_PYTHON} tests/deploy/e2e_prometheus.py --server $<TARGET_FILE:topserve-server>
     --shared ${TOPSERVE_SHARED_DIR})
   set_tests_properties(deploy_e2e_prometheus PROPERTIES LABELS "deploy;e2e" TIMEOUT 300)
+endif()
+
+# Three replicas behind nginx (deploy/nginx/topserve-grpc.conf) as the gRPC balancer, with the
+# client retry config of deploy/k8s/grpc-client-config.yaml; one replica drained mid-load
+# (about 5 s).
+if(TARGET topserve-server)
+  topserve_deploy_test(deploy_replicas_nginx /usr/sbin/nginx
+    ${TOPSERVE_PYTHON} tests/deploy/replicas_nginx.py --server $<TARGET_FILE:topserve-server>)
+  set_tests_properties(deploy_replicas_nginx PROPERTIES LABELS "deploy;e2e;replicas" TIMEOUT 180)
+endif()
+
+# deploy/config.example.yaml shows the defaults: the server started from it and from flags alone
+# has the same effective config (the default budget included).
+if(TARGET topserve-server)
+  topserve_deploy_test(deploy_example_config_defaults ${TOPSERVE_PYTHON}
+    ${TOPSERVE_PYTHON} tests/deploy/check_example_config.py --server $<TARGET_FILE:topserve-server>)
 endif()

@@ -16,7 +16,9 @@ Steps (all on 127.0.0.1, ports chosen by the OS; everything started here is stop
   6. send traffic with loadtest/load.py using every loadtest/ghz/*.json config (fewer calls), and
      check each report (ghz's keys, every call OK);
   7. query Prometheus: every rule loaded and healthy, every recording rule has data, no alert
-     pending or firing, every dashboard expression (variables substituted) parses and returns data;
+     pending or firing, every dashboard expression (variables substituted) parses and returns data,
+     the Prometheus adapter's HPA metric query (deploy/prometheus-adapter/rules.yaml, templated
+     for this one target) returns one value;
   8. SIGTERM the server: it drains and exits 0.
 """
 
@@ -312,6 +314,26 @@ def run(args, tmp, procs, failures):
     failures.extend(bad)
     log(f"{'ok  ' if not bad else 'FAIL'} dashboard: {n_ok} panel queries returned data"
         + (f", {len(bad)} did not" if bad else ""))
+
+    # 7b. The Prometheus adapter's HPA metric (deploy/prometheus-adapter/rules.yaml): its query,
+    # templated as the adapter does for one pod (here: one scrape target), returns one value.
+    with open(os.path.join(ROOT, "deploy", "prometheus-adapter", "rules.yaml"), encoding="utf-8") as f:
+        adapter = yaml.safe_load(yaml.safe_load(f)["data"]["config.yaml"])
+    for rule in adapter["rules"]:
+        series = re.match(r"\s*([A-Za-z_:][A-Za-z0-9_:]*)", rule["seriesQuery"]).group(1)
+        expr = (rule["metricsQuery"].replace("<<.Series>>", series)
+                .replace("<<.LabelMatchers>>", 'job="topserve"').replace("<<.GroupBy>>", "instance"))
+        name = (rule.get("name") or {}).get("as", series)
+        try:
+            res = prom_query(base, expr)
+            ok = len(res) == 1 and float(res[0]["value"][1]) >= 0
+            why = f"{len(res)} series: {res}"
+        except Failure as e:
+            ok, why = False, str(e)
+        if not ok:
+            failures.append(f"adapter metric {name}: {expr}: {why}")
+        log(f"{'ok  ' if ok else 'FAIL'} adapter metric {name}: {expr} = "
+            f"{res[0]['value'][1] if ok else why}")
 
     # 8. Drain.
     server.send_signal(signal.SIGTERM)

@@ -14,7 +14,9 @@ For every document of every file listed in DIR/kustomization.yaml:
      fields these manifests may use, also strict; an unknown kind fails;
   3. topserve-specific cross-checks between the objects and the server config in the ConfigMap
      (ports, probe service names, drain grace vs terminationGracePeriodSeconds, selectors, ...).
-Also checks that kustomization.yaml lists exactly the YAML files of DIR.
+Also checks that kustomization.yaml lists exactly the YAML files of DIR, and validates the
+Prometheus adapter's rules (deploy/prometheus-adapter/rules.yaml): a ConfigMap, rules that read a
+metric server/metrics.cc registers and serve the Pods metric the HPA asks for.
 
 Runs in the project's environment (.venv, requirements/python.txt pins kubernetes-validate).
 """
@@ -149,9 +151,150 @@ def port_of(address):
         return None
 
 
-def cross_check(objects):
-    """topserve-specific consistency of the whole set of objects."""
+PROTO = os.path.join(ROOT, "proto", "topserve", "v1", "inference.proto")
+GRPC_CODES = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+              "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION",
+              "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+              "UNAUTHENTICATED"}
+CLIENT_CONFIG = ("topserve-grpc-client", "service-config.json")
+ADAPTER_RULES = os.path.join(ROOT, "deploy", "prometheus-adapter", "rules.yaml")
+METRICS_SOURCE = os.path.join(ROOT, "server", "metrics.cc")
+
+
+def load_adapter():
+    """The Prometheus adapter's rules ConfigMap: (errors, objects)."""
+    with open(ADAPTER_RULES) as f:
+        errors, objects = parse_documents(f.read(), os.path.relpath(ADAPTER_RULES, ROOT))
+    for obj in objects:
+        errors += [f"{os.path.relpath(ADAPTER_RULES, ROOT)}: {e}" for e in validate_object(obj)]
+    return errors, objects
+
+
+def adapter_metrics(adapter_objects):
+    """(errors, {custom metric name: source series}) from the adapter's rules."""
+    sys.path.insert(0, HERE)
+    import metrics_catalog
+    with open(METRICS_SOURCE) as f:
+        registered = metrics_catalog.from_source(f.read())
+    errors, served = [], {}
+    for cm in adapter_objects:
+        where = f"prometheus-adapter ConfigMap {cm['metadata']['name']}"
+        try:
+            config = yaml.load((cm.get("data") or {}).get("config.yaml", ""), Loader=UniqueKeyLoader)
+        except yaml.YAMLError as e:
+            errors.append(f"{where}: config.yaml does not parse: {e}")
+            continue
+        rules = (config or {}).get("rules")
+        if not isinstance(rules, list) or not rules:
+            errors.append(f"{where}: config.yaml has no rules list")
+            continue
+        for i, rule in enumerate(rules):
+            w = f"{where}: rules[{i}]"
+            unknown = set(rule) - {"seriesQuery", "seriesFilters", "resources", "name", "metricsQuery"}
+            if unknown:
+                errors.append(f"{w}: unknown fields {sorted(unknown)}")
+            m = re.match(r"\s*([A-Za-z_:][A-Za-z0-9_:]*)", str(rule.get("seriesQuery", "")))
+            series = m.group(1) if m else None
+            if series not in registered:
+                errors.append(f"{w}: seriesQuery names {series!r}, which server/metrics.cc does "
+                              "not register")
+            overrides = ((rule.get("resources") or {}).get("overrides") or {})
+            for label in ("namespace", "pod"):
+                if (overrides.get(label) or {}).get("resource") != label:
+                    errors.append(f"{w}: resources.overrides does not map label {label} to the "
+                                  f"{label} resource (a Pods metric needs both)")
+            query = str(rule.get("metricsQuery", ""))
+            for placeholder in ("<<.LabelMatchers>>", "<<.GroupBy>>"):
+                if placeholder not in query:
+                    errors.append(f"{w}: metricsQuery lacks {placeholder}")
+            if "<<.Series>>" not in query and series not in query:
+                errors.append(f"{w}: metricsQuery reads neither <<.Series>> nor {series}")
+            name = rule.get("name") or {}
+            if name.get("matches") and series and not re.search(name["matches"], series):
+                errors.append(f"{w}: name.matches {name['matches']!r} does not match {series}")
+            served[name.get("as") or series] = series
+    return errors, served
+
+
+def proto_services():
+    with open(PROTO) as f:
+        text = f.read()
+    package = re.search(r"^package ([\w.]+);", text, re.M).group(1)
+    return {f"{package}.{name}" for name in re.findall(r"^service (\w+)", text, re.M)}
+
+
+def _duration(value):
+    """Seconds of a protobuf JSON duration ("0.05s"), or None when it is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d{1,9})?)s", value) if isinstance(value, str) else None
+    return float(m.group(1)) if m else None
+
+
+def check_client_config(objects):
+    """The gRPC service config clients are told to use (retries, balancing)."""
+    name, key = CLIENT_CONFIG
+    where = f"ConfigMap {name}"
+    cm = next((o for o in objects if o.get("kind") == "ConfigMap"
+               and o["metadata"]["name"] == name), None)
+    if cm is None:
+        return [f"no ConfigMap {name} with the clients' gRPC service config"]
+    try:
+        config = json.loads((cm.get("data") or {}).get(key, ""))
+    except json.JSONDecodeError as e:
+        return [f"{where}: {key} is not JSON: {e}"]
     errors = []
+    if not isinstance(config, dict):
+        return [f"{where}: {key} is not a JSON object"]
+    policies = [next(iter(p)) for p in config.get("loadBalancingConfig") or [] if isinstance(p, dict)]
+    if "round_robin" not in policies:
+        errors.append(f"{where}: loadBalancingConfig has no round_robin (per-call balancing over "
+                      "the headless Service's addresses)")
+    services = proto_services()
+    retried = set()
+    for mc in config.get("methodConfig") or []:
+        for n in mc.get("name") or []:
+            if n.get("service") not in services:
+                errors.append(f"{where}: methodConfig names service {n.get('service')!r}, not one "
+                              f"of the .proto's ({', '.join(sorted(services))})")
+        rp = mc.get("retryPolicy")
+        if rp is None:
+            continue
+        unknown = set(rp) - {"maxAttempts", "initialBackoff", "maxBackoff", "backoffMultiplier",
+                             "retryableStatusCodes"}
+        if unknown:
+            errors.append(f"{where}: retryPolicy has unknown fields {sorted(unknown)}")
+        attempts = rp.get("maxAttempts")
+        if not (isinstance(attempts, int) and 2 <= attempts <= 5):
+            errors.append(f"{where}: retryPolicy.maxAttempts {attempts!r} is not in [2, 5] "
+                          "(gRPC caps it at 5)")
+        for k in ("initialBackoff", "maxBackoff"):
+            if not (_duration(rp.get(k)) or 0) > 0:
+                errors.append(f"{where}: retryPolicy.{k} {rp.get(k)!r} is not a positive "
+                              "duration like \"0.1s\"")
+        mult = rp.get("backoffMultiplier")
+        if not (isinstance(mult, (int, float)) and mult > 0):
+            errors.append(f"{where}: retryPolicy.backoffMultiplier {mult!r} is not > 0")
+        codes = rp.get("retryableStatusCodes") or []
+        for c in codes:
+            if c not in GRPC_CODES:
+                errors.append(f"{where}: retryableStatusCodes has {c!r}, not a gRPC status code")
+        if "UNAVAILABLE" not in codes:
+            errors.append(f"{where}: retryPolicy does not retry UNAVAILABLE (draining pods, full "
+                          "queues)")
+        for n in mc.get("name") or []:
+            retried.add(n.get("service"))
+    if "topserve.v1.Inference" not in retried:
+        errors.append(f"{where}: no retryPolicy for topserve.v1.Inference")
+    return errors
+
+
+def cross_check(objects, adapter_objects=None):
+    """topserve-specific consistency of the whole set of objects (and the adapter's rules)."""
+    errors = check_client_config(objects)
+    if adapter_objects is None:
+        aerrs, adapter_objects = load_adapter()
+        errors += aerrs
+    aerrs, served = adapter_metrics(adapter_objects)
+    errors += aerrs
 
     def by_kind(kind):
         return [o for o in objects if o.get("kind") == kind]
@@ -255,6 +398,12 @@ def cross_check(objects):
         if omp.get("value") != "passive":
             errors.append(f"{where}: env OMP_WAIT_POLICY=passive is not set")
 
+        headless = [s for s in by_kind("Service") if s["spec"].get("clusterIP") == "None"
+                    and matches(s["spec"].get("selector"), pod_labels)
+                    and any(p.get("name") == "grpc" for p in s["spec"]["ports"])]
+        if not headless:
+            errors.append(f"no headless Service (clusterIP: None) with a grpc port selecting the "
+                          f"pods of {where}: clients cannot balance per call")
         for s in by_kind("Service"):
             if not matches(s["spec"].get("selector"), pod_labels):
                 errors.append(f"Service {s['metadata']['name']}: selector does not match the pods "
@@ -279,12 +428,24 @@ def cross_check(objects):
                 errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: does not target "
                               f"{where}")
             metrics = h["spec"].get("metrics") or []
-            if not any(m.get("type") == "Resource" and (m.get("resource") or {}).get("name") == "cpu"
-                       for m in metrics):
-                errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: no CPU metric")
-            if not (resources.get("requests") or {}).get("cpu"):
-                errors.append(f"HorizontalPodAutoscaler {h['metadata']['name']}: CPU utilisation "
-                              "needs a CPU request")
+            hname = f"HorizontalPodAutoscaler {h['metadata']['name']}"
+            if not metrics:
+                errors.append(f"{hname}: no metrics")
+            for m in metrics:
+                if m.get("type") == "Resource":
+                    rname = (m.get("resource") or {}).get("name")
+                    if not (resources.get("requests") or {}).get(rname):
+                        errors.append(f"{hname}: {rname} utilisation needs a {rname} request")
+                elif m.get("type") == "Pods":
+                    metric = ((m.get("pods") or {}).get("metric") or {}).get("name")
+                    if metric not in served:
+                        errors.append(f"{hname}: Pods metric {metric!r} is not served by the "
+                                      f"Prometheus adapter rules ({', '.join(sorted(served))})")
+                    if ((m.get("pods") or {}).get("target") or {}).get("type") != "AverageValue":
+                        errors.append(f"{hname}: Pods metric {metric!r} needs an AverageValue "
+                                      "target")
+                else:
+                    errors.append(f"{hname}: metric type {m.get('type')!r} is not checked here")
     for sm in by_kind("ServiceMonitor"):
         services = [s for s in by_kind("Service")
                     if matches((sm["spec"].get("selector") or {}).get("matchLabels"),
@@ -331,9 +492,14 @@ def validate_dir(directory):
             if not errs:
                 print(f"ok   {name}")
                 valid.append(obj)
+    aerrs, adapter_objects = load_adapter()
+    errors += aerrs
+    if not aerrs:
+        print(f"ok   {os.path.relpath(ADAPTER_RULES, ROOT)}: ConfigMap "
+              f"{adapter_objects[0]['metadata']['name']}")
     if not errors:
-        errors += [f"cross-check: {e}" for e in cross_check(valid)]
-    return errors, len(valid)
+        errors += [f"cross-check: {e}" for e in cross_check(valid, adapter_objects)]
+    return errors, len(valid) + len(adapter_objects)
 
 
 def self_test():
@@ -421,6 +587,69 @@ def self_test():
                            r'readinessProbe asks for service "no-such-model"')):
         ok = any(re.search(pattern, e) for e in xerrs)
         print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}")
+        failed += not ok
+    def client_json(fn):
+        objs = copy.deepcopy(objects)
+        cm = next(o for o in objs if o["kind"] == "ConfigMap"
+                  and o["metadata"]["name"] == CLIENT_CONFIG[0])
+        cm["data"][CLIENT_CONFIG[1]] = fn(cm["data"][CLIENT_CONFIG[1]])
+        return objs
+
+    def retry(**changes):
+        def fn(text):
+            config = json.loads(text)
+            config["methodConfig"][0]["retryPolicy"].update(changes)
+            return json.dumps(config)
+        return fn
+
+    def hpa_metric(name):
+        objs = copy.deepcopy(objects)
+        h = next(o for o in objs if o["kind"] == "HorizontalPodAutoscaler")
+        next(m for m in h["spec"]["metrics"] if m["type"] == "Pods")["pods"]["metric"]["name"] = name
+        return objs
+
+    def no_headless(objs):
+        return [o for o in objs if not (o["kind"] == "Service"
+                                        and o["spec"].get("clusterIP") == "None")]
+
+    for name, objs, pattern in (
+            ("client config not JSON", client_json(lambda t: t + "}"), r"is not JSON"),
+            ("retry without UNAVAILABLE", client_json(retry(retryableStatusCodes=["CANCELLED"])),
+             r"does not retry UNAVAILABLE"),
+            ("retry code typo", client_json(retry(retryableStatusCodes=["UNAVAILABLE", "CANCELED"])),
+             r"'CANCELED', not a gRPC status code"),
+            ("maxAttempts 6", client_json(retry(maxAttempts=6)), r"maxAttempts 6 is not in"),
+            ("backoff without unit", client_json(retry(initialBackoff="0.1")),
+             r"initialBackoff '0.1' is not a positive duration"),
+            ("unknown service", client_json(lambda t: t.replace("topserve.v1.Inference",
+                                                                "topserve.v1.Inferense")),
+             r"names service 'topserve.v1.Inferense'"),
+            ("no headless Service", no_headless(objects), r"no headless Service"),
+            ("HPA on a metric the adapter does not serve", hpa_metric("topserve_queue_lenght"),
+             r"Pods metric 'topserve_queue_lenght' is not served")):
+        xerrs = cross_check(objs)
+        ok = any(re.search(pattern, e) for e in xerrs)
+        print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}: {'; '.join(xerrs) or 'consistent'}")
+        failed += not ok
+    _, adapter = load_adapter()
+    for name, edit_rule, pattern in (
+            ("adapter series not registered",
+             lambda r: r.update(seriesQuery='topserve_inflight{namespace!="",pod!=""}'),
+             r"seriesQuery names 'topserve_inflight', which server/metrics.cc does not register"),
+            ("adapter rule without the pod resource",
+             lambda r: r["resources"]["overrides"].pop("pod"), r"does not map label pod"),
+            ("adapter query without label matchers",
+             lambda r: r.update(metricsQuery="sum(topserve_inflight_requests)"),
+             r"metricsQuery lacks <<.LabelMatchers>>"),
+            ("adapter rule renamed", lambda r: r["name"].update({"as": "inflight"}),
+             r"Pods metric 'topserve_inflight_requests_avg2m' is not served")):
+        broken_adapter = copy.deepcopy(adapter)
+        config = yaml.safe_load(broken_adapter[0]["data"]["config.yaml"])
+        edit_rule(config["rules"][0])
+        broken_adapter[0]["data"]["config.yaml"] = yaml.safe_dump(config)
+        xerrs = cross_check(objects, broken_adapter)
+        ok = any(re.search(pattern, e) for e in xerrs)
+        print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}: {'; '.join(xerrs) or 'consistent'}")
         failed += not ok
     clean = cross_check(objects)
     print(f"{'FAIL' if clean else 'ok  '} cross-check of the real manifests: "
