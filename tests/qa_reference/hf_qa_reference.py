@@ -36,7 +36,6 @@ the example computes with a batch of one.
 
 import os
 
-import numpy as np
 import torch
 from transformers import BertForQuestionAnswering, BertTokenizerFast
 
@@ -63,7 +62,8 @@ def make_windows(tokenizer, question, context, max_length, doc_stride):
     windows = []
     for i in range(len(enc["input_ids"])):
         seq = enc.sequence_ids(i)
-        offsets = [tuple(o) if seq[k] == 1 else None for k, o in enumerate(enc["offset_mapping"][i])]
+        offsets = [tuple(o) if seq[k] == 1 else None
+                   for k, o in enumerate(enc["offset_mapping"][i])]
         windows.append({"input_ids": list(enc["input_ids"][i]),
                         "token_type_ids": list(enc["token_type_ids"][i]),
                         "offsets": offsets})
