@@ -1,6 +1,7 @@
 #include "engine/qa.h"
 
 #include <algorithm>
+#include <numeric>
 #include <set>
 #include <utility>
 
@@ -98,25 +99,30 @@ std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Enco
     int32_t begin, end, window;
   };
   std::vector<Candidate> candidates;
-  const size_t top = 20;  // candidate starts and ends per window, as in the SQuAD reference code
+  // Candidate starts and ends per window, as in the SQuAD reference code (Google's run_squad.py,
+  // transformers' postprocess_qa_predictions): the `top` highest logits over every position of the
+  // window, specials and question included; those outside the context are then skipped. Ranking
+  // the context positions alone would reach spans the reference never considers.
+  const size_t top = 20;
   for (size_t w = 0; w < windows.size(); ++w) {
     const Encoding& enc = windows[w];
     const auto& sl = start_logits[w];
     const auto& el = end_logits[w];
-    std::vector<int32_t> ctx;
-    for (size_t i = 0; i < enc.size(); ++i) {
-      if (enc.segment[i] == 1) ctx.push_back(static_cast<int32_t>(i));
-    }
+    const size_t n = std::min({enc.size(), sl.size(), el.size()});
     auto best = [&](const std::vector<float>& logits) {
-      std::vector<int32_t> idx = ctx;
+      std::vector<int32_t> idx(n);
+      std::iota(idx.begin(), idx.end(), 0);
       const size_t k = std::min(top, idx.size());
       std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
                         [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
       idx.resize(k);
       return idx;
     };
+    const std::vector<int32_t> ends = best(el);
     for (int32_t s : best(sl)) {
-      for (int32_t e : best(el)) {
+      if (enc.segment[s] != 1) continue;
+      for (int32_t e : ends) {
+        if (enc.segment[e] != 1) continue;
         if (e < s || e - s + 1 > options.max_answer_tokens) continue;
         candidates.push_back({static_cast<double>(sl[s]) + el[e], enc.begin[s], enc.end[e],
                               static_cast<int32_t>(w)});

@@ -54,8 +54,10 @@ struct AnswerSpan {
   int32_t window = 0;
 };
 
-// Best spans (highest first, at most n_best, distinct byte spans) over all windows: start <= end,
-// both inside the context part of the window, at most max_answer_tokens long.
+// Best spans (highest first, at most n_best, distinct byte spans) over all windows, as SQuAD's
+// reference post-processing: per window, every pair of the 20 highest start and 20 highest end
+// logits (ranked over the whole window) with start <= end, both inside the context part of the
+// window, at most max_answer_tokens long.
 std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Encoding> windows,
                                   std::span<const std::vector<float>> start_logits,
                                   std::span<const std::vector<float>> end_logits,

@@ -7,6 +7,8 @@
 //   {"model": DIR, "question": "...", "context": "...", "budget": 1, "max_length": 384,
 //    "doc_stride": 128, "max_query_tokens": 64, "max_answer_tokens": 30, "n_best": 3}
 //     -> {"answers": [{"text", "begin", "end", "score"}...], "windows": [{"kept": [...], ...}]}
+//   with "logits": true, each window also carries its "ids", "type_ids", "start_logits" and
+//   "end_logits" (tests/qa_reference compares them with transformers).
 #include <iostream>
 #include <map>
 #include <memory>
@@ -101,6 +103,12 @@ int main() {
         out = p;
         out["logits"] = res[0].logits;
       } else {
+        if (req.value("logits", false)) {
+          p["ids"] = enc.ids;
+          p["type_ids"] = enc.type_ids;
+          p["start_logits"] = res[0].start_logits;
+          p["end_logits"] = res[0].end_logits;
+        }
         out["windows"].push_back(p);
         starts.push_back(res[0].start_logits);
         ends.push_back(res[0].end_logits);
