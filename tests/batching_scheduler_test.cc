@@ -78,7 +78,12 @@ class RecordingObserver : public SchedulerObserver {
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void TearDown() override { scheduler_.reset(); }
+  void TearDown() override {
+    // A failed assertion may leave a batch held in the executor: let it go, or the scheduler's
+    // shutdown would wait for it forever.
+    for (const auto& [name, executor] : models_) executor->Release();
+    scheduler_.reset();
+  }
 
   void Init(ModelOptions model = DefaultModel(), int workers = 1) {
     SchedulerOptions options;
