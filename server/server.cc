@@ -34,8 +34,6 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   so.num_workers = static_cast<int>(config.batching.workers);
   so.threads_per_worker = static_cast<int>(config.batching.threads_per_worker);
   so.observer = s->metrics_.get();
-  // Compute yields to the RPC threads (parsing, refusals) when both want a CPU (batching/README.md).
-  so.worker_nice = 10;
   auto scheduler = batching::Scheduler::Create(std::move(so));
   if (!scheduler.ok()) return scheduler.status();
   s->scheduler_ = std::move(*scheduler);

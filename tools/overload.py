@@ -383,7 +383,7 @@ def main():
     p.add_argument("--model", default=os.path.join(ROOT, "models", "sst2-small"))
     p.add_argument("--budget", type=float, default=None,
                    help="fixed budget of every call (default: the model's default_budget)")
-    p.add_argument("--concurrency", type=int, default=96,
+    p.add_argument("--concurrency", type=int, default=64,
                    help="closed loop, for capacity (several batches in flight, so that the "
                         "worker never waits for this client)")
     p.add_argument("--capacity-seconds", type=float, default=8)
