@@ -89,7 +89,7 @@ absl::Time SweepTime(absl::Time deadline, double alone) {
   return std::min(deadline, deadline - absl::Seconds(alone) + absl::Nanoseconds(1));
 }
 
-std::string Ms(double seconds) { return absl::StrCat(std::lround(seconds * 1e4) / 10.0, " ms"); }
+std::string Ms(double seconds) { return absl::StrCat(std::round(seconds * 1e4) / 10.0, " ms"); }
 
 }  // namespace
 
@@ -522,6 +522,49 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
   const absl::Time due = full ? now : std::min(now + o.max_queue_delay, wake);
   WakeOneSleeperLocked(due);
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::PreAdmit(std::string_view model, int64_t tasks, int priority,
+                                 absl::Time deadline) {
+  ModelQueue* q = FindQueue(model);
+  if (q == nullptr || tasks < 1) return absl::OkStatus();
+  const ModelOptions& o = q->options;
+  if (tasks > o.max_queue_size) return absl::OkStatus();  // Schedule(): RESOURCE_EXHAUSTED.
+  const absl::Time now = clock_->Now();
+  std::unique_lock<std::mutex> lock(mu_);
+  absl::Status refused;
+  std::optional<ShedReason> shed;
+  if (!accepting_) {
+    refused = absl::UnavailableError("server is shutting down");
+  } else if (q->queued_tasks + tasks > o.max_queue_size) {
+    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
+                                                  q->queued_tasks, " requests)"));
+    shed = ShedReason::kQueueFull;
+  } else if ((q->ShedsLate() && deadline != absl::InfiniteFuture()) ||
+             o.max_queue_wait != absl::InfiniteDuration()) {
+    AdmissionEstimate e = EstimateLocked(*q, priority, now);
+    e.cost = 0;
+    e.tasks = tasks;
+    const double wait = PredictWaitSeconds(e);
+    if (q->ShedsLate() && now + absl::Seconds(wait) > deadline) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "model '", q->name, "' is overloaded: the request would wait about ", Ms(wait), " (",
+          e.tasks_ahead, " sequences queued ahead), past its deadline in ",
+          Ms(Seconds(deadline - now))));
+      shed = ShedReason::kPredictedLate;
+      q->counts.shed_at_admission += tasks;
+    } else if (absl::Seconds(wait) > o.max_queue_wait) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "queue of model '", q->name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
+          Ms(wait), ", limit ", absl::FormatDuration(o.max_queue_wait), ")"));
+      shed = ShedReason::kQueueFull;
+    }
+  }
+  lock.unlock();
+  if (refused.ok()) return refused;
+  absl::Status status = Reject(q, model, std::move(refused));
+  if (shed && observer_ != nullptr) observer_->OnShed(model, *shed, tasks);
+  return status;
 }
 
 double Scheduler::RunningSecondsLocked(absl::Time now) const {

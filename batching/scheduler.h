@@ -189,6 +189,13 @@ class Scheduler {
   // touched, and *failed_index (if given) is the task the status is about, or -1 for the group.
   absl::Status ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int* failed_index = nullptr);
 
+  // A cheap check before the caller spends per-call work (tokenization) on a call of `tasks`
+  // sequences: refuses, with the status and accounting Schedule() would use, what the queue's
+  // state alone already refuses (shutting down; queue full by requests; predicted wait over
+  // max_queue_wait; with shed_late, a deadline that even the wait alone overruns). OK promises
+  // nothing: Schedule() still decides. Unknown models pass (Schedule() says NOT_FOUND).
+  absl::Status PreAdmit(std::string_view model, int64_t tasks, int priority, absl::Time deadline);
+
   // The same for a derived task type: on refusal the task is handed back in *task.
   template <typename T>
     requires(std::derived_from<T, Task> && !std::same_as<T, Task>)

@@ -591,6 +591,11 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   }
   auto truncation = ToTruncation(req.truncation());
   if (!truncation.ok()) return reject(truncation.status());
+  // A full or overloaded queue refuses before the tokenizer runs: refusals stay cheap at 10x.
+  if (absl::Status s = scheduler_->PreAdmit(model.config.name, n, req.priority(), deadline);
+      !s.ok()) {
+    return reject(s);
+  }
 
   // Tokenize on this thread, outside the batch's critical path.
   const engine::Tokenizer& tok = model.engine->tokenizer();
@@ -705,6 +710,10 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   qa.n_best = req.n_best() == 0 ? 1 : req.n_best();
   if (qa.n_best < 1 || qa.n_best > 100) {
     return reject(Invalid("n_best", absl::StrCat(req.n_best(), " is outside [1, 100]")));
+  }
+  if (absl::Status s = scheduler_->PreAdmit(model.config.name, 1, req.priority(), deadline);
+      !s.ok()) {
+    return reject(s);
   }
   const engine::Tokenizer& tok = model.engine->tokenizer();
   // Tokenized once; the windows are counted before any is made, so a call that can never be

@@ -910,6 +910,24 @@ TEST_F(ShedTest, MaxQueueWaitBoundsThePredictedWait) {
   EXPECT_THAT(observer_.shed, ElementsAre(ShedReason::kQueueFull));
 }
 
+TEST_F(ShedTest, PreAdmitRefusesWhatTheQueueAloneRefuses) {
+  InitShed(true);
+  StartLongBatch();  // 100 ms of running work.
+  const absl::Time now = clock_.Now();
+  EXPECT_TRUE(scheduler_->PreAdmit("m", 1, 0, now + absl::Milliseconds(101)).ok());
+  EXPECT_TRUE(scheduler_->PreAdmit("m", 1, 0, absl::InfiniteFuture()).ok());
+  EXPECT_TRUE(scheduler_->PreAdmit("nope", 1, 0, now).ok());  // Schedule() says NOT_FOUND.
+  const absl::Status late = scheduler_->PreAdmit("m", 3, 0, now + absl::Milliseconds(99));
+  EXPECT_EQ(late.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(late.message()), HasSubstr("overloaded"));
+  const ModelStats stats = *scheduler_->GetModelStats("m");
+  EXPECT_EQ(stats.counts.rejected, 1);
+  EXPECT_EQ(stats.counts.shed_at_admission, 3);
+  EXPECT_EQ(stats.depth.queued_tasks, 0);  // Nothing was queued by the checks.
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(1));
+}
+
 TEST_F(ShedTest, ScheduleAllAdmitsAllOrNone) {
   ModelOptions o = DefaultModel();
   o.max_queue_size = 3;
