@@ -44,7 +44,22 @@ struct TaskCounts {
   int64_t failed = 0;
   int64_t budget_lowered = 0;  // Tasks that ran below their requested budget.
   int64_t batches = 0;
+  // Load shedding (ModelOptions::shed_late). Refused by Schedule() because their predicted finish
+  // was past their deadline (part of `rejected`):
+  int64_t shed_at_admission = 0;
+  // Completed DEADLINE_EXCEEDED before their deadline, never computed, because their predicted
+  // finish was past it (part of `deadline_exceeded`; the rest expired at their deadline):
+  int64_t shed_in_queue = 0;
 };
+
+// Why work was refused or dropped without compute (for a per-reason counter).
+enum class ShedReason {
+  kQueueFull,       // Schedule(): UNAVAILABLE, the queue's requests or tokens are at the limit.
+  kPredictedLate,   // Schedule(): UNAVAILABLE, predicted to finish after the deadline.
+  kLateInQueue,     // Queued: DEADLINE_EXCEEDED before the deadline, predicted to finish after it.
+  kExpired,         // Queued: DEADLINE_EXCEEDED, the deadline passed.
+};
+inline constexpr int kNumShedReasons = 4;
 
 // All methods have empty defaults; override what you export. Implementations must be thread-safe
 // and cheap (they run on the scheduling path) and must not call back into the Scheduler.
@@ -62,6 +77,9 @@ class SchedulerObserver {
                           const absl::Status& /*status*/) {}
   // When Schedule() refuses a task (on the caller's thread, no lock held).
   virtual void OnRejected(std::string_view /*model*/, const absl::Status& /*status*/) {}
+  // When tasks are refused or dropped without compute for load (`tasks` of them at once; after
+  // OnRejected for refusals, before OnTaskDone for drops). No lock held.
+  virtual void OnShed(std::string_view /*model*/, ShedReason /*reason*/, int64_t /*tasks*/) {}
 };
 
 }  // namespace topserve::batching

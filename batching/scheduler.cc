@@ -1,6 +1,7 @@
 #include "batching/scheduler.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <deque>
@@ -8,6 +9,11 @@
 #include <map>
 #include <utility>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
 
 namespace topserve::batching {
@@ -34,6 +40,9 @@ absl::Status ValidateModelOptions(const ModelOptions& o) {
   }
   if (o.max_queue_size < 1) return bad("max_queue_size", o.max_queue_size, ">= 1");
   if (o.max_queue_tokens < 1) return bad("max_queue_tokens", o.max_queue_tokens, ">= 1");
+  if (o.max_queue_wait <= absl::ZeroDuration()) {
+    return bad("max_queue_wait", absl::FormatDuration(o.max_queue_wait), "> 0 (infinite = no limit)");
+  }
   if (o.grouping_window < 1) return bad("grouping_window", o.grouping_window, ">= 1");
   if (!(o.deadline_safety_factor >= 1) || !std::isfinite(o.deadline_safety_factor)) {
     return bad("deadline_safety_factor", o.deadline_safety_factor, "finite and >= 1");
@@ -73,7 +82,41 @@ absl::Status RunExecutor(BatchExecutor& executor, const Batch& batch) {
   }
 }
 
+// When a sweep first finds a task of `alone` predicted seconds late (now + alone > deadline), or its
+// deadline, whichever is first. Strictly after the last instant it still fits, so that a worker
+// woken then finds it late (and does not wake again and again at the same time).
+absl::Time SweepTime(absl::Time deadline, double alone) {
+  return std::min(deadline, deadline - absl::Seconds(alone) + absl::Nanoseconds(1));
+}
+
+std::string Ms(double seconds) { return absl::StrCat(std::round(seconds * 1e4) / 10.0, " ms"); }
+
 }  // namespace
+
+double PredictWaitSeconds(const AdmissionEstimate& e) {
+  const double workers = static_cast<double>(std::max(1, e.workers));
+  const int64_t size = std::max<int64_t>(1, e.max_batch_size);
+  const int64_t tokens = std::max<int64_t>(1, e.max_batch_tokens);
+  // Full batches ahead of the new work; the partial one left over is the new work's own batch.
+  const int64_t batches_ahead = std::max(e.tasks_ahead / size, e.tokens_ahead / tokens);
+  return (std::max(0.0, e.running_seconds) +
+          e.overhead_seconds * static_cast<double>(batches_ahead) +
+          e.seconds_per_unit * std::max(0.0, e.cost_ahead)) / workers;
+}
+
+double PredictFinishSeconds(const AdmissionEstimate& e) {
+  const double workers = static_cast<double>(std::max(1, e.workers));
+  const int64_t size = std::max<int64_t>(1, e.max_batch_size);
+  const int64_t tokens = std::max<int64_t>(1, e.max_batch_tokens);
+  const double wait = PredictWaitSeconds(e);
+  // The new work itself: one batch, or several that may run side by side on the workers.
+  const int64_t own_batches =
+      std::max<int64_t>({1, (e.tasks + size - 1) / size, (e.tokens + tokens - 1) / tokens});
+  const double own = (e.overhead_seconds * static_cast<double>(own_batches) +
+                      e.seconds_per_unit * std::max(0.0, e.cost)) /
+                     std::min(workers, static_cast<double>(own_batches));
+  return wait + own;
+}
 
 struct Scheduler::Entry {
   std::unique_ptr<Task> task;  // Null once taken into a batch (until compacted away).
@@ -85,7 +128,17 @@ struct Scheduler::Entry {
   absl::Time deadline;
 };
 
+// One priority level of a model queue: FIFO (by seq), with running sums for admission.
+struct Scheduler::Level : std::deque<Entry> {
+  double cost_min = 0;  // Sum of the entries' cost_min.
+  int64_t tokens = 0;   // Sum of the entries' tokens.
+};
+
 struct Scheduler::ModelQueue {
+  // Deadline shedding needs predictions from measured batches: a prior that is far off (before the
+  // first batch) must not refuse every call with a tight deadline, which would keep it unmeasured.
+  bool ShedsLate() const { return options.shed_late && predictor.num_observations() > 0; }
+
   ModelQueue(std::string n, ModelOptions o, std::shared_ptr<BatchExecutor> e)
       : name(std::move(n)),
         options(std::move(o)),
@@ -99,14 +152,16 @@ struct Scheduler::ModelQueue {
   // Everything below is guarded by Scheduler::mu_.
   CostPredictor predictor;
   // Priority levels, highest first; FIFO (by seq) within a level.
-  std::map<int, std::deque<Entry>, std::greater<int>> levels;
+  std::map<int, Level, std::greater<int>> levels;
   int64_t queued_tasks = 0;
   int64_t queued_tokens = 0;
   double queued_cost = 0;  // At requested budgets.
   int64_t in_flight_tasks = 0;
   int64_t in_flight_batches = 0;
-  // Lower bounds (may be early, never late) of the earliest deadline and of the latest time a task
-  // can start alone at its minimum budget and still meet its deadline (with the safety factor).
+  // Lower bounds (may be early, never late) of the earliest time a task must be swept (its
+  // deadline, or with shed_late the time its predicted finish alone at its minimum budget passes
+  // it) and of the latest time a task can start alone at its minimum budget and still meet its
+  // deadline (with the safety factor).
   absl::Time deadline_hint = absl::InfiniteFuture();
   absl::Time latest_start_hint = absl::InfiniteFuture();
   TaskCounts counts;
@@ -116,6 +171,7 @@ struct Scheduler::Finished {
   ModelQueue* queue = nullptr;
   std::unique_ptr<Task> task;
   absl::Status status;
+  std::optional<ShedReason> shed{};  // Dropped without compute for load (deadline).
 };
 
 struct Scheduler::Picked {
@@ -297,85 +353,244 @@ absl::Status Scheduler::Schedule(std::unique_ptr<Task>* task_ptr) {
   if (task_ptr == nullptr || *task_ptr == nullptr) {
     return absl::InvalidArgumentError("Schedule() was given a null task");
   }
-  Task& task = **task_ptr;
-  ModelQueue* q = FindQueue(task.model);
+  return ScheduleAll(std::span<std::unique_ptr<Task>>(task_ptr, 1));
+}
+
+absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int* failed_index) {
+  if (failed_index != nullptr) *failed_index = -1;
+  if (tasks.empty()) return absl::InvalidArgumentError("ScheduleAll() was given no tasks");
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (tasks[i] == nullptr) {
+      if (failed_index != nullptr) *failed_index = static_cast<int>(i);
+      return absl::InvalidArgumentError("Schedule() was given a null task");
+    }
+  }
+  const std::string& model = tasks[0]->model;
+  ModelQueue* q = FindQueue(model);
   if (q == nullptr) {
-    return Reject(nullptr, task.model,
-                  absl::NotFoundError(absl::StrCat("unknown model '", task.model, "'")));
+    return Reject(nullptr, model, absl::NotFoundError(absl::StrCat("unknown model '", model, "'")));
   }
-  if (absl::Status s = ValidateTask(task, q->options); !s.ok()) {
-    return Reject(q, task.model, std::move(s));
+  const ModelOptions& o = q->options;
+  const int64_t n = static_cast<int64_t>(tasks.size());
+  struct Costs {
+    double full;
+    double min;
+  };
+  absl::InlinedVector<Costs, 4> costs(tasks.size());
+  int64_t group_tokens = 0;
+  double group_cost_min = 0;
+  int group_priority = tasks[0]->priority;
+  absl::Time group_deadline = absl::InfiniteFuture();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    Task& task = *tasks[i];
+    auto refuse = [&](absl::Status status) {
+      if (failed_index != nullptr) *failed_index = static_cast<int>(i);
+      return Reject(q, model, std::move(status));
+    };
+    if (task.model != model) {
+      return refuse(absl::InvalidArgumentError(absl::StrCat(
+          "the tasks of one call name different models ('", model, "', '", task.model, "')")));
+    }
+    if (absl::Status s = ValidateTask(task, o); !s.ok()) return refuse(std::move(s));
+    if (task.cancellation.IsCancelled()) {
+      return refuse(absl::CancelledError("request was cancelled before queueing"));
+    }
+    // The cost function is user code: call it outside the lock.
+    const double cost_full = o.cost(task.tokens, task.budget);
+    const double cost_min = task.min_budget ? o.cost(task.tokens, *task.min_budget) : cost_full;
+    if (!std::isfinite(cost_full) || !std::isfinite(cost_min) || cost_min < 0 ||
+        cost_full < cost_min) {
+      return refuse(absl::InternalError(absl::StrCat("cost function of model '", q->name,
+                                                     "' returned ", cost_full, " at budget ",
+                                                     task.budget, " and ", cost_min,
+                                                     " at min_budget")));
+    }
+    costs[i] = {cost_full, cost_min};
+    group_tokens += task.tokens;
+    group_cost_min += cost_min;
+    group_priority = std::min(group_priority, task.priority);
+    group_deadline = std::min(group_deadline, task.deadline);
   }
-  if (task.cancellation.IsCancelled()) {
-    return Reject(q, task.model, absl::CancelledError("request was cancelled before queueing"));
-  }
-  // The cost function is user code: call it outside the lock.
-  const double cost_full = q->options.cost(task.tokens, task.budget);
-  const double cost_min =
-      task.min_budget ? q->options.cost(task.tokens, *task.min_budget) : cost_full;
-  if (!std::isfinite(cost_full) || !std::isfinite(cost_min) || cost_min < 0 ||
-      cost_full < cost_min) {
-    return Reject(q, task.model,
-                  absl::InternalError(absl::StrCat("cost function of model '", q->name,
-                                                   "' returned ", cost_full, " at budget ",
-                                                   task.budget, " and ", cost_min, " at min_budget")));
+  // More than the whole queue holds can never be admitted: not the retryable UNAVAILABLE.
+  if (n > o.max_queue_size || group_tokens > o.max_queue_tokens) {
+    return Reject(q, model, absl::ResourceExhaustedError(absl::StrCat(
+                                "the request needs ", n, " sequences and ", group_tokens,
+                                " tokens; the queue of model '", q->name, "' holds at most ",
+                                o.max_queue_size, " and ", o.max_queue_tokens)));
   }
   const absl::Time now = clock_->Now();
-  if (task.deadline <= now) {
-    return Reject(q, task.model,
-                  absl::DeadlineExceededError("deadline passed before the request was queued"));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (tasks[i]->deadline <= now) {
+      if (failed_index != nullptr) *failed_index = static_cast<int>(i);
+      return Reject(q, model,
+                    absl::DeadlineExceededError("deadline passed before the request was queued"));
+    }
   }
 
   std::unique_lock<std::mutex> lock(mu_);
-  const ModelOptions& o = q->options;
   absl::Status refused;
+  std::optional<ShedReason> shed;
   if (!accepting_) {
     refused = absl::UnavailableError("server is shutting down");
-  } else if (q->queued_tasks >= o.max_queue_size) {
+  } else if (q->queued_tasks + n > o.max_queue_size) {
     refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
                                                   q->queued_tasks, " requests)"));
-  } else if (q->queued_tokens + task.tokens > o.max_queue_tokens) {
+    shed = ShedReason::kQueueFull;
+  } else if (q->queued_tokens + group_tokens > o.max_queue_tokens) {
     refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
                                                   q->queued_tokens, " tokens queued, limit ",
                                                   o.max_queue_tokens, ")"));
+    shed = ShedReason::kQueueFull;
+  } else if ((q->ShedsLate() && group_deadline != absl::InfiniteFuture()) ||
+             o.max_queue_wait != absl::InfiniteDuration()) {
+    AdmissionEstimate e = EstimateLocked(*q, group_priority, now);
+    e.cost = group_cost_min;
+    e.tasks = n;
+    e.tokens = group_tokens;
+    const double wait = PredictWaitSeconds(e);
+    const double finish = PredictFinishSeconds(e);
+    if (q->ShedsLate() && now + absl::Seconds(finish - wait) > group_deadline) {
+      // Too short a deadline for the work itself, however idle the server: not worth retrying.
+      refused = absl::DeadlineExceededError(absl::StrCat(
+          "the request needs about ", Ms(finish - wait), " of compute on model '", q->name,
+          "' at its minimum budget; its deadline is in ", Ms(Seconds(group_deadline - now))));
+      shed = ShedReason::kPredictedLate;
+      q->counts.shed_at_admission += n;
+    } else if (q->ShedsLate() && now + absl::Seconds(finish) > group_deadline) {
+      // Late because of the work queued ahead: retryable (later, or on another replica).
+      refused = absl::UnavailableError(absl::StrCat(
+          "model '", q->name, "' is overloaded: the request is predicted to finish in ",
+          Ms(finish), " (", e.tasks_ahead, " sequences queued ahead), after its deadline in ",
+          Ms(Seconds(group_deadline - now))));
+      shed = ShedReason::kPredictedLate;
+      q->counts.shed_at_admission += n;
+    } else if (absl::Seconds(wait) > o.max_queue_wait) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "queue of model '", q->name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
+          Ms(wait), ", limit ", absl::FormatDuration(o.max_queue_wait), ")"));
+      shed = ShedReason::kQueueFull;
+    }
   }
   if (!refused.ok()) {
     lock.unlock();
-    return Reject(q, task.model, std::move(refused));
+    absl::Status status = Reject(q, model, std::move(refused));
+    if (shed && observer_ != nullptr) observer_->OnShed(model, *shed, n);
+    return status;
   }
 
-  task.report_ = TaskReport{};
-  task.report_.enqueue_time = now;
-  task.error_ = absl::OkStatus();
-  const absl::Time latest_start =
-      task.deadline == absl::InfiniteFuture()
-          ? absl::InfiniteFuture()
-          : task.deadline - absl::Seconds(o.deadline_safety_factor *
-                                          q->predictor.PredictSeconds(cost_min));
-  Entry entry;
-  entry.seq = next_seq_++;
-  entry.tokens = task.tokens;
-  entry.cost_full = cost_full;
-  entry.cost_min = cost_min;
-  entry.enqueue_time = now;
-  entry.deadline = task.deadline;
-  entry.task = std::move(*task_ptr);  // Ownership moves here; `task` stays valid.
-  q->levels[task.priority].push_back(std::move(entry));
-  ++q->queued_tasks;
-  q->queued_tokens += task.tokens;
-  q->queued_cost += cost_full;
-  ++queued_total_;
-  ++q->counts.scheduled;
-  q->deadline_hint = std::min(q->deadline_hint, task.deadline);
-  q->latest_start_hint = std::min(q->latest_start_hint, latest_start);
+  absl::Time wake = absl::InfiniteFuture();
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    Task& task = *tasks[i];
+    const auto [cost_full, cost_min] = costs[i];
+    task.report_ = TaskReport{};
+    task.report_.enqueue_time = now;
+    task.error_ = absl::OkStatus();
+    absl::Time latest_start = absl::InfiniteFuture();
+    absl::Time sweep_at = absl::InfiniteFuture();
+    if (task.deadline != absl::InfiniteFuture()) {
+      const double alone = q->predictor.PredictSeconds(cost_min);
+      latest_start = task.deadline - absl::Seconds(o.deadline_safety_factor * alone);
+      sweep_at = q->ShedsLate() ? SweepTime(task.deadline, alone) : task.deadline;
+    }
+    Entry entry;
+    entry.seq = next_seq_++;
+    entry.tokens = task.tokens;
+    entry.cost_full = cost_full;
+    entry.cost_min = cost_min;
+    entry.enqueue_time = now;
+    entry.deadline = task.deadline;
+    const absl::Time deadline = task.deadline;
+    Level& level = q->levels[task.priority];
+    entry.task = std::move(tasks[i]);  // Ownership moves here; `task` stays valid.
+    level.push_back(std::move(entry));
+    level.cost_min += cost_min;
+    level.tokens += task.tokens;
+    ++q->queued_tasks;
+    q->queued_tokens += task.tokens;
+    q->queued_cost += cost_full;
+    ++queued_total_;
+    ++q->counts.scheduled;
+    q->deadline_hint = std::min(q->deadline_hint, sweep_at);
+    q->latest_start_hint = std::min(q->latest_start_hint, latest_start);
+    wake = std::min({wake, latest_start, deadline, sweep_at});
+  }
   NotifyDepthLocked(*q);
 
-  // When does this task make its queue due? Wake a sleeping worker only if none will look by then.
+  // When do these tasks make the queue due? Wake a sleeping worker only if none will look by then.
   const bool full = q->queued_tasks >= o.max_batch_size || q->queued_tokens >= o.max_batch_tokens ||
                     (o.max_batch_cost > 0 && q->queued_cost >= o.max_batch_cost);
-  const absl::Time due = full ? now : std::min(now + o.max_queue_delay, latest_start);
-  WakeOneSleeperLocked(std::min(due, task.deadline));
+  const absl::Time due = full ? now : std::min(now + o.max_queue_delay, wake);
+  WakeOneSleeperLocked(due);
   return absl::OkStatus();
+}
+
+absl::Status Scheduler::PreAdmit(std::string_view model, int64_t tasks, int priority,
+                                 absl::Time deadline) {
+  ModelQueue* q = FindQueue(model);
+  if (q == nullptr || tasks < 1) return absl::OkStatus();
+  const ModelOptions& o = q->options;
+  if (tasks > o.max_queue_size) return absl::OkStatus();  // Schedule(): RESOURCE_EXHAUSTED.
+  const absl::Time now = clock_->Now();
+  std::unique_lock<std::mutex> lock(mu_);
+  absl::Status refused;
+  std::optional<ShedReason> shed;
+  if (!accepting_) {
+    refused = absl::UnavailableError("server is shutting down");
+  } else if (q->queued_tasks + tasks > o.max_queue_size) {
+    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
+                                                  q->queued_tasks, " requests)"));
+    shed = ShedReason::kQueueFull;
+  } else if ((q->ShedsLate() && deadline != absl::InfiniteFuture()) ||
+             o.max_queue_wait != absl::InfiniteDuration()) {
+    AdmissionEstimate e = EstimateLocked(*q, priority, now);
+    e.cost = 0;
+    e.tasks = tasks;
+    const double wait = PredictWaitSeconds(e);
+    if (q->ShedsLate() && now + absl::Seconds(wait) > deadline) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "model '", q->name, "' is overloaded: the request would wait about ", Ms(wait), " (",
+          e.tasks_ahead, " sequences queued ahead), past its deadline in ",
+          Ms(Seconds(deadline - now))));
+      shed = ShedReason::kPredictedLate;
+      q->counts.shed_at_admission += tasks;
+    } else if (absl::Seconds(wait) > o.max_queue_wait) {
+      refused = absl::UnavailableError(absl::StrCat(
+          "queue of model '", q->name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
+          Ms(wait), ", limit ", absl::FormatDuration(o.max_queue_wait), ")"));
+      shed = ShedReason::kQueueFull;
+    }
+  }
+  lock.unlock();
+  if (refused.ok()) return refused;
+  absl::Status status = Reject(q, model, std::move(refused));
+  if (shed && observer_ != nullptr) observer_->OnShed(model, *shed, tasks);
+  return status;
+}
+
+double Scheduler::RunningSecondsLocked(absl::Time now) const {
+  double seconds = 0;
+  for (const Worker& w : workers_) {
+    if (w.state == WorkerState::kRunning) seconds += std::max(0.0, Seconds(w.busy_until - now));
+  }
+  return seconds;
+}
+
+AdmissionEstimate Scheduler::EstimateLocked(const ModelQueue& q, int priority,
+                                            absl::Time now) const {
+  AdmissionEstimate e;
+  e.overhead_seconds = q.predictor.overhead_seconds();
+  e.seconds_per_unit = q.predictor.seconds_per_unit();
+  e.workers = static_cast<int>(workers_.size());
+  e.running_seconds = RunningSecondsLocked(now);
+  for (const auto& [level_priority, level] : q.levels) {
+    if (level_priority < priority) break;  // Levels are highest first.
+    e.tasks_ahead += static_cast<int64_t>(level.size());
+    e.tokens_ahead += level.tokens;
+    e.cost_ahead += level.cost_min;
+  }
+  e.max_batch_size = q.options.max_batch_size;
+  e.max_batch_tokens = q.options.max_batch_tokens;
+  return e;
 }
 
 // Wakes the most recently idled worker (warm cache; idle workers that stay idle stay asleep) unless
@@ -422,6 +637,15 @@ void Scheduler::NotifyIfDrainedLocked() {
 }
 
 void Scheduler::WorkerLoop(int index) {
+  if (options_.worker_nice != 0) {
+    // Linux nice values are per thread: this one's (and what it starts) only.
+    const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+    errno = 0;
+    const int current = getpriority(PRIO_PROCESS, tid);
+    if (errno == 0) {
+      (void)setpriority(PRIO_PROCESS, tid, std::clamp(current + options_.worker_nice, -20, 19));
+    }
+  }
   if (options_.on_worker_start) options_.on_worker_start(index, options_.threads_per_worker);
   Worker& self = workers_[static_cast<size_t>(index)];
   Work work;
@@ -499,11 +723,19 @@ absl::Time Scheduler::PlanLocked(int worker, absl::Time now, Work& work) {
 void Scheduler::SweepLocked(ModelQueue& q, absl::Time now, std::vector<Finished>& out) {
   bool changed = false;
   for (auto it = q.levels.begin(); it != q.levels.end();) {
-    std::deque<Entry>& level = it->second;
+    Level& level = it->second;
     size_t kept = 0;
+    level.cost_min = 0;
+    level.tokens = 0;
     for (size_t i = 0; i < level.size(); ++i) {
       Entry& e = level[i];
       absl::Status status;
+      std::optional<ShedReason> shed;
+      // With shed_late, a task that cannot finish in time even alone at its minimum budget,
+      // starting now, is failed now rather than computed in vain (or left to expire).
+      const double alone = q.ShedsLate() && e.deadline != absl::InfiniteFuture()
+                               ? q.predictor.PredictSeconds(e.cost_min)
+                               : 0.0;
       if (e.task->cancellation.IsCancelled()) {
         status = absl::CancelledError("request was cancelled while queued");
         ++q.counts.cancelled;
@@ -512,7 +744,19 @@ void Scheduler::SweepLocked(ModelQueue& q, absl::Time now, std::vector<Finished>
             absl::StrCat("deadline exceeded after ", absl::FormatDuration(now - e.enqueue_time),
                          " in the queue of model '", q.name, "'"));
         ++q.counts.deadline_exceeded;
+        shed = ShedReason::kExpired;
+      } else if (alone > 0 && now + absl::Seconds(alone) > e.deadline) {
+        status = absl::DeadlineExceededError(absl::StrCat(
+            "deadline would be missed: computing the request takes about ", Ms(alone),
+            " and ", Ms(Seconds(e.deadline - now)), " are left after ",
+            absl::FormatDuration(now - e.enqueue_time), " in the queue of model '", q.name,
+            "'; not started"));
+        ++q.counts.deadline_exceeded;
+        ++q.counts.shed_in_queue;
+        shed = ShedReason::kLateInQueue;
       } else {
+        level.cost_min += e.cost_min;
+        level.tokens += e.tokens;
         if (kept != i) level[kept] = std::move(e);
         ++kept;
         continue;
@@ -521,7 +765,7 @@ void Scheduler::SweepLocked(ModelQueue& q, absl::Time now, std::vector<Finished>
       --queued_total_;
       q.queued_tokens -= e.tokens;
       q.queued_cost -= e.cost_full;
-      out.push_back({&q, std::move(e.task), std::move(status)});
+      out.push_back({&q, std::move(e.task), std::move(status), shed});
       changed = true;
     }
     level.resize(kept);
@@ -541,11 +785,12 @@ void Scheduler::RecomputeHintsLocked(ModelQueue& q) {
   for (const auto& [priority, level] : q.levels) {
     for (const Entry& e : level) {
       if (e.deadline == absl::InfiniteFuture()) continue;
-      q.deadline_hint = std::min(q.deadline_hint, e.deadline);
+      const double alone = q.predictor.PredictSeconds(e.cost_min);
+      q.deadline_hint =
+          std::min(q.deadline_hint, q.ShedsLate() ? SweepTime(e.deadline, alone) : e.deadline);
       q.latest_start_hint =
           std::min(q.latest_start_hint,
-                   e.deadline - absl::Seconds(q.options.deadline_safety_factor *
-                                              q.predictor.PredictSeconds(e.cost_min)));
+                   e.deadline - absl::Seconds(q.options.deadline_safety_factor * alone));
     }
   }
 }
@@ -585,22 +830,44 @@ void Scheduler::FormBatchLocked(int worker, ModelQueue& q, absl::Time now, Work&
   batch.queue = &q;
   work.picked.clear();
   double cost = 0;
+  double cost_min = 0;                               // Of the tasks taken, at minimum budgets.
+  absl::Time earliest = absl::InfiniteFuture();      // Their earliest deadline.
   for (const Candidate& c : candidates) {
     if (batch.tasks.size() >= static_cast<size_t>(o.max_batch_size)) break;
     Entry& e = *c.entry;
     if (!batch.tasks.empty()) {
       if (batch.tokens + e.tokens > o.max_batch_tokens) continue;
       if (o.max_batch_cost > 0 && cost + e.cost_full > o.max_batch_cost) continue;
+      // Never make the batch (so it or a task already in it) predicted to finish late, even at
+      // minimum budgets: the task waits for a later batch instead. (The seed fits alone: the
+      // sweep above dropped it otherwise.)
+      if (q.ShedsLate()) {
+        const absl::Time deadline = std::min(earliest, e.deadline);
+        if (deadline != absl::InfiniteFuture() &&
+            now + absl::Seconds(q.predictor.PredictSeconds(cost_min + e.cost_min)) > deadline) {
+          continue;
+        }
+      }
     }
     batch.tokens += e.tokens;
     cost += e.cost_full;
+    cost_min += e.cost_min;
+    earliest = std::min(earliest, e.deadline);
     work.picked.push_back({e.tokens, e.cost_full, e.cost_min, e.deadline});
     batch.tasks.push_back(std::move(e.task));
   }
-  // Compact the levels (taken entries have a null task).
+  // Compact the levels (taken entries have a null task) and redo their sums.
   for (auto it = q.levels.begin(); it != q.levels.end();) {
-    std::erase_if(it->second, [](const Entry& e) { return e.task == nullptr; });
-    it = it->second.empty() ? q.levels.erase(it) : std::next(it);
+    Level& level = it->second;
+    std::erase_if(static_cast<std::deque<Entry>&>(level),
+                  [](const Entry& e) { return e.task == nullptr; });
+    level.cost_min = 0;
+    level.tokens = 0;
+    for (const Entry& e : level) {
+      level.cost_min += e.cost_min;
+      level.tokens += e.tokens;
+    }
+    it = level.empty() ? q.levels.erase(it) : std::next(it);
   }
   const int64_t n = static_cast<int64_t>(batch.tasks.size());
   q.queued_tasks -= n;
@@ -786,7 +1053,10 @@ void Scheduler::Complete(Finished f, absl::Time now) {
   TaskReport& r = f.task->report_;
   r.end_time = now;
   if (r.start_time == absl::InfinitePast()) r.queue_time = now - r.enqueue_time;
-  if (observer_ != nullptr) observer_->OnTaskDone(f.queue->name, *f.task, f.status);
+  if (observer_ != nullptr) {
+    if (f.shed) observer_->OnShed(f.queue->name, *f.shed, 1);
+    observer_->OnTaskDone(f.queue->name, *f.task, f.status);
+  }
   // Move the callback out first: it receives (and may destroy) the task that holds it.
   Task::DoneCallback done = std::move(f.task->done);
   done(std::move(f.task), std::move(f.status));

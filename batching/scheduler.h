@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -60,6 +61,11 @@ struct ModelOptions {
   // Queue limits: Schedule() refuses with UNAVAILABLE beyond them. [max_queue_size]
   int64_t max_queue_size = 1024;
   int64_t max_queue_tokens = 262144;
+  // Queue limit in time: Schedule() refuses with UNAVAILABLE a task whose predicted wait before
+  // its batch starts (PredictWaitSeconds()) is longer, whatever its deadline. It bounds how long
+  // the queue takes to drain when overload stops, which a count of requests cannot (their cost
+  // and the machine's speed vary). Infinite: no limit.
+  absl::Duration max_queue_wait = absl::InfiniteDuration();
   // Length grouping looks at this many tasks from the head of the queue (service order) when it
   // fills a batch; bounds the work per batch and how far a task can be overtaken.
   int grouping_window = 256;
@@ -70,8 +76,44 @@ struct ModelOptions {
   // Measured on the engine at 3x overload (bench/serving_bench): 1.5 kept 91.8% of requests within
   // deadline, 2.0 kept 99.9% (docs/benchmarks.md).
   double deadline_safety_factor = 2.0;
+  // Load shedding by deadline (on by default; active once the predictor has measured a batch, so
+  // that a wrong prior cannot refuse every tight call forever). Schedule() refuses a task whose
+  // predicted finish (PredictFinishSeconds(): the work queued ahead of it at minimum budgets shared
+  // by the workers, plus its own compute) is already past its deadline: UNAVAILABLE if the work
+  // ahead is the reason, DEADLINE_EXCEEDED if its own compute alone does not fit. A queued task
+  // whose predicted time alone at its minimum budget, starting now, ends past its deadline is
+  // completed with DEADLINE_EXCEEDED without being computed; a batch never takes a task that would
+  // make it late. Predictions here are the predictor's, not inflated by deadline_safety_factor:
+  // only work that is predicted to be wasted is shed. Off: tasks run whenever they are still
+  // queued at batch formation (the deadline itself still expires them).
+  bool shed_late = true;
   CostPredictorOptions predictor{};
 };
+
+// What admission knows when a task arrives (all times in seconds, costs in the model's units).
+struct AdmissionEstimate {
+  double overhead_seconds = 0;   // Predictor: seconds = overhead + per_unit * cost, per batch.
+  double seconds_per_unit = 0;
+  int workers = 1;
+  double running_seconds = 0;    // Predicted time left in the batches now running, summed.
+  int64_t tasks_ahead = 0;       // Queued tasks served before the new one (priority >= its own).
+  int64_t tokens_ahead = 0;
+  double cost_ahead = 0;         // Their cost at minimum budgets.
+  double cost = 0;               // The new task's (or group's) cost at minimum budget.
+  int64_t tasks = 1;             // Tasks in the new group.
+  int64_t tokens = 0;
+  int64_t max_batch_size = 1;
+  int64_t max_batch_tokens = 1;
+};
+
+// Seconds from now until the new task (the last of its group) is predicted to finish: the work
+// ahead, in full batches that each pay the per-batch overhead, spread over the workers after what
+// they are running, then the batch holding the task. Pure; optimistic where it must guess (the
+// whole pool works on this model, batches are full), so that it refuses only work predicted to
+// be late.
+double PredictFinishSeconds(const AdmissionEstimate& e);
+// The part of it spent waiting: until the new work's (first) batch is predicted to start.
+double PredictWaitSeconds(const AdmissionEstimate& e);
 
 struct SchedulerOptions {
   // Concurrent batches (worker threads). The server sizes num_workers * threads_per_worker to the
@@ -84,6 +126,12 @@ struct SchedulerOptions {
   SchedulerObserver* observer = nullptr;   // Not owned; must outlive the scheduler. May be null.
   // Runs first on each worker thread (e.g. omp_set_num_threads(threads), thread naming, pinning).
   std::function<void(int worker_index, int threads)> on_worker_start{};
+  // Linux: added to each worker thread's nice value when it starts (before on_worker_start), so
+  // threads it starts later (the executor's OpenMP team) inherit it. A positive value lets the
+  // RPC threads, which parse calls and answer refusals, preempt compute instead of queueing
+  // behind it on a busy machine. Raising priority (negative) needs CAP_SYS_NICE; failures are
+  // ignored.
+  int worker_nice = 0;
 };
 
 struct ShutdownOptions {
@@ -127,9 +175,26 @@ class Scheduler {
   //   NOT_FOUND          unknown model
   //   RESOURCE_EXHAUSTED tokens > max_batch_tokens (could never run)
   //   CANCELLED          already cancelled
-  //   DEADLINE_EXCEEDED  deadline already passed
-  //   UNAVAILABLE        queue full (requests or tokens), or shutting down: retryable
+  //   DEADLINE_EXCEEDED  deadline already passed, or (shed_late) its own compute alone is
+  //                      predicted to take longer than the time left: not worth retrying
+  //   UNAVAILABLE        queue full (requests, tokens or max_queue_wait), shutting down, or
+  //                      (shed_late) predicted to finish after its deadline because of the work
+  //                      queued ahead: retryable
   absl::Status Schedule(std::unique_ptr<Task>* task);
+
+  // All or none: the tasks of one call (same model), admitted under one lock hold, so a call
+  // refused for a full queue leaves nothing queued behind it (no sibling to sweep later). The
+  // queue limits and the deadline prediction apply to the group as a whole (its last task). OK:
+  // every element is null and each task's done is called exactly once. Otherwise no element is
+  // touched, and *failed_index (if given) is the task the status is about, or -1 for the group.
+  absl::Status ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int* failed_index = nullptr);
+
+  // A cheap check before the caller spends per-call work (tokenization) on a call of `tasks`
+  // sequences: refuses, with the status and accounting Schedule() would use, what the queue's
+  // state alone already refuses (shutting down; queue full by requests; predicted wait over
+  // max_queue_wait; with shed_late, a deadline that even the wait alone overruns). OK promises
+  // nothing: Schedule() still decides. Unknown models pass (Schedule() says NOT_FOUND).
+  absl::Status PreAdmit(std::string_view model, int64_t tasks, int priority, absl::Time deadline);
 
   // The same for a derived task type: on refusal the task is handed back in *task.
   template <typename T>
@@ -161,6 +226,7 @@ class Scheduler {
 
  private:
   struct Entry;
+  struct Level;
   struct ModelQueue;
   struct Finished;
   struct FormedBatch;
@@ -180,6 +246,8 @@ class Scheduler {
   absl::Time PlanLocked(int worker, absl::Time now, Work& work);
   absl::Time DueLocked(const ModelQueue& queue, absl::Time now) const;
   void SweepLocked(ModelQueue& queue, absl::Time now, std::vector<Finished>& out);
+  AdmissionEstimate EstimateLocked(const ModelQueue& queue, int priority, absl::Time now) const;
+  double RunningSecondsLocked(absl::Time now) const;
   void RecomputeHintsLocked(ModelQueue& queue);
   void FormBatchLocked(int worker, ModelQueue& queue, absl::Time now, Work& work);
   double BudgetLevelLocked(const ModelQueue& queue, const std::vector<Picked>& picked,

@@ -155,6 +155,7 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::string& yaml_text, const std
       r.Read("max_queue_delay_us", b.max_queue_delay_us);
       r.Read("max_queue_size", b.max_queue_size);
       r.Read("max_queue_tokens", b.max_queue_tokens);
+      r.Read("max_queue_wait_ms", b.max_queue_wait_ms);
       r.Read("workers", b.workers);
       r.Read("threads_per_worker", b.threads_per_worker);
       r.Finish();
@@ -256,6 +257,9 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
       !s.ok()) {
     return s;
   }
+  if (auto s = Range("batching.max_queue_wait_ms", b.max_queue_wait_ms, 0, 3'600'000); !s.ok()) {
+    return s;
+  }
 
   LimitsConfig& l = c.limits;
   if (auto s = Range("limits.max_inputs_per_call", l.max_inputs_per_call, 1, 1 << 20); !s.ok()) {
@@ -354,6 +358,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
   const BatchingConfig& b = c.batching;
   queue(b.max_batch_tokens, b.max_batch_size, b.max_queue_delay_us, b.max_queue_size,
         b.max_queue_tokens);
+  out << YAML::Key << "max_queue_wait_ms" << YAML::Value << b.max_queue_wait_ms;
   out << YAML::Key << "workers" << YAML::Value << b.workers;
   out << YAML::Key << "threads_per_worker" << YAML::Value << b.threads_per_worker;
   out << YAML::EndMap;

@@ -40,6 +40,9 @@ struct BatchingConfig {
   int64_t max_queue_delay_us = 0;
   int64_t max_queue_size = 1024;
   int64_t max_queue_tokens = 262144;
+  // Queue limit in time: calls whose predicted wait in the queue is longer get UNAVAILABLE
+  // (batching::ModelOptions::max_queue_wait); bounds how long overload takes to drain. 0 = none.
+  int64_t max_queue_wait_ms = 500;
   int64_t workers = 1;             // Concurrent batches.
   int64_t threads_per_worker = 0;  // 0 = AvailableCpus() / workers (at least 1).
 };

@@ -51,6 +51,16 @@ std::string CodeName(int code) {
   return code >= 0 && code < Metrics::kNumCodes ? kNames[code] : "UNKNOWN";
 }
 
+std::string_view ShedReasonName(batching::ShedReason reason) {
+  switch (reason) {
+    case batching::ShedReason::kQueueFull: return "queue_full";
+    case batching::ShedReason::kPredictedLate: return "predicted_late";
+    case batching::ShedReason::kLateInQueue: return "late_in_queue";
+    case batching::ShedReason::kExpired: return "expired";
+  }
+  return "unknown";
+}
+
 }  // namespace
 
 std::string_view MethodName(Method method) {
@@ -143,6 +153,13 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
                        .Name("topserve_unpruned_flops_total")
                        .Help("FLOPs the unpruned model would have used on the same sequences")
                        .Register(r);
+  auto& shed = prometheus::BuildCounter()
+                   .Name("topserve_shed_sequences_total")
+                   .Help("Sequences refused or dropped without compute for load, by reason: "
+                         "queue_full and predicted_late (refused, UNAVAILABLE), late_in_queue "
+                         "(dropped before their deadline, predicted to miss it) and expired "
+                         "(their deadline passed in the queue; both DEADLINE_EXCEEDED)")
+                   .Register(r);
   prometheus::BuildGauge()
       .Name("topserve_build_info")
       .Help("Always 1; the version label says which build is running")
@@ -196,6 +213,11 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
     s->tokens = &tokens.Add(model);
     s->flops = &flops.Add(model);
     s->unpruned_flops = &unpruned.Add(model);
+    for (int reason = 0; reason < batching::kNumShedReasons; ++reason) {
+      s->shed[static_cast<size_t>(reason)] = &shed.Add(
+          {{"model", spec.name},
+           {"reason", std::string(ShedReasonName(static_cast<batching::ShedReason>(reason)))}});
+    }
     models_.emplace(spec.name, std::move(s));
   }
   // Pseudo-models: requests naming an unknown model, and ListModels.
@@ -283,6 +305,13 @@ void Metrics::OnQueueDepth(std::string_view model, const batching::QueueDepth& d
   s->queue_depth->Set(static_cast<double>(depth.queued_tasks));
   s->queue_tokens->Set(static_cast<double>(depth.queued_tokens));
   s->running->Set(static_cast<double>(depth.in_flight_tasks));
+}
+
+void Metrics::OnShed(std::string_view model, batching::ShedReason reason, int64_t tasks) {
+  ModelSeries* s = Find(model);
+  const size_t r = static_cast<size_t>(reason);
+  if (s == nullptr || r >= s->shed.size() || s->shed[r] == nullptr) return;
+  s->shed[r]->Increment(static_cast<double>(tasks));
 }
 
 void Metrics::OnBatchDone(const batching::BatchStats& stats) {

@@ -62,6 +62,7 @@ class Metrics final : public batching::SchedulerObserver {
   // batching::SchedulerObserver.
   void OnQueueDepth(std::string_view model, const batching::QueueDepth& depth) override;
   void OnBatchDone(const batching::BatchStats& stats) override;
+  void OnShed(std::string_view model, batching::ShedReason reason, int64_t tasks) override;
 
  private:
   struct MethodSeries {
@@ -87,6 +88,7 @@ class Metrics final : public batching::SchedulerObserver {
     prometheus::Counter* tokens = nullptr;
     prometheus::Counter* flops = nullptr;
     prometheus::Counter* unpruned_flops = nullptr;
+    std::array<prometheus::Counter*, batching::kNumShedReasons> shed{};
   };
 
   ModelSeries* Find(std::string_view model) const;

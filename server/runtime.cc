@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <mutex>
+#include <span>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -127,13 +128,15 @@ class Job : public std::enable_shared_from_this<Job> {
   }
   virtual ~Job() = default;
 
-  // Schedules every task. The call may complete (and `done` run) before this returns.
+  // Schedules every task, all or none (so a refused call leaves no sibling queued that a worker
+  // would have to sweep before the call could answer). The call may complete (and `done` run)
+  // before this returns.
   void Run(std::vector<std::unique_ptr<InferTask>> tasks) {
     num_tasks_ = static_cast<int>(tasks.size());
     pending_.store(num_tasks_ + 1, std::memory_order_relaxed);  // +1: this function's guard
-    int scheduled = 0;
+    std::vector<std::unique_ptr<batching::Task>> group;
+    group.reserve(tasks.size());
     for (auto& t : tasks) {
-      if (failed_.load(std::memory_order_acquire)) break;
       t->model = model_.config.name;
       t->tokens = static_cast<int64_t>(t->ids.size());
       t->budget = budget_.budget;
@@ -145,17 +148,18 @@ class Job : public std::enable_shared_from_this<Job> {
                                             absl::Status status) {
         self->TaskDone(batching::TaskAs<InferTask>(std::move(task)), std::move(status));
       };
-      const int index = t->index;
-      std::unique_ptr<batching::Task> base = std::move(t);
-      absl::Status s = rt_.scheduler().Schedule(&base);
-      if (!s.ok()) {
-        Fail(std::move(s), index);
-        break;
-      }
-      ++scheduled;
+      group.push_back(std::move(t));
     }
-    // Tasks never scheduled count as done; then drop the guard.
-    Release(num_tasks_ - scheduled + 1);
+    int failed = -1;
+    absl::Status s = rt_.scheduler().ScheduleAll(std::span(group), &failed);
+    if (!s.ok()) {
+      // Nothing was queued. The tasks hold callbacks that keep this job alive: drop them first.
+      group.clear();
+      Fail(std::move(s), failed);
+      Release(num_tasks_ + 1);
+      return;
+    }
+    Release(1);  // Drop the guard.
   }
 
  protected:
@@ -196,7 +200,9 @@ class Job : public std::enable_shared_from_this<Job> {
     {
       std::lock_guard<std::mutex> lock(mu_);
       const bool replace = error_.ok() || (absl::IsCancelled(error_) && !absl::IsCancelled(status));
-      if (replace) error_ = num_tasks_ > 1 ? Prefixed(status, Where(index)) : std::move(status);
+      if (replace) {
+        error_ = num_tasks_ > 1 && index >= 0 ? Prefixed(status, Where(index)) : std::move(status);
+      }
     }
     failed_.store(true, std::memory_order_release);
     token_.Cancel();  // Drop the rest of the call.
@@ -487,6 +493,9 @@ absl::Status Runtime::LoadModel(ServedModel& m) {
   mo.max_queue_delay = absl::Microseconds(*q.max_queue_delay_us);
   mo.max_queue_size = *q.max_queue_size;
   mo.max_queue_tokens = *q.max_queue_tokens;
+  if (config_.batching.max_queue_wait_ms > 0) {
+    mo.max_queue_wait = absl::Milliseconds(config_.batching.max_queue_wait_ms);
+  }
   EngineExecutor* exec = executor.get();
   mo.cost = [exec](int64_t tokens, double budget) { return exec->Cost(tokens, budget); };
   // Prior for the compute-time model, in FLOPs: ~20 GFLOP/s per thread, 0.2 ms per batch; the
@@ -582,6 +591,11 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   }
   auto truncation = ToTruncation(req.truncation());
   if (!truncation.ok()) return reject(truncation.status());
+  // A full or overloaded queue refuses before the tokenizer runs: refusals stay cheap at 10x.
+  if (absl::Status s = scheduler_->PreAdmit(model.config.name, n, req.priority(), deadline);
+      !s.ok()) {
+    return reject(s);
+  }
 
   // Tokenize on this thread, outside the batch's critical path.
   const engine::Tokenizer& tok = model.engine->tokenizer();
@@ -696,6 +710,10 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   qa.n_best = req.n_best() == 0 ? 1 : req.n_best();
   if (qa.n_best < 1 || qa.n_best > 100) {
     return reject(Invalid("n_best", absl::StrCat(req.n_best(), " is outside [1, 100]")));
+  }
+  if (absl::Status s = scheduler_->PreAdmit(model.config.name, 1, req.priority(), deadline);
+      !s.ok()) {
+    return reject(s);
   }
   const engine::Tokenizer& tok = model.engine->tokenizer();
   // Tokenized once; the windows are counted before any is made, so a call that can never be

@@ -10,6 +10,10 @@
 #include <stdexcept>
 #include <thread>
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include "tests/batching_test_util.h"
 
 namespace topserve::batching {
@@ -60,16 +64,26 @@ class RecordingObserver : public SchedulerObserver {
     std::lock_guard<std::mutex> lock(mu_);
     rejected.push_back(status.code());
   }
+  void OnShed(std::string_view, ShedReason reason, int64_t tasks) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int64_t i = 0; i < tasks; ++i) shed.push_back(reason);
+  }
   std::mutex mu_;
   std::vector<QueueDepth> depths;
   std::vector<BatchStats> batches;
   std::vector<absl::StatusCode> task_codes;
   std::vector<absl::StatusCode> rejected;
+  std::vector<ShedReason> shed;
 };
 
 class SchedulerTest : public ::testing::Test {
  protected:
-  void TearDown() override { scheduler_.reset(); }
+  void TearDown() override {
+    // A failed assertion may leave a batch held in the executor: let it go, or the scheduler's
+    // shutdown would wait for it forever.
+    for (const auto& [name, executor] : models_) executor->Release();
+    scheduler_.reset();
+  }
 
   void Init(ModelOptions model = DefaultModel(), int workers = 1) {
     SchedulerOptions options;
@@ -600,12 +614,14 @@ TEST_F(AdaptiveBudgetSafetyTest, PlansWithInflatedPredictions) {
   EXPECT_NEAR(BudgetUsed(1, absl::Milliseconds(150), 0.2), 0.2 + 0.6875 * 0.8, 1e-9);
 }
 
-TEST_F(AdaptiveBudgetTest, NeverBelowTheMinimum) {
-  EXPECT_DOUBLE_EQ(BudgetUsed(1, absl::Milliseconds(10), 0.2), 0.2);
+TEST_F(AdaptiveBudgetSafetyTest, NeverBelowTheMinimum) {
+  // 20 ms at the minimum fits 30 ms; inflated (40 ms) it does not: the level floors at 0.
+  EXPECT_DOUBLE_EQ(BudgetUsed(1, absl::Milliseconds(30), 0.2), 0.2);
 }
 
-TEST_F(AdaptiveBudgetTest, NoMinimumMeansTheBudgetIsNeverChanged) {
-  EXPECT_DOUBLE_EQ(BudgetUsed(1, absl::Milliseconds(10), std::nullopt), 1.0);
+TEST_F(AdaptiveBudgetSafetyTest, NoMinimumMeansTheBudgetIsNeverChanged) {
+  // 100 ms fits 150 ms; inflated (200 ms) it would not, but there is no minimum to lower to.
+  EXPECT_DOUBLE_EQ(BudgetUsed(1, absl::Milliseconds(150), std::nullopt), 1.0);
   EXPECT_FALSE(recorder_.Find(1)->report.budget_lowered);
 }
 
@@ -661,6 +677,320 @@ TEST_F(SchedulerTest, PredictorLearnsFromMeasuredBatchesAndDrivesTheBudget) {
   EXPECT_NEAR(recorder_.Find(1000)->report.budget_used, 0.1 + 0.9 * 5.0 / 9.0, 0.02);
   EXPECT_TRUE(recorder_.Find(1000)->status.ok());
   EXPECT_LE(recorder_.Find(1000)->report.compute_time, absl::Microseconds(8100));
+}
+
+// ---- load shedding by deadline (ModelOptions::shed_late) ----
+
+// Each row: what admission knows, and the predicted seconds to the new work's finish.
+TEST(PredictFinishSecondsTest, Table) {
+  struct Row {
+    const char* what;
+    AdmissionEstimate e;
+    double want;
+  };
+  const Row rows[] = {
+      {"idle, one task: overhead + its compute",
+       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .cost = 10, .max_batch_size = 8,
+        .max_batch_tokens = 1000},
+       0.011},
+      {"behind a running batch: its predicted rest first",
+       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .running_seconds = 0.05, .cost = 10,
+        .max_batch_size = 8, .max_batch_tokens = 1000},
+       0.061},
+      {"two workers share what is running and queued",
+       {.overhead_seconds = 0, .seconds_per_unit = 0.001, .workers = 2, .running_seconds = 0.04,
+        .tasks_ahead = 3, .tokens_ahead = 30, .cost_ahead = 60, .cost = 10, .max_batch_size = 8,
+        .max_batch_tokens = 1000},
+       0.06},
+      {"17 ahead in batches of 8: two full batches pay the overhead, the rest rides along",
+       {.overhead_seconds = 0.002, .seconds_per_unit = 0.001, .tasks_ahead = 17,
+        .tokens_ahead = 170, .cost_ahead = 170, .cost = 10, .max_batch_size = 8,
+        .max_batch_tokens = 1000},
+       0.004 + 0.170 + 0.002 + 0.010},
+      {"token-bound batches count too",
+       {.overhead_seconds = 0.002, .seconds_per_unit = 0, .tasks_ahead = 2, .tokens_ahead = 300,
+        .cost_ahead = 0, .cost = 0, .tokens = 10, .max_batch_size = 8, .max_batch_tokens = 100},
+       0.006 + 0.002},
+      {"a group of 20 in batches of 8 on 2 workers: 3 batches, 2 at a time",
+       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .workers = 2, .cost = 200,
+        .tasks = 20, .tokens = 200, .max_batch_size = 8, .max_batch_tokens = 1000},
+       (0.003 + 0.2) / 2},
+      {"nonsense inputs are clamped, not trusted",
+       {.overhead_seconds = 0, .seconds_per_unit = 0.001, .workers = 0, .running_seconds = -5,
+        .cost_ahead = -3, .cost = 1, .max_batch_size = 0, .max_batch_tokens = 0},
+       0.001},
+  };
+  for (const Row& row : rows) {
+    EXPECT_NEAR(PredictFinishSeconds(row.e), row.want, 1e-12) << row.what;
+  }
+}
+
+class ShedTest : public SchedulerTest {
+ protected:
+  void InitShed(bool shed_late, int workers = 1) {
+    ModelOptions o = DefaultModel();
+    o.max_queue_delay = absl::ZeroDuration();
+    o.predictor = PinnedPredictor();  // 1 ms per token at budget 1, no overhead.
+    o.deadline_safety_factor = 1;
+    o.shed_late = shed_late;
+    Init(o, workers);
+    // One measured batch, exactly as predicted: shedding needs a measured predictor.
+    executor_->SetComputeSeconds([](double cost) { return 0.001 * cost; });
+    ASSERT_TRUE(Submit(-1, 10).ok());
+    ASSERT_TRUE(recorder_.WaitFor(1));
+    Idle();
+    executor_->SetComputeSeconds(nullptr);  // From here on, time moves only in the tests.
+    ASSERT_EQ(scheduler_->GetModelStats("m")->predictor_observations, 1);
+  }
+  std::unique_ptr<Task> WithDeadline(int id, int64_t tokens, absl::Duration deadline,
+                                     int priority = 0) {
+    auto t = Make(id, tokens);
+    t->deadline = clock_.Now() + deadline;
+    t->priority = priority;
+    return t;
+  }
+  // Completions and batches after the warm-up task.
+  bool WaitDone(size_t n) { return recorder_.WaitFor(n + 1); }
+  std::vector<std::vector<int>> Batches() const {
+    std::vector<std::vector<int>> ids = BatchIds();
+    ids.erase(ids.begin());
+    return ids;
+  }
+  // Task 0 (100 tokens: 100 ms predicted, no deadline) running, held in the executor.
+  void StartLongBatch() {
+    executor_->Hold();
+    ASSERT_TRUE(Submit(0, 100).ok());
+    ASSERT_TRUE(executor_->WaitRunning(1));
+    Idle();
+  }
+};
+
+TEST_F(ShedTest, AdmissionRefusesATaskPredictedToFinishAfterItsDeadline) {
+  InitShed(true);
+  StartLongBatch();
+  // Behind 100 ms of running work, 10 ms of its own: predicted at 110 ms.
+  auto late = WithDeadline(1, 10, absl::Milliseconds(109));
+  const absl::Status s = scheduler_->Schedule(&late);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("overloaded"));
+  ASSERT_NE(late, nullptr);  // Refused: still the caller's, never queued.
+  EXPECT_TRUE(Submit(WithDeadline(2, 10, absl::Milliseconds(110))).ok());  // Just fits.
+  EXPECT_TRUE(Submit(3, 10).ok());  // No deadline: never refused for time.
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(3));
+  EXPECT_FALSE(recorder_.Find(1).has_value());
+  const ModelStats stats = *scheduler_->GetModelStats("m");
+  EXPECT_EQ(stats.counts.shed_at_admission, 1);
+  EXPECT_EQ(stats.counts.rejected, 1);
+  std::lock_guard<std::mutex> lock(observer_.mu_);
+  EXPECT_THAT(observer_.shed, ElementsAre(ShedReason::kPredictedLate));
+}
+
+TEST_F(ShedTest, AdmissionCountsOnlyWorkOfTheSameOrHigherPriority) {
+  InitShed(true);
+  StartLongBatch();
+  ASSERT_TRUE(Submit(1, 50).ok());  // 50 ms queued at priority 0.
+  // At priority 0 it would wait 100 + 50 ms; at priority 1 it overtakes the queued task.
+  auto low = WithDeadline(2, 10, absl::Milliseconds(130));
+  EXPECT_EQ(scheduler_->Schedule(&low).code(), absl::StatusCode::kUnavailable);
+  EXPECT_TRUE(Submit(WithDeadline(3, 10, absl::Milliseconds(130), /*priority=*/1)).ok());
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(3));
+}
+
+TEST_F(ShedTest, WithoutSheddingTheSameTaskIsQueuedAndComputedLate) {
+  InitShed(false);  // The old behaviour, for contrast.
+  StartLongBatch();
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(109))).ok());
+  clock_.Advance(absl::Milliseconds(105));  // Still before its deadline when the worker is free.
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(2));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0), ElementsAre(1)));  // 1 was computed.
+}
+
+TEST_F(ShedTest, QueuedTaskThatCanNoLongerFinishInTimeFailsWithoutCompute) {
+  InitShed(true);
+  StartLongBatch();
+  // Predicted at 110 ms, deadline 150 ms: admitted.
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(150))).ok());
+  // The running batch overruns its prediction: at 145 ms, 10 ms of compute no longer fits.
+  clock_.Advance(absl::Milliseconds(145));
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(2));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0)));  // 1 was never computed...
+  EXPECT_EQ(CodeOf(1), absl::StatusCode::kDeadlineExceeded);  // ... and failed before its deadline.
+  EXPECT_THAT(std::string(recorder_.Find(1)->status.message()), HasSubstr("not started"));
+  EXPECT_EQ(recorder_.Find(1)->report.end_time, recorder_.Find(1)->report.enqueue_time +
+                                                    absl::Milliseconds(145));
+  const ModelStats stats = *scheduler_->GetModelStats("m");
+  EXPECT_EQ(stats.counts.deadline_exceeded, 1);
+  EXPECT_EQ(stats.counts.shed_in_queue, 1);
+  std::lock_guard<std::mutex> lock(observer_.mu_);
+  EXPECT_THAT(observer_.shed, ElementsAre(ShedReason::kLateInQueue));
+}
+
+TEST_F(ShedTest, QueuedTaskThatStillFitsRuns) {
+  InitShed(true);
+  executor_->SetComputeSeconds([](double cost) { return 0.001 * cost; });  // As predicted.
+  StartLongBatch();
+  // Predicted (and computed) at 110 ms; 1 ms to spare.
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(111))).ok());
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(2));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0), ElementsAre(1)));
+  EXPECT_TRUE(recorder_.Find(1)->status.ok());
+}
+
+TEST_F(ShedTest, ExpiredTaskIsCountedAsExpired) {
+  InitShed(true);
+  StartLongBatch();
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(150))).ok());
+  clock_.Advance(absl::Milliseconds(200));
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(2));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0)));
+  EXPECT_EQ(CodeOf(1), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_EQ(scheduler_->GetModelStats("m")->counts.shed_in_queue, 0);
+  std::lock_guard<std::mutex> lock(observer_.mu_);
+  EXPECT_THAT(observer_.shed, ElementsAre(ShedReason::kExpired));
+}
+
+TEST_F(ShedTest, BatchDoesNotTakeATaskThatWouldMakeItLate) {
+  InitShed(true);
+  StartLongBatch();
+  // Seed (priority 1): 10 ms, deadline 150 ms. Candidate: 50 ms, no deadline. Together they would
+  // finish at 160 ms: the seed would be late, so the candidate waits for the next batch.
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(150), /*priority=*/1)).ok());
+  ASSERT_TRUE(Submit(2, 50).ok());
+  clock_.Advance(absl::Milliseconds(100));
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(3));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0), ElementsAre(1), ElementsAre(2)));
+  EXPECT_TRUE(recorder_.Find(1)->status.ok());
+  EXPECT_TRUE(recorder_.Find(2)->status.ok());
+}
+
+TEST_F(ShedTest, WithoutSheddingTheBatchTakesTheTaskThatMakesItLate) {
+  InitShed(false);
+  StartLongBatch();
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(150), /*priority=*/1)).ok());
+  ASSERT_TRUE(Submit(2, 50).ok());
+  clock_.Advance(absl::Milliseconds(100));
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(3));
+  Idle();
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0), ElementsAre(1, 2)));
+}
+
+TEST_F(ShedTest, MaxQueueWaitBoundsThePredictedWait) {
+  ModelOptions o = DefaultModel();
+  o.max_queue_delay = absl::ZeroDuration();
+  o.predictor = PinnedPredictor();
+  o.max_queue_wait = absl::Milliseconds(125);
+  Init(o);
+  executor_->Hold();
+  ASSERT_TRUE(Submit(0, 100).ok());  // Idle: no wait, though 100 ms of compute.
+  ASSERT_TRUE(executor_->WaitRunning(1));
+  Idle();
+  ASSERT_TRUE(Submit(1, 10).ok());   // Waits 100 ms.
+  ASSERT_TRUE(Submit(2, 10).ok());   // 110 ms.
+  ASSERT_TRUE(Submit(3, 10).ok());   // 120 ms.
+  auto over = Make(4, 10);           // 130 ms; no deadline needed.
+  const absl::Status s = scheduler_->Schedule(&over);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("full"));
+  executor_->Release();
+  ASSERT_TRUE(recorder_.WaitFor(4));
+  std::lock_guard<std::mutex> lock(observer_.mu_);
+  EXPECT_THAT(observer_.shed, ElementsAre(ShedReason::kQueueFull));
+}
+
+TEST_F(ShedTest, PreAdmitRefusesWhatTheQueueAloneRefuses) {
+  InitShed(true);
+  StartLongBatch();  // 100 ms of running work.
+  const absl::Time now = clock_.Now();
+  EXPECT_TRUE(scheduler_->PreAdmit("m", 1, 0, now + absl::Milliseconds(101)).ok());
+  EXPECT_TRUE(scheduler_->PreAdmit("m", 1, 0, absl::InfiniteFuture()).ok());
+  EXPECT_TRUE(scheduler_->PreAdmit("nope", 1, 0, now).ok());  // Schedule() says NOT_FOUND.
+  const absl::Status late = scheduler_->PreAdmit("m", 3, 0, now + absl::Milliseconds(99));
+  EXPECT_EQ(late.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(late.message()), HasSubstr("overloaded"));
+  const ModelStats stats = *scheduler_->GetModelStats("m");
+  EXPECT_EQ(stats.counts.rejected, 1);
+  EXPECT_EQ(stats.counts.shed_at_admission, 3);
+  EXPECT_EQ(stats.depth.queued_tasks, 0);  // Nothing was queued by the checks.
+  executor_->Release();
+  ASSERT_TRUE(WaitDone(1));
+}
+
+TEST_F(ShedTest, ScheduleAllAdmitsAllOrNone) {
+  ModelOptions o = DefaultModel();
+  o.max_queue_size = 3;
+  o.max_queue_delay = absl::Seconds(1);
+  Init(o);
+  ASSERT_TRUE(Submit(1, 10).ok());
+  std::vector<std::unique_ptr<Task>> group;
+  for (int id : {2, 3, 4}) group.push_back(Make(id, 10));
+  int failed = 7;
+  const absl::Status s = scheduler_->ScheduleAll(std::span(group), &failed);
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);  // 1 + 3 > 3: none of them is queued.
+  EXPECT_EQ(failed, -1);
+  for (const auto& t : group) EXPECT_NE(t, nullptr);
+  EXPECT_EQ(scheduler_->GetModelStats("m")->depth.queued_tasks, 1);
+  group.pop_back();
+  ASSERT_TRUE(scheduler_->ScheduleAll(std::span(group), &failed).ok());  // 1 + 2 fits.
+  for (const auto& t : group) EXPECT_EQ(t, nullptr);
+  // More than the whole queue can never fit: RESOURCE_EXHAUSTED, not retryable.
+  std::vector<std::unique_ptr<Task>> huge;
+  for (int id = 10; id < 14; ++id) huge.push_back(Make(id, 10));
+  EXPECT_EQ(scheduler_->ScheduleAll(std::span(huge)).code(), absl::StatusCode::kResourceExhausted);
+  // A bad task names its index; nothing is queued.
+  std::vector<std::unique_ptr<Task>> bad;
+  bad.push_back(Make(20, 10));
+  bad.push_back(Make(21, 0));
+  EXPECT_EQ(scheduler_->ScheduleAll(std::span(bad), &failed).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(failed, 1);
+  Advance(absl::Seconds(1));
+  ASSERT_TRUE(recorder_.WaitFor(3));
+  EXPECT_EQ(recorder_.size(), 3u);
+}
+
+TEST_F(ShedTest, ScheduleAllPredictsTheWholeGroup) {
+  InitShed(true);
+  // Five 10 ms tasks in one batch finish at 50 ms; three at 30 ms.
+  std::vector<std::unique_ptr<Task>> five;
+  for (int id = 1; id <= 5; ++id) five.push_back(WithDeadline(id, 10, absl::Milliseconds(40)));
+  // Idle server: the call's own compute does not fit its deadline, so retrying cannot help.
+  const absl::Status s = scheduler_->ScheduleAll(std::span(five));
+  EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("of compute"));
+  five.resize(3);
+  EXPECT_TRUE(scheduler_->ScheduleAll(std::span(five)).ok());
+  ASSERT_TRUE(WaitDone(3));
+  EXPECT_EQ(scheduler_->GetModelStats("m")->counts.shed_at_admission, 5);
+}
+
+TEST_F(ShedTest, NothingIsShedForTimeBeforeTheFirstMeasuredBatch) {
+  // A prior far off (here: 1 s per token) must not refuse tight calls forever: they would never
+  // run, and the predictor would never learn.
+  ModelOptions o = DefaultModel();
+  o.max_queue_delay = absl::ZeroDuration();
+  o.predictor = PinnedPredictor();
+  o.predictor.prior_seconds_per_unit = 1;
+  Init(o);
+  ASSERT_TRUE(Submit(WithDeadline(1, 10, absl::Milliseconds(5))).ok());
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  EXPECT_TRUE(recorder_.Find(1)->status.ok());
+  // Measured now (0 s for 10 tokens): the same call is admitted and runs.
+  ASSERT_TRUE(Submit(WithDeadline(2, 10, absl::Milliseconds(5))).ok());
+  ASSERT_TRUE(recorder_.WaitFor(2));
+  EXPECT_TRUE(recorder_.Find(2)->status.ok());
 }
 
 // ---- shutdown ----
@@ -763,6 +1093,28 @@ TEST_F(SchedulerTest, WorkersRunBatchesConcurrently) {
   EXPECT_THAT(workers, UnorderedElementsAre(0, 1));
   std::lock_guard<std::mutex> lock(started_mu_);
   EXPECT_THAT(started_, UnorderedElementsAre(std::pair(0, 3), std::pair(1, 3)));
+}
+
+TEST(SchedulerNiceTest, WorkerThreadsRunAtTheConfiguredNiceValue) {
+  const auto self = static_cast<id_t>(syscall(SYS_gettid));
+  const int base = getpriority(PRIO_PROCESS, self);
+  std::mutex mu;
+  std::vector<int> seen;
+  FakeClock clock;
+  auto s = Scheduler::Create({.num_workers = 2,
+                              .clock = &clock,
+                              .on_worker_start = [&](int, int) {
+                                const int nice = getpriority(
+                                    PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+                                std::lock_guard<std::mutex> lock(mu);
+                                seen.push_back(nice);
+                              },
+                              .worker_nice = 3});
+  ASSERT_TRUE(s.ok());
+  (*s)->WaitForIdleForTesting();
+  s->reset();
+  EXPECT_THAT(seen, ElementsAre(std::min(base + 3, 19), std::min(base + 3, 19)));
+  EXPECT_EQ(getpriority(PRIO_PROCESS, self), base);  // The caller's thread is untouched.
 }
 
 TEST_F(SchedulerTest, ModelsHaveSeparateQueuesAndExecutors) {

@@ -683,33 +683,49 @@ models:
             time.sleep(0.05)
 
     def test_deadline_shorter_than_queue_wait(self):
-        # The one worker is busy with a long batch of the heavy model; a call queued behind it
-        # with a shorter deadline expires in the queue and is never computed.
-        labels = {"model": "sst2", "method": "Classify", "code": "DEADLINE_EXCEEDED"}
+        # The one worker is busy with a long batch of the heavy model; a call that would have to
+        # queue behind it past its deadline is refused at once (UNAVAILABLE: the load is the
+        # reason, retryable) and never computed. Then, with the heavy model measured, a call whose
+        # own compute cannot fit its deadline gets DEADLINE_EXCEEDED at once, never computed.
+        self.classify(["measured"])  # Deadline shedding starts once the model has run a batch.
         before = scrape(self.server.metrics_port)
         # 5 x 392 tokens (just under max_tokens_per_call): well over 100 ms on the one thread,
         # against a 50 ms client deadline below.
-        blocker = self.stub.Classify.future(pb.ClassifyRequest(
-            model="heavy", inputs=[pb.TextInput(text="word " * 390)] * 5), timeout=60)
+        heavy = pb.ClassifyRequest(model="heavy", inputs=[pb.TextInput(text="word " * 390)] * 5)
+        blocker = self.stub.Classify.future(heavy, timeout=60)
         deadline = time.monotonic() + 10
         while metric(scrape(self.server.metrics_port), "topserve_running_sequences",
                      model="heavy") != 5:
             self.assertLess(time.monotonic(), deadline, "the heavy batch never started")
             time.sleep(0.005)
         start = time.monotonic()
-        self.assertCode(grpc.StatusCode.DEADLINE_EXCEEDED, self.stub.Classify,
-                        pb.ClassifyRequest(inputs=[pb.TextInput(text="queued")]), timeout=0.05)
-        self.assertLess(time.monotonic() - start, 2.0)  # the client's deadline, not the batch's end
+        details = self.assertCode(grpc.StatusCode.UNAVAILABLE, self.stub.Classify,
+                                  pb.ClassifyRequest(inputs=[pb.TextInput(text="queued")]),
+                                  timeout=0.05)
+        self.assertIn("overloaded", details)
+        self.assertLess(time.monotonic() - start, 2.0)  # at once, not at the batch's end
         self.assertEqual(len(blocker.result().results), 5)
-        want = metric(before, "topserve_requests_total", **labels) + 1
-        got = self.wait_metric("topserve_requests_total", labels, want)
+        details = self.assertCode(grpc.StatusCode.DEADLINE_EXCEEDED, self.stub.Classify, heavy,
+                                  timeout=0.05)
+        self.assertIn("of compute", details)
         after = scrape(self.server.metrics_port)
-        self.assertEqual(got, want, {k: v for k, v in after.items()
-                                     if k[0] == "topserve_requests_total" and
-                                     ("model", "sst2") in k[1] and v})
-        # Never computed.
+        for model, code in (("sst2", "UNAVAILABLE"), ("heavy", "DEADLINE_EXCEEDED")):
+            labels = {"model": model, "method": "Classify", "code": code}
+            self.assertEqual(metric(after, "topserve_requests_total", **labels),
+                             metric(before, "topserve_requests_total", **labels) + 1, labels)
+        self.assertEqual(metric(after, "topserve_shed_sequences_total", model="sst2",
+                                reason="predicted_late") -
+                         metric(before, "topserve_shed_sequences_total", model="sst2",
+                                reason="predicted_late"), 1)
+        self.assertEqual(metric(after, "topserve_shed_sequences_total", model="heavy",
+                                reason="predicted_late") -
+                         metric(before, "topserve_shed_sequences_total", model="heavy",
+                                reason="predicted_late"), 5)
+        # Never computed: no sst2 sequence, and only the blocker's 5 heavy ones.
         self.assertEqual(metric(after, "topserve_sequences_total", model="sst2"),
                          metric(before, "topserve_sequences_total", model="sst2"))
+        self.assertEqual(metric(after, "topserve_sequences_total", model="heavy"),
+                         metric(before, "topserve_sequences_total", model="heavy") + 5)
 
     def test_client_cancellation(self):
         labels = {"model": "slow", "method": "Classify", "code": "CANCELLED"}
@@ -867,6 +883,7 @@ server:
 batching:
   max_batch_size: 2
   max_queue_delay_us: 0
+  max_queue_wait_ms: 0  # A deep queue (seconds of work) for the drain to finish.
   workers: 1
   threads_per_worker: 2
 models:
