@@ -12,7 +12,6 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/kernels.h"
-#include "engine/rows.h"
 #include "engine/simd_math.h"
 
 namespace topserve::engine {
@@ -291,7 +290,7 @@ void QuantizeOne(const float* x, int64_t k, const QuantizedRows& out, int64_t i)
 }  // namespace
 
 void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out) {
-#pragma omp parallel for schedule(static) if (Parallel(m * k))
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) QuantizeOne(x + i * k, k, out, i);
 }
 
@@ -389,7 +388,7 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
   const float* b = bias_.get();
   const float* wc = w_colsum_.get();
   const bool native_bf16 = out.bf16 != nullptr && CpuHasNativeBf16();
-#pragma omp parallel for schedule(static) if (Parallel(m * n))
+#pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < m; ++i) {
     float* di = d + i * n;
     DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
@@ -449,7 +448,7 @@ void Linear::ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float
   {
     ScopedOp timed(cache.profile(), Op::kConvert);
     const bool native = CpuHasNativeBf16();
-#pragma omp parallel for schedule(static) if (Parallel(m * k))
+#pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < m; ++i) {
       if (native) {
         ToBf16RowNative(x + i * k, k, xb + i * k);
@@ -508,7 +507,7 @@ void ConvertToBf16(const float* x, int64_t n, uint16_t* out) {
   constexpr int64_t kChunk = 4096;
   const bool native = CpuHasNativeBf16();
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (Parallel(n))
+#pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
     if (native) {

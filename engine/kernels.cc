@@ -2,8 +2,6 @@
 
 #include <cmath>
 
-#include "engine/rows.h"
-
 namespace topserve::engine {
 
 // One row: v = LayerNorm(v + r) (r may be null). Two passes in float: the sum for the mean, then the
@@ -35,13 +33,13 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void LayerNormRow(
 
 void LayerNormRows(float* x, int64_t rows, int64_t width, const float* gamma, const float* beta,
                    float eps) {
-#pragma omp parallel for schedule(static) if (Parallel(rows * width))
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) LayerNormRow(x + r * width, nullptr, width, gamma, beta, eps);
 }
 
 void LayerNormResidualRows(float* y, const float* residual, int64_t rows, int64_t width,
                            const float* gamma, const float* beta, float eps) {
-#pragma omp parallel for schedule(static) if (Parallel(rows * width))
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     LayerNormRow(y + r * width, residual + r * width, width, gamma, beta, eps);
   }
@@ -50,7 +48,7 @@ void LayerNormResidualRows(float* y, const float* residual, int64_t rows, int64_
 void AttentionReceived(const float* probs, int64_t groups, int64_t heads, int64_t length,
                        double* importance) {
   const double norm = 1.0 / static_cast<double>(heads * length);
-#pragma omp parallel for schedule(static) if (Parallel(groups * heads * length * length))
+#pragma omp parallel for schedule(static)
   for (int64_t g = 0; g < groups; ++g) {
     double* acc = importance + g * length;
     for (int64_t j = 0; j < length; ++j) acc[j] = 0.0;

@@ -96,7 +96,7 @@ void PackedBatch::Prune(std::span<const int64_t> keep, const double* importance,
   // One parallel copy of all surviving rows.
   const float* src = rows.data();
   float* dst = spare.data();
-#pragma omp parallel for schedule(static) if (Parallel(row * width))
+#pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < row; ++r) {
     CopyRow(src + gather_[static_cast<size_t>(r)] * width, dst + r * width, width);
   }

@@ -1,4 +1,4 @@
-// Helpers of the engine's row-major buffers, shared by the model, its layers and the packed
+// Two helpers of the engine's row-major buffers, shared by the model, its layers and the packed
 // batch (internal to engine/).
 #pragma once
 
@@ -20,11 +20,5 @@ T* Grow(std::vector<T>& v, int64_t n) {
 inline void CopyRow(const float* src, float* dst, int64_t width) {
   if (src != dst) std::memcpy(dst, src, static_cast<size_t>(width) * sizeof(float));
 }
-
-// Our element-wise passes over fewer elements than this run on the calling thread: waking OpenMP's
-// other workers costs more than such a pass (the few rows of a heavily pruned layer). Used as
-// `#pragma omp parallel for if (Parallel(elements))`.
-inline constexpr int64_t kMinParallelElements = int64_t{1} << 15;
-inline bool Parallel(int64_t elements) { return elements >= kMinParallelElements; }
 
 }  // namespace topserve::engine
