@@ -3,7 +3,9 @@
 //
 // The behaviour follows the tokenizers library (Rust, 0.20), which the tests use as the oracle:
 //  - added tokens with normalized=false are split off the original text first, leftmost-longest (as
-//    its Aho-Corasick matcher does); the spans between them are normalised and tokenized on their own;
+//    its Aho-Corasick matcher does); the spans between them are normalised on their own, then split
+//    on the normalized=true added tokens (their content normalised the same way), and the rest is
+//    pre-tokenized and tokenized;
 //  - BertNormalizer, in this order: clean_text (drop U+0000, U+FFFD and category C* except \t \n \r;
 //    White_Space -> ' '), handle_chinese_chars (spaces around CJK ideographs), strip_accents (unset:
 //    follows lowercase; NFD, then drop category Mn), lowercase (per code point, Rust's
@@ -191,20 +193,37 @@ class WordPieceModel final : public Model {
 struct AddedToken {
   std::string content;
   int32_t id;
+  // normalized=true: matched in the normalised text, as `cps` (the content normalised by the same
+  // normalizer); otherwise matched as `content` in the original text.
+  bool normalized = false;
+  std::vector<char32_t> cps;
 };
 
 class JsonPipeline final : public TextTokenizer {
  public:
   JsonPipeline(std::vector<AddedToken> added, std::unique_ptr<const Normalizer> normalizer,
                std::unique_ptr<const PreTokenizer> pre_tokenizer, std::unique_ptr<const Model> model)
-      : added_(std::move(added)),
-        normalizer_(std::move(normalizer)),
+      : normalizer_(std::move(normalizer)),
         pre_tokenizer_(std::move(pre_tokenizer)),
         model_(std::move(model)) {
+    for (AddedToken& t : added) {
+      if (!t.normalized) {
+        first_byte_[static_cast<unsigned char>(t.content[0])] = true;
+        added_.push_back(std::move(t));
+        continue;
+      }
+      std::vector<CharSpan> s, tmp;
+      for (const char32_t cp : t.cps) s.push_back({cp, 0, 0});
+      if (normalizer_ != nullptr) normalizer_->Normalize(s, tmp);
+      t.cps.clear();
+      for (const CharSpan& c : s) t.cps.push_back(c.cp);
+      if (!t.cps.empty()) normalized_.push_back(std::move(t));  // normalised away: it can never match
+    }
     // Longest first: at one position the longest added token wins (leftmost-longest).
     std::stable_sort(added_.begin(), added_.end(),
                      [](const AddedToken& x, const AddedToken& y) { return x.content.size() > y.content.size(); });
-    for (const AddedToken& t : added_) first_byte_[static_cast<unsigned char>(t.content[0])] = true;
+    std::stable_sort(normalized_.begin(), normalized_.end(),
+                     [](const AddedToken& x, const AddedToken& y) { return x.cps.size() > y.cps.size(); });
   }
 
   absl::StatusOr<std::vector<Piece>> Tokenize(std::string_view text) const override {
@@ -254,7 +273,7 @@ class JsonPipeline final : public TextTokenizer {
 
  private:
   struct Scratch {
-    std::vector<CharSpan> s, tmp;
+    std::vector<CharSpan> s, tmp, part;
     std::vector<std::pair<size_t, size_t>> words;
   };
 
@@ -264,16 +283,54 @@ class JsonPipeline final : public TextTokenizer {
     scratch.s.assign(chars.begin() + static_cast<std::ptrdiff_t>(begin),
                      chars.begin() + static_cast<std::ptrdiff_t>(end));
     if (normalizer_ != nullptr) normalizer_->Normalize(scratch.s, scratch.tmp);
-    scratch.words.clear();
-    if (pre_tokenizer_ != nullptr) {
-      pre_tokenizer_->Split(scratch.s, scratch.words);
-    } else if (!scratch.s.empty()) {
-      scratch.words.emplace_back(0, scratch.s.size());
+    const std::vector<CharSpan>& s = scratch.s;
+    // Added tokens matched in the normalised text split it further, leftmost-longest.
+    size_t from = 0;
+    for (size_t i = 0; i < s.size() && !normalized_.empty();) {
+      const AddedToken* match = nullptr;
+      for (const AddedToken& t : normalized_) {
+        if (t.cps.size() > s.size() - i) continue;
+        size_t k = 0;
+        while (k < t.cps.size() && s[i + k].cp == t.cps[k]) ++k;
+        if (k == t.cps.size()) {
+          match = &t;
+          break;
+        }
+      }
+      if (match == nullptr) {
+        ++i;
+        continue;
+      }
+      PreTokenizeAndModel(s, from, i, scratch, out);
+      int32_t b = s[i].b, e = s[i].e;
+      for (size_t k = i; k < i + match->cps.size(); ++k) {
+        b = std::min(b, s[k].b);
+        e = std::max(e, s[k].e);
+      }
+      out.push_back({match->id, b, e});
+      i += match->cps.size();
+      from = i;
     }
-    for (const auto& [wb, we] : scratch.words) model_->Tokenize(scratch.s.data() + wb, we - wb, out);
+    PreTokenizeAndModel(s, from, s.size(), scratch, out);
   }
 
-  std::vector<AddedToken> added_;
+  // Pre-tokenizes s[begin, end) and appends the model's pieces of each word.
+  void PreTokenizeAndModel(const std::vector<CharSpan>& s, size_t begin, size_t end, Scratch& scratch,
+                           std::vector<Piece>& out) const {
+    if (begin >= end) return;
+    scratch.part.assign(s.begin() + static_cast<std::ptrdiff_t>(begin),
+                        s.begin() + static_cast<std::ptrdiff_t>(end));
+    scratch.words.clear();
+    if (pre_tokenizer_ != nullptr) {
+      pre_tokenizer_->Split(scratch.part, scratch.words);
+    } else {
+      scratch.words.emplace_back(0, scratch.part.size());
+    }
+    for (const auto& [wb, we] : scratch.words) model_->Tokenize(scratch.part.data() + wb, we - wb, out);
+  }
+
+  std::vector<AddedToken> added_;       // normalized=false, longest first
+  std::vector<AddedToken> normalized_;  // normalized=true, longest normalised form first
   bool first_byte_[256] = {};
   std::unique_ptr<const Normalizer> normalizer_;
   std::unique_ptr<const PreTokenizer> pre_tokenizer_;
@@ -458,8 +515,10 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& j, const st
     if (token.content.empty() || !DecodeAll(token.content, cps)) {
       return f.Error("content must be non-empty valid UTF-8");
     }
+    TS_TOKJSON_ASSIGN_OR_RETURN(token.normalized, f.Bool("normalized", false));
+    token.cps = std::move(cps);
     // Options that change where a token matches: only their defaults are implemented.
-    for (const char* option : {"single_word", "lstrip", "rstrip", "normalized"}) {
+    for (const char* option : {"single_word", "lstrip", "rstrip"}) {
       TS_TOKJSON_ASSIGN_OR_RETURN(const bool value, f.Bool(option, false));
       if (value) {
         return f.Error(absl::StrCat("token \"", token.content, "\": ", option, "=true is not supported"));

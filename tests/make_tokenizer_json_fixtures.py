@@ -11,6 +11,8 @@ BertPreTokenizer + TemplateProcessing "[CLS] $A [SEP] ($B [SEP])", the five BERT
   wordpiece-cased           lowercase=False, strip_accents=None (follows lowercase: keeps accents)
   wordpiece-uncased-accents lowercase=True,  strip_accents=False
   wordpiece-bertproc        as uncased, with BertProcessing instead of TemplateProcessing
+  wordpiece-added           as uncased, plus added tokens: "NFL" (normalized=False, matched in the
+                            original text) and "super bowl", "Denver", "naïve", "ing" (normalized=True)
 
 Texts (texts.json: {"texts": [...], "sweep_from": index of the first code-point sweep}): every SST-2 dev sentence, every SQuAD v1.1 dev question and
 context, the stress strings of ../shared/data/golden/tokenizer/stress.jsonl, a few hand-written ones
@@ -33,7 +35,7 @@ import json
 import os
 import sys
 
-from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -48,7 +50,7 @@ def load_vocab(path):
     return vocab
 
 
-def make_wordpiece(vocab, lowercase, strip_accents, bert_processing=False):
+def make_wordpiece(vocab, lowercase, strip_accents, bert_processing=False, added=False):
     tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
     tok.normalizer = normalizers.BertNormalizer(
         clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents, lowercase=lowercase)
@@ -61,6 +63,10 @@ def make_wordpiece(vocab, lowercase, strip_accents, bert_processing=False):
             single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
             special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     tok.add_special_tokens(SPECIALS)
+    if added:
+        tok.add_tokens([AddedToken("NFL", normalized=False), AddedToken("super bowl", normalized=True),
+                        AddedToken("Denver", normalized=True), AddedToken("naïve", normalized=True),
+                        AddedToken("ing", normalized=True)])
     return tok
 
 
@@ -149,6 +155,7 @@ def main():
         "wordpiece-cased": (make_wordpiece(vocab, False, None), pairs),
         "wordpiece-uncased-accents": (make_wordpiece(vocab, True, False), pairs[:1000]),
         "wordpiece-bertproc": (make_wordpiece(vocab, True, None, bert_processing=True), pairs[:1000]),
+        "wordpiece-added": (make_wordpiece(vocab, True, None, added=True), pairs[:1000]),
     }
     for name, (tok, use_pairs) in variants.items():
         tok.save(os.path.join(args.out, name + ".json"))
