@@ -544,7 +544,10 @@ absl::StatusOr<std::vector<PostTemplate::Item>> ParseTemplate(const Json& j, con
       return absl::InvalidArgumentError(
           absl::StrCat(origin, ": ", where, ": each piece must be {\"SpecialToken\": ...} or {\"Sequence\": ...}"));
     }
-    const auto& [kind, body] = *piece.items().begin();
+    // Not a structured binding over piece.items(): that proxy is a temporary, and the key would dangle.
+    const auto first = piece.begin();
+    const std::string kind = first.key();
+    const Json& body = first.value();
     if (!body.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(origin, ": ", where, ": ", kind, " must be an object"));
     }
