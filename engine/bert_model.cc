@@ -36,12 +36,12 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   auto tok_config = LoadTokenizerConfig(dir + "/tokenizer_config.json");
   if (!tok_config.ok()) return tok_config.status();
   m->tokenizer_config_ = *tok_config;
-  auto tokenizer = Tokenizer::Load(dir + "/vocab.txt", m->tokenizer_config_);
+  auto tokenizer = Tokenizer::LoadFromModelDir(dir, m->tokenizer_config_);
   if (!tokenizer.ok()) return tokenizer.status();
   m->tokenizer_ = std::move(*tokenizer);
   if (static_cast<int64_t>(m->tokenizer_->vocab_size()) > m->config_.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(
-        dir, "/vocab.txt: ", m->tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
+        dir, ": the tokenizer has ", m->tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
         m->config_.vocab_size));
   }
   // The weights back the config's sizes before anything is sized by them (the schedule, the

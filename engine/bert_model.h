@@ -91,7 +91,8 @@ class Workspace {
 
 class BertModel {
  public:
-  // Loads config.json, model.safetensors, vocab.txt and tokenizer_config.json from `dir`.
+  // Loads config.json, model.safetensors, the tokenizer (vocab.txt, or tokenizer.json when there is no
+  // vocab.txt: Tokenizer::LoadFromModelDir) and tokenizer_config.json from `dir`.
   static absl::StatusOr<std::unique_ptr<BertModel>> Load(const std::string& dir,
                                                          const EngineOptions& options = {});
 

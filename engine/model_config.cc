@@ -428,11 +428,19 @@ absl::StatusOr<ModelDir> LoadModelDir(const std::string& dir) {
 
   TS_LOAD_ASSIGN_OR_RETURN(model.config, LoadBertConfig(model.config_path));
   TS_LOAD_ASSIGN_OR_RETURN(model.tokenizer, LoadTokenizerConfig(model.tokenizer_config_path));
+  // The tokenizer: vocab.txt when present (as always), otherwise tokenizer.json (Tokenizer::LoadFromModelDir).
+  model.tokenizer_path = model.vocab_path;
   if (::stat(model.vocab_path.c_str(), &st) != 0) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(model.vocab_path, ": cannot open"));
+    const int vocab_errno = errno;
+    const std::string json_path = prefix + "tokenizer.json";
+    if (::stat(json_path.c_str(), &st) != 0) {
+      return absl::ErrnoToStatus(vocab_errno, absl::StrCat(model.vocab_path, ": cannot open (and there is no ",
+                                                           json_path, " either)"));
+    }
+    model.tokenizer_path = json_path;
   }
   if (!S_ISREG(st.st_mode)) {
-    return absl::InvalidArgumentError(absl::StrCat(model.vocab_path, ": not a regular file"));
+    return absl::InvalidArgumentError(absl::StrCat(model.tokenizer_path, ": not a regular file"));
   }
   TS_LOAD_ASSIGN_OR_RETURN(model.weights, SafetensorsFile::Open(model.weights_path));
   if (absl::Status status = ValidateBertTensors(*model.weights, model.config); !status.ok()) {

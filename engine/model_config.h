@@ -108,7 +108,10 @@ struct ModelDir {
   std::string dir;
   std::string config_path;     // dir/config.json
   std::string weights_path;    // dir/model.safetensors
-  std::string vocab_path;      // dir/vocab.txt (existence checked, contents are the tokenizer's job)
+  std::string vocab_path;      // dir/vocab.txt
+  // The tokenizer's file: dir/vocab.txt when it exists, otherwise dir/tokenizer.json (existence
+  // checked, contents are the tokenizer's job; see Tokenizer::LoadFromModelDir).
+  std::string tokenizer_path;
   std::string tokenizer_config_path;  // dir/tokenizer_config.json (may be absent)
   BertConfig config;
   TokenizerConfig tokenizer;
@@ -116,8 +119,8 @@ struct ModelDir {
 };
 
 // Loads config.json, tokenizer_config.json (defaults when absent), maps model.safetensors and
-// validates every tensor against the config; checks that vocab.txt exists. The first failure is
-// returned, naming the file.
+// validates every tensor against the config; checks that vocab.txt or, without it, tokenizer.json
+// exists. The first failure is returned, naming the file.
 absl::StatusOr<ModelDir> LoadModelDir(const std::string& dir);
 
 }  // namespace topserve::engine

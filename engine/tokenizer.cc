@@ -1,7 +1,9 @@
-// BERT WordPiece tokenizer. See tokenizer.h for the behaviour; tools/ref_tokenizer.py is the Python
-// reference the tests compare against (ids and byte offsets, SQuAD dev and every code point).
+// The tokenizer: the vocab.txt BERT tokenizer (BertVocabTokenizer), the WordPiece trie it shares with
+// the tokenizer.json pipeline (tokenizer_json.cc), and Tokenizer, which lays out the model input from
+// the pieces. See tokenizer.h for the behaviour; tools/ref_tokenizer.py is the Python reference the
+// vocab.txt tests compare against (ids and byte offsets, SQuAD dev and every code point).
 //
-// Pipeline for one text, in a single pass over the bytes:
+// vocab.txt pipeline for one text, in a single pass over the bytes:
 //   1. decode UTF-8 (strictly: no overlong forms, surrogates, or values above U+10FFFF);
 //   2. a literal special token ("[CLS]", ...) becomes its piece;
 //   3. dropped characters are skipped, separators end the current word, a CJK ideograph is a word of
@@ -13,6 +15,7 @@
 // tokenization allocates only the output vector.
 #include "engine/tokenizer.h"
 
+#include <sys/stat.h>
 #include <utf8proc.h>
 
 #include <algorithm>
@@ -26,17 +29,14 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/tokenizer_parts.h"
 
 namespace topserve::engine {
-namespace {
-
-constexpr size_t kMaxCharsPerWord = 100;  // HF WordpieceTokenizer.max_input_chars_per_word
-constexpr std::array<std::string_view, 5> kSpecialTokens = {"[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
+namespace tokenizer_internal {
 
 // ---------------------------------------------------------------------------------------------------
 // UTF-8
 
-// Decodes the sequence at p[0..avail). Returns its length (1-4), or 0 and a reason.
 int DecodeUtf8(const unsigned char* p, size_t avail, char32_t* cp, const char** why) {
   const unsigned char b0 = p[0];
   if (b0 < 0x80) {
@@ -89,6 +89,190 @@ absl::Status InvalidUtf8(std::string_view text, size_t pos, const char* why) {
       absl::StrFormat("invalid UTF-8 at byte %d of %d: %s (byte 0x%02X)", pos, text.size(), why,
                       static_cast<unsigned char>(text[pos])));
 }
+
+bool DecodeAll(std::string_view text, std::vector<char32_t>& out) {
+  out.clear();
+  for (size_t i = 0; i < text.size();) {
+    char32_t cp;
+    const char* why = nullptr;
+    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(text.data()) + i, text.size() - i, &cp, &why);
+    if (len == 0) return false;
+    out.push_back(cp);
+    i += static_cast<size_t>(len);
+  }
+  return true;
+}
+
+int CombiningClass(char32_t cp) {
+  if (cp < 0x300) return 0;
+  return utf8proc_get_property(static_cast<utf8proc_int32_t>(cp))->combining_class;
+}
+
+// Full canonical decomposition of in into out, then canonical ordering (stable sort of each run of
+// non-starters by combining class). Spans follow their characters.
+void Nfd(const std::vector<CharSpan>& in, std::vector<CharSpan>& out) {
+  out.clear();
+  for (const auto& c : in) {
+    if (c.cp < 0xC0) {
+      out.push_back(c);
+      continue;
+    }
+    utf8proc_int32_t buf[16];
+    int boundclass = 0;
+    const utf8proc_ssize_t n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c.cp), buf, 16,
+                                                       UTF8PROC_DECOMPOSE, &boundclass);
+    if (n <= 0 || n > 16) {
+      out.push_back(c);
+      continue;
+    }
+    for (utf8proc_ssize_t i = 0; i < n; ++i) out.push_back({static_cast<char32_t>(buf[i]), c.b, c.e});
+  }
+  for (size_t i = 0; i < out.size();) {
+    if (CombiningClass(out[i].cp) == 0) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < out.size() && CombiningClass(out[j].cp) != 0) ++j;
+    if (j - i > 1) {
+      std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
+                       [](const auto& x, const auto& y) { return CombiningClass(x.cp) < CombiningClass(y.cp); });
+    }
+    i = j;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// WordPiece trie
+
+void WordPieceTrie::Build(const std::vector<std::pair<std::vector<char32_t>, int32_t>>& entries,
+                          std::u32string_view continuation) {
+  // Insert the tokens in sorted order, so a node's children arrive sorted and a prefix shared with the
+  // previous token is found by following each node's last child. Equal tokens: the later entry wins.
+  std::vector<size_t> order(entries.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return entries[x].first < entries[y].first; });
+  struct BuildNode {
+    int32_t token = -1;
+    std::vector<std::pair<char32_t, int32_t>> children;
+  };
+  std::vector<BuildNode> build(1);
+  for (const size_t e : order) {
+    int32_t node = 0;
+    for (const char32_t cp : entries[e].first) {
+      auto& ch = build[static_cast<size_t>(node)].children;
+      if (!ch.empty() && ch.back().first == cp) {
+        node = ch.back().second;
+      } else {
+        const auto child = static_cast<int32_t>(build.size());
+        ch.emplace_back(cp, child);
+        build.emplace_back();
+        node = child;
+      }
+    }
+    build[static_cast<size_t>(node)].token = entries[e].second;
+  }
+  nodes_.assign(build.size(), Node{});
+  edge_cp_.clear();
+  edge_to_.clear();
+  dense_.clear();
+  for (size_t n = 0; n < build.size(); ++n) {
+    Node& node = nodes_[n];
+    node.token = build[n].token;
+    node.first_edge = static_cast<uint32_t>(edge_cp_.size());
+    node.num_edges = static_cast<uint32_t>(build[n].children.size());
+    for (const auto& [cp, child] : build[n].children) {
+      edge_cp_.push_back(cp);
+      edge_to_.push_back(child);
+    }
+    if (node.num_edges >= 16) {
+      node.dense = static_cast<int32_t>(dense_.size() / 128);
+      dense_.resize(dense_.size() + 128, -1);
+      for (const auto& [cp, child] : build[n].children) {
+        if (cp < 128) dense_[static_cast<size_t>(node.dense) * 128 + cp] = child;
+      }
+    }
+  }
+  continuation_node_ = 0;
+  for (const char32_t cp : continuation) {
+    continuation_node_ = Child(continuation_node_, cp);
+    if (continuation_node_ < 0) break;
+  }
+}
+
+int32_t WordPieceTrie::Child(int32_t node, char32_t cp) const {
+  const Node& n = nodes_[static_cast<size_t>(node)];
+  if (cp < 128 && n.dense >= 0) return dense_[static_cast<size_t>(n.dense) * 128 + cp];
+  const char32_t* first = edge_cp_.data() + n.first_edge;
+  const char32_t* last = first + n.num_edges;
+  if (n.num_edges <= 8) {
+    for (const char32_t* p = first; p != last; ++p) {
+      if (*p == cp) return edge_to_[static_cast<size_t>(p - edge_cp_.data())];
+    }
+    return -1;
+  }
+  const char32_t* p = std::lower_bound(first, last, cp);
+  return p != last && *p == cp ? edge_to_[static_cast<size_t>(p - edge_cp_.data())] : -1;
+}
+
+int32_t WordPieceTrie::Find(std::string_view token) const {
+  if (nodes_.empty()) return -1;
+  int32_t node = 0;
+  for (size_t i = 0; i < token.size();) {
+    char32_t cp;
+    const char* why = nullptr;
+    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(token.data()) + i, token.size() - i, &cp, &why);
+    if (len == 0) return -1;
+    node = Child(node, cp);
+    if (node < 0) return -1;
+    i += static_cast<size_t>(len);
+  }
+  return nodes_[static_cast<size_t>(node)].token;
+}
+
+void WordPieceTrie::Greedy(const CharSpan* w, size_t begin, size_t end, int32_t unk, size_t max_chars,
+                           std::vector<Piece>& out) const {
+  auto span = [&](size_t from, size_t to) {
+    int32_t b = w[from].b, e = w[from].e;
+    for (size_t k = from + 1; k < to; ++k) {
+      b = std::min(b, w[k].b);
+      e = std::max(e, w[k].e);
+    }
+    return std::pair<int32_t, int32_t>(b, e);
+  };
+  const size_t mark = out.size();
+  if (end - begin <= max_chars) {
+    size_t pos = begin;
+    while (pos < end) {
+      int32_t node = pos == begin ? 0 : continuation_node_;
+      size_t best_end = 0;
+      int32_t best_id = -1;
+      for (size_t k = pos; k < end && node >= 0; ++k) {
+        node = Child(node, w[k].cp);
+        if (node >= 0 && nodes_[static_cast<size_t>(node)].token >= 0) {
+          best_end = k + 1;
+          best_id = nodes_[static_cast<size_t>(node)].token;
+        }
+      }
+      if (best_id < 0) break;
+      const auto [b, e] = span(pos, best_end);
+      out.push_back({best_id, b, e});
+      pos = best_end;
+    }
+    if (pos == end) return;
+  }
+  out.resize(mark);  // too long, or some part matches no vocab entry: the whole word is unk
+  const auto [b, e] = span(begin, end);
+  out.push_back({unk, b, e});
+}
+
+
+namespace {
+
+constexpr size_t kMaxCharsPerWord = 100;  // HF WordpieceTokenizer.max_input_chars_per_word
+constexpr std::array<std::string_view, 5> kSpecialTokens = {"[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
+
 
 // ---------------------------------------------------------------------------------------------------
 // Character classes (HF tokenization_bert.py: _is_whitespace, _is_control, _is_punctuation,
@@ -180,22 +364,13 @@ bool IsNonspacingMark(char32_t cp) {
   return cp >= 0x300 && utf8proc_category(static_cast<utf8proc_int32_t>(cp)) == UTF8PROC_CATEGORY_MN;
 }
 
-int CombiningClass(char32_t cp) {
-  if (cp < 0x300) return 0;
-  return utf8proc_get_property(static_cast<utf8proc_int32_t>(cp))->combining_class;
-}
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------------------
 // A word being normalised: code points with the byte span [b, e) of the original they came from.
 
-struct Tokenizer::WordChar {
-  char32_t cp;
-  int32_t b, e;
-};
+using WordChar = CharSpan;
 
-struct Tokenizer::Word {
+struct Word {
   std::vector<WordChar> chars;
   std::vector<WordChar> tmp;
   bool ascii = true;
@@ -210,7 +385,6 @@ struct Tokenizer::Word {
   }
 };
 
-namespace {
 
 // Python's str.lower() for one code point: the simple mapping, except U+0130 (the only unconditional
 // multi-character lower-case mapping in SpecialCasing.txt).
@@ -225,42 +399,6 @@ void LowerInto(char32_t cp, int32_t b, int32_t e, Out& out) {
     out.push_back({static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))), b, e});
   }
 }
-
-// Full canonical decomposition of in into out, then canonical ordering (stable sort of each run of
-// non-starters by combining class). Spans follow their characters.
-template <typename CharVec>
-void Nfd(const CharVec& in, CharVec& out) {
-  out.clear();
-  for (const auto& c : in) {
-    if (c.cp < 0xC0) {
-      out.push_back(c);
-      continue;
-    }
-    utf8proc_int32_t buf[16];
-    int boundclass = 0;
-    const utf8proc_ssize_t n = utf8proc_decompose_char(static_cast<utf8proc_int32_t>(c.cp), buf, 16,
-                                                       UTF8PROC_DECOMPOSE, &boundclass);
-    if (n <= 0 || n > 16) {
-      out.push_back(c);
-      continue;
-    }
-    for (utf8proc_ssize_t i = 0; i < n; ++i) out.push_back({static_cast<char32_t>(buf[i]), c.b, c.e});
-  }
-  for (size_t i = 0; i < out.size();) {
-    if (CombiningClass(out[i].cp) == 0) {
-      ++i;
-      continue;
-    }
-    size_t j = i;
-    while (j < out.size() && CombiningClass(out[j].cp) != 0) ++j;
-    if (j - i > 1) {
-      std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
-                       [](const auto& x, const auto& y) { return CombiningClass(x.cp) < CombiningClass(y.cp); });
-    }
-    i = j;
-  }
-}
-
 // The primary composite of starter + c, or 0.
 char32_t ComposePair(char32_t starter, char32_t c) {
   utf8proc_int32_t buf[2] = {static_cast<utf8proc_int32_t>(starter), static_cast<utf8proc_int32_t>(c)};
@@ -270,8 +408,7 @@ char32_t ComposePair(char32_t starter, char32_t c) {
 
 // NFC of in into out (via `scratch`): NFD, then the canonical composition algorithm. A composite gets
 // the union of the spans of the characters it was composed from.
-template <typename CharVec>
-void Nfc(const CharVec& in, CharVec& out, CharVec& scratch) {
+void Nfc(const std::vector<CharSpan>& in, std::vector<CharSpan>& out, std::vector<CharSpan>& scratch) {
   Nfd(in, scratch);
   out.clear();
   ptrdiff_t starter = -1;
@@ -297,198 +434,37 @@ void Nfc(const CharVec& in, CharVec& out, CharVec& scratch) {
   }
 }
 
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------------
-// Loading
+// vocab.txt: Hugging Face's slow BertTokenizer
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vocab_path,
-                                                            const TokenizerConfig& config) {
-  std::ifstream file(vocab_path, std::ios::binary);
-  if (!file) {
-    return absl::NotFoundError(
-        absl::StrCat("cannot open vocab file '", vocab_path, "': ", std::strerror(errno)));
-  }
-  std::string data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) return absl::DataLossError(absl::StrCat("error reading vocab file '", vocab_path, "'"));
+class BertVocabTokenizer final : public TextTokenizer {
+ public:
+  BertVocabTokenizer(const TokenizerConfig& config, WordPieceTrie trie,
+                     std::vector<std::pair<std::string, int32_t>> specials, int32_t unk_id)
+      : config_(config),
+        strip_accents_(config.do_lower_case ? config.strip_accents.value_or(true)
+                                            : config.strip_accents.value_or(false)),
+        trie_(std::move(trie)),
+        specials_(std::move(specials)),
+        unk_id_(unk_id) {}
 
-  std::unique_ptr<Tokenizer> tok(new Tokenizer());
-  tok->config_ = config;
-  tok->strip_accents_ = config.do_lower_case ? config.strip_accents.value_or(true)
-                                             : config.strip_accents.value_or(false);
+  absl::StatusOr<std::vector<Piece>> Tokenize(std::string_view text) const override;
 
-  // Lines as Python's text mode reads them (universal newlines: \n, \r\n and \r end a line).
-  std::vector<std::vector<char32_t>> token_cps;
-  size_t pos = 0;
-  while (pos < data.size()) {
-    size_t end = data.find_first_of("\r\n", pos);
-    size_t next;
-    if (end == std::string::npos) {
-      end = next = data.size();
-    } else {
-      next = end + 1;
-      if (data[end] == '\r' && next < data.size() && data[next] == '\n') ++next;
-    }
-    const std::string_view line(data.data() + pos, end - pos);
-    std::vector<char32_t> cps;
-    for (size_t i = 0; i < line.size();) {
-      char32_t cp;
-      const char* why = nullptr;
-      const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(line.data()) + i, line.size() - i, &cp, &why);
-      if (len == 0) {
-        return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' line %d: invalid UTF-8 (%s)", vocab_path,
-                                                          tok->id_to_token_.size() + 1, why));
-      }
-      cps.push_back(cp);
-      i += static_cast<size_t>(len);
-    }
-    tok->id_to_token_.emplace_back(line);
-    token_cps.push_back(std::move(cps));
-    pos = next;
-  }
-  if (tok->id_to_token_.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat("vocab file '", vocab_path, "' has too many lines"));
-  }
+ private:
+  // Id of the special token spelled by chars, or -1.
+  int32_t MatchSpecial(const std::vector<WordChar>& chars) const;
+  // Appends the pieces of one whitespace-delimited word.
+  void WordPieces(Word& word, std::vector<Piece>& out) const;
 
-  // Trie: insert the tokens in sorted order, so a node's children arrive sorted and a prefix shared with
-  // the previous token is found by following each node's last child. A duplicate keeps its last id.
-  std::vector<int32_t> order(tok->id_to_token_.size());
-  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t x, int32_t y) {
-    return token_cps[static_cast<size_t>(x)] < token_cps[static_cast<size_t>(y)];
-  });
-  struct BuildNode {
-    int32_t token = -1;
-    std::vector<std::pair<char32_t, int32_t>> children;
-  };
-  std::vector<BuildNode> build(1);
-  for (const int32_t id : order) {
-    int32_t node = 0;
-    for (const char32_t cp : token_cps[static_cast<size_t>(id)]) {
-      auto& ch = build[static_cast<size_t>(node)].children;
-      if (!ch.empty() && ch.back().first == cp) {
-        node = ch.back().second;
-      } else {
-        const auto child = static_cast<int32_t>(build.size());
-        ch.emplace_back(cp, child);
-        build.emplace_back();
-        node = child;
-      }
-    }
-    build[static_cast<size_t>(node)].token = id;
-  }
-  tok->nodes_.resize(build.size());
-  for (size_t n = 0; n < build.size(); ++n) {
-    TrieNode& node = tok->nodes_[n];
-    node.token = build[n].token;
-    node.first_edge = static_cast<uint32_t>(tok->edge_cp_.size());
-    node.num_edges = static_cast<uint32_t>(build[n].children.size());
-    for (const auto& [cp, child] : build[n].children) {
-      tok->edge_cp_.push_back(cp);
-      tok->edge_to_.push_back(child);
-    }
-    if (node.num_edges >= 16) {
-      node.dense = static_cast<int32_t>(tok->dense_.size() / 128);
-      tok->dense_.resize(tok->dense_.size() + 128, -1);
-      for (const auto& [cp, child] : build[n].children) {
-        if (cp < 128) tok->dense_[static_cast<size_t>(node.dense) * 128 + cp] = child;
-      }
-    }
-  }
-  tok->continuation_node_ = tok->Child(0, U'#');
-  if (tok->continuation_node_ >= 0) tok->continuation_node_ = tok->Child(tok->continuation_node_, U'#');
+  TokenizerConfig config_;
+  bool strip_accents_;
+  WordPieceTrie trie_;
+  // Special tokens present in the vocab, longest first: (text, id).
+  std::vector<std::pair<std::string, int32_t>> specials_;
+  int32_t unk_id_;
+};
 
-  for (const std::string_view name : kSpecialTokens) {
-    const int32_t id = tok->token_id(name);
-    if (id >= 0) tok->specials_.emplace_back(std::string(name), id);
-  }
-  std::stable_sort(tok->specials_.begin(), tok->specials_.end(),
-                   [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
-  tok->unk_id_ = tok->token_id("[UNK]");
-  tok->cls_id_ = tok->token_id("[CLS]");
-  tok->sep_id_ = tok->token_id("[SEP]");
-  tok->pad_id_ = tok->token_id("[PAD]");
-  tok->mask_id_ = tok->token_id("[MASK]");
-  for (const auto& [name, id] : {std::pair<const char*, int32_t>{"[UNK]", tok->unk_id_},
-                                 {"[CLS]", tok->cls_id_},
-                                 {"[SEP]", tok->sep_id_}}) {
-    if (id < 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' (%d tokens) has no %s token", vocab_path,
-                                                        tok->id_to_token_.size(), name));
-    }
-  }
-  return tok;
-}
-
-int32_t Tokenizer::Child(int32_t node, char32_t cp) const {
-  const TrieNode& n = nodes_[static_cast<size_t>(node)];
-  if (cp < 128 && n.dense >= 0) return dense_[static_cast<size_t>(n.dense) * 128 + cp];
-  const char32_t* first = edge_cp_.data() + n.first_edge;
-  const char32_t* last = first + n.num_edges;
-  if (n.num_edges <= 8) {
-    for (const char32_t* p = first; p != last; ++p) {
-      if (*p == cp) return edge_to_[static_cast<size_t>(p - edge_cp_.data())];
-    }
-    return -1;
-  }
-  const char32_t* p = std::lower_bound(first, last, cp);
-  return p != last && *p == cp ? edge_to_[static_cast<size_t>(p - edge_cp_.data())] : -1;
-}
-
-int32_t Tokenizer::token_id(std::string_view token) const {
-  int32_t node = 0;
-  for (size_t i = 0; i < token.size();) {
-    char32_t cp;
-    const char* why = nullptr;
-    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(token.data()) + i, token.size() - i, &cp, &why);
-    if (len == 0) return -1;
-    node = Child(node, cp);
-    if (node < 0) return -1;
-    i += static_cast<size_t>(len);
-  }
-  return nodes_[static_cast<size_t>(node)].token;
-}
-
-// ---------------------------------------------------------------------------------------------------
-// Tokenizing
-
-void Tokenizer::GreedyPieces(const Word& word, size_t begin, size_t end, std::vector<Piece>& out) const {
-  const auto& w = word.chars;
-  auto span = [&](size_t from, size_t to) {
-    int32_t b = w[from].b, e = w[from].e;
-    for (size_t k = from + 1; k < to; ++k) {
-      b = std::min(b, w[k].b);
-      e = std::max(e, w[k].e);
-    }
-    return std::pair<int32_t, int32_t>(b, e);
-  };
-  const size_t mark = out.size();
-  if (end - begin <= kMaxCharsPerWord) {
-    size_t pos = begin;
-    while (pos < end) {
-      int32_t node = pos == begin ? 0 : continuation_node_;
-      size_t best_end = 0;
-      int32_t best_id = -1;
-      for (size_t k = pos; k < end && node >= 0; ++k) {
-        node = Child(node, w[k].cp);
-        if (node >= 0 && nodes_[static_cast<size_t>(node)].token >= 0) {
-          best_end = k + 1;
-          best_id = nodes_[static_cast<size_t>(node)].token;
-        }
-      }
-      if (best_id < 0) break;
-      const auto [b, e] = span(pos, best_end);
-      out.push_back({best_id, b, e});
-      pos = best_end;
-    }
-    if (pos == end) return;
-  }
-  out.resize(mark);  // too long, or some part matches no vocab entry: the whole sub-word is [UNK]
-  const auto [b, e] = span(begin, end);
-  out.push_back({unk_id_, b, e});
-}
-
-int32_t Tokenizer::MatchSpecial(const std::vector<WordChar>& chars) const {
+int32_t BertVocabTokenizer::MatchSpecial(const std::vector<WordChar>& chars) const {
   if (chars.empty() || chars.front().cp != U'[' || chars.back().cp != U']') return -1;
   for (const auto& [name, id] : specials_) {
     if (name.size() != chars.size()) continue;
@@ -499,7 +475,7 @@ int32_t Tokenizer::MatchSpecial(const std::vector<WordChar>& chars) const {
   return -1;
 }
 
-void Tokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
+void BertVocabTokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
   if (word.chars.empty()) return;
   // BasicTokenizer's never_split: a whole word equal to a special token stays that token. It is checked
   // after HF's lower-casing pre-pass and NFC, so with do_lower_case it never matches (literal special
@@ -563,15 +539,15 @@ void Tokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
   const size_t n = word.chars.size();
   for (size_t i = 0; i < n; ++i) {
     if (IsPunctuation(word.chars[i].cp)) {
-      if (start < i) GreedyPieces(word, start, i, out);
-      GreedyPieces(word, i, i + 1, out);
+      if (start < i) trie_.Greedy(word.chars.data(), start, i, unk_id_, kMaxCharsPerWord, out);
+      trie_.Greedy(word.chars.data(), i, i + 1, unk_id_, kMaxCharsPerWord, out);
       start = i + 1;
     }
   }
-  if (start < n) GreedyPieces(word, start, n, out);
+  if (start < n) trie_.Greedy(word.chars.data(), start, n, unk_id_, kMaxCharsPerWord, out);
 }
 
-absl::StatusOr<std::vector<Piece>> Tokenizer::Tokenize(std::string_view text) const {
+absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view text) const {
   if (text.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
     return absl::InvalidArgumentError(absl::StrCat("text of ", text.size(), " bytes is too long (limit 2 GiB)"));
   }
@@ -656,16 +632,158 @@ absl::StatusOr<std::vector<Piece>> Tokenizer::Tokenize(std::string_view text) co
   return out;
 }
 
+
+}  // namespace
+}  // namespace tokenizer_internal
+
+// ---------------------------------------------------------------------------------------------------
+// Loading
+
+namespace {
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) {
+    return absl::NotFoundError(absl::StrCat("cannot open ", what, " '", path, "': ", std::strerror(errno)));
+  }
+  std::string data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) return absl::DataLossError(absl::StrCat("error reading ", what, " '", path, "'"));
+  return data;
+}
+
+// [CLS]:0 $A:0 [SEP]:0, pair: ... $B:1 [SEP]:1.
+PostTemplate BertTemplate(int32_t cls, int32_t sep) {
+  PostTemplate t;
+  t.single = {{-1, {cls}, 0}, {0, {}, 0}, {-1, {sep}, 0}};
+  t.pair = {{-1, {cls}, 0}, {0, {}, 0}, {-1, {sep}, 0}, {1, {}, 1}, {-1, {sep}, 1}};
+  return t;
+}
+
+}  // namespace
+
+size_t PostTemplate::num_special_tokens(bool is_pair) const {
+  size_t n = 0;
+  for (const Item& item : is_pair ? pair : single) n += item.ids.size();
+  return n;
+}
+
+Tokenizer::Tokenizer() = default;
+Tokenizer::~Tokenizer() = default;
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vocab_path,
+                                                            const TokenizerConfig& config) {
+  using tokenizer_internal::DecodeUtf8;
+  auto read = ReadFile(vocab_path, "vocab file");
+  if (!read.ok()) return read.status();
+  const std::string& data = *read;
+  std::unique_ptr<Tokenizer> tok(new Tokenizer());
+
+  // Lines as Python's text mode reads them (universal newlines: \n, \r\n and \r end a line).
+  std::vector<std::pair<std::vector<char32_t>, int32_t>> entries;
+  size_t pos = 0;
+  while (pos < data.size()) {
+    size_t end = data.find_first_of("\r\n", pos);
+    size_t next;
+    if (end == std::string::npos) {
+      end = next = data.size();
+    } else {
+      next = end + 1;
+      if (data[end] == '\r' && next < data.size() && data[next] == '\n') ++next;
+    }
+    const std::string_view line(data.data() + pos, end - pos);
+    std::vector<char32_t> cps;
+    for (size_t i = 0; i < line.size();) {
+      char32_t cp;
+      const char* why = nullptr;
+      const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(line.data()) + i, line.size() - i, &cp, &why);
+      if (len == 0) {
+        return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' line %d: invalid UTF-8 (%s)", vocab_path,
+                                                          tok->id_to_token_.size() + 1, why));
+      }
+      cps.push_back(cp);
+      i += static_cast<size_t>(len);
+    }
+    if (tok->id_to_token_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+      return absl::InvalidArgumentError(absl::StrCat("vocab file '", vocab_path, "' has too many lines"));
+    }
+    entries.emplace_back(std::move(cps), static_cast<int32_t>(tok->id_to_token_.size()));
+    tok->id_to_token_.emplace_back(line);
+    pos = next;
+  }
+  // A duplicated token keeps its last line's id: entries are in line order, the later one wins.
+  tokenizer_internal::WordPieceTrie trie;
+  trie.Build(entries, U"##");
+  entries = {};
+  tok->lookup_ = std::make_unique<tokenizer_internal::WordPieceTrie>(trie);
+
+  std::vector<std::pair<std::string, int32_t>> specials;
+  for (const std::string_view name : tokenizer_internal::kSpecialTokens) {
+    const int32_t id = tok->token_id(name);
+    if (id >= 0) specials.emplace_back(std::string(name), id);
+  }
+  std::stable_sort(specials.begin(), specials.end(),
+                   [](const auto& x, const auto& y) { return x.first.size() > y.first.size(); });
+  tok->unk_id_ = tok->token_id("[UNK]");
+  tok->cls_id_ = tok->token_id("[CLS]");
+  tok->sep_id_ = tok->token_id("[SEP]");
+  for (const auto& [name, id] : {std::pair<const char*, int32_t>{"[UNK]", tok->unk_id_},
+                                 {"[CLS]", tok->cls_id_},
+                                 {"[SEP]", tok->sep_id_}}) {
+    if (id < 0) {
+      return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' (%d tokens) has no %s token", vocab_path,
+                                                        tok->id_to_token_.size(), name));
+    }
+  }
+  tok->post_ = BertTemplate(tok->cls_id_, tok->sep_id_);
+  tok->impl_ = std::make_unique<tokenizer_internal::BertVocabTokenizer>(config, std::move(trie), std::move(specials),
+                                                                        tok->unk_id_);
+  return tok;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadJson(const std::string& json_path) {
+  auto read = ReadFile(json_path, "tokenizer file");
+  if (!read.ok()) return read.status();
+  auto loaded = tokenizer_internal::ParseTokenizerJson(*read, json_path);
+  if (!loaded.ok()) return loaded.status();
+  std::unique_ptr<Tokenizer> tok(new Tokenizer());
+  tok->impl_ = std::move(loaded->impl);
+  tok->id_to_token_ = std::move(loaded->id_to_token);
+  tok->lookup_ = std::make_unique<tokenizer_internal::WordPieceTrie>(std::move(loaded->lookup));
+  tok->post_ = std::move(loaded->post);
+  tok->unk_id_ = loaded->unk_id;
+  for (const PostTemplate::Item& item : tok->post_.single) {
+    if (item.ids.empty()) continue;
+    if (tok->cls_id_ < 0) tok->cls_id_ = item.ids.front();
+    tok->sep_id_ = item.ids.back();
+  }
+  return tok;
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromModelDir(const std::string& dir,
+                                                                        const TokenizerConfig& config) {
+  const std::string prefix = (!dir.empty() && dir.back() == '/') ? dir : dir + "/";
+  struct stat st {};
+  if (::stat((prefix + "vocab.txt").c_str(), &st) == 0) return Load(prefix + "vocab.txt", config);
+  if (::stat((prefix + "tokenizer.json").c_str(), &st) == 0) return LoadJson(prefix + "tokenizer.json");
+  return absl::NotFoundError(absl::StrCat(dir, ": no tokenizer: neither vocab.txt nor tokenizer.json exists"));
+}
+
+int32_t Tokenizer::token_id(std::string_view token) const { return lookup_->Find(token); }
+
+absl::StatusOr<std::vector<Piece>> Tokenizer::Tokenize(std::string_view text) const {
+  return impl_->Tokenize(text);
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Building model inputs
 
 absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std::vector<Piece>* b,
                                           size_t max_length, Truncation truncation) const {
-  const size_t specials = b != nullptr ? 3 : 2;
+  const size_t specials = post_.num_special_tokens(b != nullptr);
   if (max_length < specials) {
     return absl::InvalidArgumentError(absl::StrFormat(
         "max_length %d is smaller than the %d special tokens of a %s", max_length, specials,
-        b != nullptr ? "sentence pair ([CLS] a [SEP] b [SEP])" : "single sequence ([CLS] a [SEP])"));
+        b != nullptr ? "sentence pair" : "single sequence"));
   }
   size_t la = a.size();
   size_t lb = b != nullptr ? b->size() : 0;
@@ -732,12 +850,14 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
     enc.end.push_back(end);
     enc.segment.push_back(segment);
   };
-  add(cls_id_, 0, 0, 0, -1);
-  for (size_t i = 0; i < la; ++i) add(a[i].id, 0, a[i].begin, a[i].end, 0);
-  add(sep_id_, 0, 0, 0, -1);
-  if (b != nullptr) {
-    for (size_t i = 0; i < lb; ++i) add((*b)[i].id, 1, (*b)[i].begin, (*b)[i].end, 1);
-    add(sep_id_, 1, 0, 0, -1);
+  for (const PostTemplate::Item& item : b != nullptr ? post_.pair : post_.single) {
+    if (item.sequence < 0) {
+      for (const int32_t id : item.ids) add(id, item.type_id, 0, 0, -1);
+      continue;
+    }
+    const std::vector<Piece>& seq = item.sequence == 0 ? a : *b;
+    const size_t len = item.sequence == 0 ? la : lb;
+    for (size_t i = 0; i < len; ++i) add(seq[i].id, item.type_id, seq[i].begin, seq[i].end, item.sequence);
   }
   return enc;
 }

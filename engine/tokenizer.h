@@ -1,5 +1,6 @@
-// BERT WordPiece tokenizer, identical to the reference (Hugging Face BertTokenizer: BasicTokenizer +
-// WordpieceTokenizer) id for id, with byte offsets into the original UTF-8 text.
+// Tokenizers identical to Hugging Face's, id for id, with byte offsets into the original UTF-8 text:
+// vocab.txt as BertTokenizer (BasicTokenizer + WordpieceTokenizer) runs it, and tokenizer.json as the
+// tokenizers library runs it.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,10 @@
 #include "engine/model_config.h"
 
 namespace topserve::engine {
+namespace tokenizer_internal {  // engine/tokenizer_parts.h
+class TextTokenizer;
+class WordPieceTrie;
+}  // namespace tokenizer_internal
 
 // One word piece with the byte span [begin, end) of the original text it came from.
 struct Piece {
@@ -29,7 +34,7 @@ enum class Truncation {
   kOnlySecond,
 };
 
-// Model input for one sequence: [CLS] a [SEP] (b [SEP]).
+// Model input for one sequence or a pair, laid out by the post-processor (BERT: [CLS] a [SEP] (b [SEP])).
 struct Encoding {
   std::vector<int32_t> ids;
   std::vector<int32_t> type_ids;
@@ -41,10 +46,25 @@ struct Encoding {
   size_t size() const { return ids.size(); }
 };
 
+// The post-processor: the special tokens placed around one sequence (single) or two (pair), and the
+// token type id of every part. vocab.txt: [CLS]:0 $A:0 [SEP]:0 (pair: ... $B:1 [SEP]:1).
+struct PostTemplate {
+  struct Item {
+    int8_t sequence = -1;      // 0: the first text's pieces, 1: the second's, -1: the special tokens `ids`
+    std::vector<int32_t> ids;  // special tokens (sequence == -1)
+    int32_t type_id = 0;
+  };
+  std::vector<Item> single, pair;
+  // Special tokens added around one sequence (pair = false) or two.
+  size_t num_special_tokens(bool pair) const;
+};
+
 // Thread-safe after Load: all methods are const and keep no shared mutable state.
 //
-// Behaviour (Hugging Face BertTokenizer, slow/Python version, Unicode 14.0 character data as in
-// Python 3.11's unicodedata):
+// Two kinds of tokenizer load: vocab.txt (Load) and tokenizer.json (LoadJson); LoadFromModelDir picks.
+//
+// vocab.txt behaviour (Hugging Face BertTokenizer, slow/Python version, Unicode 14.0 character data as
+// in Python 3.11's unicodedata):
 //  - a literal special token in the text ([UNK] [SEP] [PAD] [CLS] [MASK], those present in the vocab,
 //    case-sensitive, anywhere in the text) stays that token, with the byte span it occupies;
 //  - U+0000, U+FFFD and control/format/unassigned/private-use characters (category C*) are dropped;
@@ -54,21 +74,34 @@ struct Encoding {
 //    follow do_lower_case): NFD, drop category Mn; otherwise NFC;
 //  - punctuation (ASCII non-alphanumeric printable characters and category P*) splits words;
 //  - greedy longest-match WordPiece with "##", words over 100 code points -> [UNK].
+//
+// tokenizer.json behaviour: the file's pipeline as Hugging Face's tokenizers library (Rust) runs it,
+// id for id and offset for offset; which components and fields are supported is in docs/models.md.
+// tokenizer_config.json's do_lower_case/strip_accents do not apply: the file's normalizer decides.
 class Tokenizer {
  public:
   // Loads vocab.txt (one token per line, \n, \r\n or \r line ends, UTF-8; must contain [UNK], [CLS],
   // [SEP]; a duplicated token gets the id of its last line).
   static absl::StatusOr<std::unique_ptr<Tokenizer>> Load(const std::string& vocab_path,
                                                           const TokenizerConfig& config);
+  // Loads a tokenizer.json. Anything in the file that is not supported is an INVALID_ARGUMENT naming
+  // it ("<path>: normalizer type \"Precompiled\" is not supported").
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadJson(const std::string& json_path);
+  // dir/vocab.txt when it exists (as before tokenizer.json support, so existing directories tokenize
+  // exactly as they did), otherwise dir/tokenizer.json; NOT_FOUND naming both when neither exists.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> LoadFromModelDir(const std::string& dir,
+                                                                      const TokenizerConfig& config);
+  ~Tokenizer();
 
-  // Word pieces of one text (no [CLS]/[SEP] added; a literal special token in the text is kept), with
+  // Pieces of one text (no special tokens added; a literal special token in the text is kept), with
   // byte offsets into `text`. Invalid UTF-8 -> INVALID_ARGUMENT naming the byte offset.
   absl::StatusOr<std::vector<Piece>> Tokenize(std::string_view text) const;
 
-  // Builds [CLS] a [SEP] (b [SEP]) within max_length tokens (including specials). Errors
-  // (INVALID_ARGUMENT): max_length below the number of special tokens; too long with kNone; a
-  // truncation that would have to remove a whole sequence (kOnlyFirst/kOnlySecond, kLongestFirst on a
-  // single sequence: Hugging Face refuses these too); kOnlySecond without a second sequence.
+  // Builds the post-processor's layout (vocab.txt: [CLS] a [SEP] (b [SEP])) within max_length tokens
+  // (including specials). Errors (INVALID_ARGUMENT): max_length below the number of special tokens;
+  // too long with kNone; a truncation that would have to remove a whole sequence (kOnlyFirst/
+  // kOnlySecond, kLongestFirst on a single sequence: Hugging Face refuses these too); kOnlySecond
+  // without a second sequence.
   absl::StatusOr<Encoding> Build(const std::vector<Piece>& a, const std::vector<Piece>* b,
                                  size_t max_length, Truncation truncation) const;
 
@@ -76,6 +109,7 @@ class Tokenizer {
   absl::StatusOr<Encoding> Encode(std::string_view a, std::optional<std::string_view> b,
                                   size_t max_length, Truncation truncation) const;
 
+  // The first and last special token of the single-sequence layout ([CLS] and [SEP] for BERT).
   int32_t cls_id() const { return cls_id_; }
   int32_t sep_id() const { return sep_id_; }
   int32_t unk_id() const { return unk_id_; }
@@ -83,37 +117,16 @@ class Tokenizer {
   const std::string& token(int32_t id) const { return id_to_token_.at(static_cast<size_t>(id)); }
   // Id of a vocab token, or -1.
   int32_t token_id(std::string_view token) const;
+  size_t num_special_tokens(bool pair) const { return post_.num_special_tokens(pair); }
 
  private:
-  struct WordChar;
-  struct Word;
-  Tokenizer() = default;
-  // Id of the special token spelled by chars, or -1.
-  int32_t MatchSpecial(const std::vector<WordChar>& chars) const;
-  // Appends the pieces of one whitespace-delimited word (see tokenizer.cc).
-  void WordPieces(Word& word, std::vector<Piece>& out) const;
-  void GreedyPieces(const Word& word, size_t begin, size_t end, std::vector<Piece>& out) const;
-  // Trie over the code points of the vocab tokens; returns -1 when there is no such child.
-  int32_t Child(int32_t node, char32_t cp) const;
+  Tokenizer();
 
-  TokenizerConfig config_;
-  bool strip_accents_ = true;
+  std::unique_ptr<const tokenizer_internal::TextTokenizer> impl_;
   std::vector<std::string> id_to_token_;
-  int32_t cls_id_ = -1, sep_id_ = -1, unk_id_ = -1, pad_id_ = -1, mask_id_ = -1;
-  // Special tokens present in the vocab, longest first: (text, id).
-  std::vector<std::pair<std::string, int32_t>> specials_;
-
-  struct TrieNode {
-    int32_t token = -1;       // id of the token ending here, -1 if none
-    uint32_t first_edge = 0;  // children: edge_cp_/edge_to_[first_edge, first_edge + num_edges), sorted
-    uint32_t num_edges = 0;
-    int32_t dense = -1;       // row of dense_ for ASCII children (nodes with many children), or -1
-  };
-  std::vector<TrieNode> nodes_;  // nodes_[0] is the root
-  std::vector<char32_t> edge_cp_;
-  std::vector<int32_t> edge_to_;
-  std::vector<int32_t> dense_;  // 128 entries per row
-  int32_t continuation_node_ = -1;  // the node of "##", or -1
+  std::unique_ptr<const tokenizer_internal::WordPieceTrie> lookup_;
+  PostTemplate post_;
+  int32_t cls_id_ = -1, sep_id_ = -1, unk_id_ = -1;
 };
 
 }  // namespace topserve::engine

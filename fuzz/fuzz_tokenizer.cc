@@ -1,9 +1,12 @@
 // libFuzzer target: arbitrary bytes -> Tokenizer::Tokenize and Tokenizer::Encode with the real
-// bert-base-uncased vocab (TOPSERVE_FUZZ_VOCAB, compile-time default or environment variable).
+// bert-base-uncased vocab (TOPSERVE_FUZZ_VOCAB, compile-time default or environment variable), loaded
+// from vocab.txt and, as a tokenizer.json (BertNormalizer + BertPreTokenizer + WordPiece + template)
+// written from the same vocab at start-up, through the tokenizer.json pipeline.
 //
 // Input layout (missing header bytes read as 0):
 //   byte 0: bits 0-1 truncation (none, longest_first, only_first, only_second), bit 2 pair,
-//           bits 3-7 tokenizer config (index mod 12: do_lower_case x strip_accents x chinese chars)
+//           bits 3-7 tokenizer (index mod 24: 0-11 vocab.txt, 12-23 tokenizer.json; index mod 12:
+//           do_lower_case x strip_accents x chinese chars, as the normalizer's options for tokenizer.json)
 //   byte 1: max_length (0..255)
 //   bytes 2-3: split point (little-endian, mod text size + 1): a = text[:split], b = text[split:]
 //   rest: the text
@@ -16,10 +19,14 @@
 //     [CLS] a [SEP] (b [SEP]) with the pieces of Tokenize (truncated from the end, longest_first one
 //     token at a time from the longer part, the second when equal), length <= max_length, offsets in
 //     the text each token came from, (0, 0) for specials, type ids 0/1.
+#include <unistd.h>
+
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -39,7 +46,8 @@ using topserve::engine::Tokenizer;
 using topserve::engine::TokenizerConfig;
 using topserve::engine::Truncation;
 
-constexpr int kNumConfigs = 12;
+constexpr int kNumVocabConfigs = 12;
+constexpr int kNumConfigs = 2 * kNumVocabConfigs;  // vocab.txt, then tokenizer.json
 
 TokenizerConfig ConfigAt(int index) {
   TokenizerConfig c;
@@ -56,12 +64,77 @@ std::string VocabPath() {
   return env != nullptr && *env != '\0' ? env : TOPSERVE_FUZZ_VOCAB;
 }
 
+// A BERT tokenizer.json over the vocab file with the normalizer options of `config`, written to a
+// temporary file; its path.
+std::string WriteTokenizerJson(const TokenizerConfig& config) {
+  std::ifstream in(VocabPath(), std::ios::binary);
+  nlohmann::json vocab = nlohmann::json::object();
+  std::string line;
+  for (int id = 0; std::getline(in, line); ++id) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    vocab[line] = id;
+  }
+  const auto id_of = [&](const char* token) { return vocab.value(token, 0); };
+  nlohmann::json added = nlohmann::json::array();
+  for (const char* token : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
+    if (!vocab.contains(token)) continue;
+    added.push_back({{"id", id_of(token)}, {"content", token}, {"single_word", false}, {"lstrip", false},
+                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  const auto special = [](const char* name, int type) {
+    return nlohmann::json{{"SpecialToken", {{"id", name}, {"type_id", type}}}};
+  };
+  const auto sequence = [](const char* name, int type) {
+    return nlohmann::json{{"Sequence", {{"id", name}, {"type_id", type}}}};
+  };
+  nlohmann::json j = {
+      {"version", "1.0"},
+      {"added_tokens", added},
+      {"normalizer",
+       {{"type", "BertNormalizer"},
+        {"clean_text", true},
+        {"handle_chinese_chars", config.tokenize_chinese_chars},
+        {"strip_accents", config.strip_accents.has_value() ? nlohmann::json(*config.strip_accents) : nlohmann::json()},
+        {"lowercase", config.do_lower_case}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0)}},
+        {"pair", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0), sequence("B", 1), special("[SEP]", 1)}},
+        {"special_tokens",
+         {{"[CLS]", {{"id", "[CLS]"}, {"ids", {id_of("[CLS]")}}, {"tokens", {"[CLS]"}}}},
+          {"[SEP]", {{"id", "[SEP]"}, {"ids", {id_of("[SEP]")}}, {"tokens", {"[SEP]"}}}}}}}},
+      {"model",
+       {{"type", "WordPiece"},
+        {"unk_token", "[UNK]"},
+        {"continuing_subword_prefix", "##"},
+        {"max_input_chars_per_word", 100},
+        {"vocab", vocab}}},
+  };
+  char path[] = "/tmp/fuzz_tokenizer_XXXXXX";
+  const int fd = ::mkstemp(path);
+  if (fd < 0) {
+    std::perror("fuzz_tokenizer: mkstemp");
+    std::exit(2);
+  }
+  ::close(fd);
+  std::ofstream(path, std::ios::binary) << j.dump();
+  return path;
+}
+
 // Loaded on first use (all share the vocab file; each load takes a fraction of a second).
 const Tokenizer& TokenizerAt(int index) {
   static std::unique_ptr<Tokenizer> tokenizers[kNumConfigs];
   auto& slot = tokenizers[index];
   if (!slot) {
-    auto loaded = Tokenizer::Load(VocabPath(), ConfigAt(index));
+    absl::StatusOr<std::unique_ptr<Tokenizer>> loaded;
+    if (index < kNumVocabConfigs) {
+      loaded = Tokenizer::Load(VocabPath(), ConfigAt(index));
+    } else {
+      const std::string path = WriteTokenizerJson(ConfigAt(index - kNumVocabConfigs));
+      loaded = Tokenizer::LoadJson(path);
+      std::remove(path.c_str());
+    }
     if (!loaded.ok()) {
       std::fprintf(stderr, "fuzz_tokenizer: cannot load the vocab (set TOPSERVE_FUZZ_VOCAB): %s\n",
                    loaded.status().ToString().c_str());
@@ -258,6 +331,7 @@ void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::st
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
   TokenizerAt(0);  // fail fast on a missing vocab
+  TokenizerAt(kNumVocabConfigs);  // and on a tokenizer.json the loader refuses
   return 0;
 }
 
