@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/wire.h"
 
 namespace topserve::server {
 
@@ -23,6 +24,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     if (!loaded.ok()) return loaded.status();
     auth = std::move(*loaded);
   }
+  // A client sending invalid UTF-8 in a loop must not flood the log (libprotobuf logs each one).
+  InstallProtobufLogLimiter();
   auto models = PrepareModels(config);
   if (!models.ok()) return models.status();
 

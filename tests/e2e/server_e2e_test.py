@@ -572,10 +572,11 @@ models:
                         field="max_answer_tokens", timeout=5)
         self.assertCode(IA, A, pb.AnswerRequest(model="sst2", question="q", context="c"),
                         field="model", timeout=5)
-        # Invalid UTF-8 never reaches the handler (protobuf rejects it); the server survives.
+        # Invalid UTF-8 in a string field: INVALID_ARGUMENT naming the field (test_malformed_bodies
+        # has the rest).
         bad = client.length_delimited(2, client.length_delimited(1, b"\xff\xfe"))
-        code, _ = rpc_code(raw_unary, self.channel, "/topserve.v1.Inference/Classify", bad)
-        self.assertNotEqual(code, grpc.StatusCode.OK)
+        self.assertCode(IA, raw_unary, self.channel, "/topserve.v1.Inference/Classify", bad,
+                        field="inputs[0].text")
         self.assertEqual(len(self.classify(["still alive"]).results), 1)
 
     def test_not_found(self):
@@ -645,12 +646,105 @@ models:
         self.assertEqual(len(self.classify(["still alive"]).results), 1)
 
     def test_undecodable_request(self):
-        # Bytes that are not a ClassifyRequest: gRPC refuses them before our handler; the server
-        # keeps serving.
-        code, _ = rpc_code(raw_unary, self.channel, "/topserve.v1.Inference/Classify",
-                           b"\x0a\xff\xff\xff\xff\x0f")
-        self.assertNotEqual(code, grpc.StatusCode.OK)
+        # Bytes that are not a ClassifyRequest (a length past the end of the body): INVALID_ARGUMENT
+        # saying so, and the server keeps serving.
+        details = self.assertCode(grpc.StatusCode.INVALID_ARGUMENT, raw_unary, self.channel,
+                                  "/topserve.v1.Inference/Classify", b"\x0a\xff\xff\xff\xff\x0f")
+        self.assertIn("malformed topserve.v1.ClassifyRequest", details)
         self.assertEqual(len(self.classify(["still alive"]).results), 1)
+
+    def test_malformed_bodies(self):
+        """Invalid UTF-8 in any string field and malformed protobuf bodies, on every method:
+        INVALID_ARGUMENT naming the field (gRPC's own parsing answered UNIMPLEMENTED with no
+        message), counted under model "_unknown", and no log line per call."""
+        IA = grpc.StatusCode.INVALID_ARGUMENT
+        ld = client.length_delimited
+        bad = b"caf\xc3"  # a truncated two-byte sequence
+        good_input = ld(2, ld(1, b"fine"))
+        cases = [
+            ("Classify", ld(1, b"\xff"), "model"),
+            ("Classify", good_input + ld(2, ld(1, bad)), "inputs[1].text"),
+            ("Classify", ld(2, ld(1, b"ok") + ld(2, b"\xed\xa0\x80")), "inputs[0].text_pair"),
+            ("Answer", ld(2, b"q") + ld(3, b"ctx \xc0\xaf"), "context"),  # overlong '/'
+            ("Answer", ld(2, b"\xf8\x88\x80\x80\x80"), "question"),
+            ("GetModel", ld(1, b"sst2\xff"), "name"),
+        ]
+        malformed = [
+            ("Classify", good_input[:-1], "inputs[0]"),     # truncated inside the input
+            ("Classify", b"\x12\x06\x0a\x03abc\x0f", "inputs[0].text: invalid wire type 7"),
+            ("Answer", b"\x00", "invalid field tag"),
+            ("ListModels", b"\x0a\x09abc", "field 1"),         # unknown field, truncated
+        ]
+        path = "/topserve.v1.Inference/"
+        before = scrape(self.server.metrics_port)
+        sent = {}
+        for method, body, field in cases:
+            details = self.assertCode(IA, raw_unary, self.channel, path + method, body,
+                                      field=field)
+            self.assertIn("UTF-8", details)
+            sent[method] = sent.get(method, 0) + 1
+        for method, body, where in malformed:
+            details = self.assertCode(IA, raw_unary, self.channel, path + method, body)
+            self.assertIn("malformed topserve.v1.", details)
+            self.assertIn(where, details)
+            sent[method] = sent.get(method, 0) + 1
+        # A flood: one log line at most, not one per call.
+        lines_before = sum("libprotobuf" in line for line in self.server.stderr().splitlines())
+        for _ in range(300):
+            code, _ = rpc_code(raw_unary, self.channel, path + "Classify", ld(2, ld(1, bad)))
+            self.assertEqual(code, IA)
+        sent["Classify"] += 300
+        after = scrape(self.server.metrics_port)
+        for method, n in sent.items():
+            labels = dict(model="_unknown", method=method, code="INVALID_ARGUMENT")
+            self.assertEqual(metric(after, "topserve_requests_total", **labels) -
+                             (metric(before, "topserve_requests_total", **labels) or 0), n,
+                             (method, labels))
+        logged = sum("libprotobuf" in line for line in self.server.stderr().splitlines())
+        self.assertLessEqual(logged - lines_before, 1, self.server.stderr()[-3000:])
+        self.assertLessEqual(logged, 2, self.server.stderr()[-3000:])
+        # The typed API still works on every method.
+        self.assertEqual(len(self.classify(["still alive"]).results), 1)
+        self.assertEqual(self.stub.GetModel(pb.GetModelRequest(name="sst2"), timeout=5).name, "sst2")
+        self.assertGreater(len(self.stub.ListModels(pb.ListModelsRequest(), timeout=5).models), 0)
+
+    def test_malformed_stream_messages(self):
+        """On ClassifyStream a message that does not parse fails alone: an error response with code
+        INVALID_ARGUMENT naming the field and the request_id when it can be read; the stream goes
+        on and ends OK."""
+        ld = client.length_delimited
+        good = pb.ClassifyStreamRequest(request_id="good", request=pb.ClassifyRequest(
+            inputs=[pb.TextInput(text="a fine film")])).SerializeToString()
+        bad_text = ld(1, b"bad-utf8") + ld(2, ld(2, ld(1, b"\xff\xfe")))
+        bad_id = ld(1, b"id\xff") + ld(2, ld(2, ld(1, b"ok")))
+        truncated = ld(1, b"cut") + b"\x12\x09\x12"
+        call = self.channel.stream_stream("/topserve.v1.Inference/ClassifyStream",
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=pb.ClassifyStreamResponse.FromString)
+        before = scrape(self.server.metrics_port)
+        responses = list(call(iter([good, bad_text, bad_id, truncated, good]), timeout=30))
+        self.assertEqual(len(responses), 5, responses)
+        by_id = {}
+        for r in responses:
+            by_id.setdefault(r.request_id, []).append(r)
+        self.assertEqual(len(by_id["good"]), 2)
+        for r in by_id["good"]:
+            self.assertFalse(r.HasField("error"), r)
+            self.assertEqual(len(r.response.results), 1)
+        err = by_id["bad-utf8"][0].error
+        self.assertEqual(err.code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertTrue(err.message.startswith("request.inputs[0].text: invalid UTF-8"), err)
+        # An id that is itself not UTF-8 cannot be echoed: the error names it instead.
+        err = by_id[""][0].error
+        self.assertEqual(err.code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertTrue(err.message.startswith("request_id: invalid UTF-8"), err)
+        err = by_id["cut"][0].error
+        self.assertEqual(err.code, grpc.StatusCode.INVALID_ARGUMENT.value[0])
+        self.assertIn("malformed topserve.v1.ClassifyStreamRequest: request", err.message)
+        labels = dict(model="_unknown", method="ClassifyStream", code="INVALID_ARGUMENT")
+        after = scrape(self.server.metrics_port)
+        self.assertEqual(metric(after, "topserve_requests_total", **labels) -
+                         (metric(before, "topserve_requests_total", **labels) or 0), 3)
 
     def slow_request(self, text="slow one"):
         return pb.ClassifyRequest(model="slow", inputs=[pb.TextInput(text=text)])
