@@ -19,6 +19,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -291,7 +292,12 @@ int main(int argc, char** argv) {
   std::cerr << kName << ": " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": draining (grace "
             << config.drain_grace_seconds << "s)" << std::endl;
   loader.join();
-  server->Shutdown();
+  server->Drain();
+  // No grpc::Server::Shutdown(): it would answer calls arriving during it CANCELLED (server.h,
+  // Drain()). Every call the server accepted has finished; a moment for the last responses to
+  // leave, then exit: the connections close, and a call caught in flight sees UNAVAILABLE.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::cerr << kName << ": drained; exiting" << std::endl;
-  return 0;
+  std::fflush(nullptr);
+  _exit(0);
 }

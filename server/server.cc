@@ -125,18 +125,26 @@ void Server::BeginDrain() {
   service_->DrainStreams();
 }
 
-void Server::Shutdown() {
-  if (shut_down_) return;
-  shut_down_ = true;
+void Server::Drain() {
+  if (drained_) return;
+  drained_ = true;
   const absl::Time start = absl::Now();
   const absl::Duration grace = absl::Seconds(options_.config.drain_grace_seconds);
   BeginDrain();
   // Queued work runs (bounded by the grace period); what is left fails UNAVAILABLE.
   scheduler_->Shutdown({.mode = batching::ShutdownOptions::Mode::kDrain, .grace = grace});
-  // Every task has completed, so every unary call has finished; give responses in transit (and
-  // streams finishing) the rest of the grace period, at least a second, then cancel what is left.
-  const absl::Duration left = std::max(grace - (absl::Now() - start), absl::Seconds(1));
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + left));
+  // Every task has completed, so every unary call is finishing; give responses in transit (and
+  // streams finishing) the rest of the grace period, at least a second.
+  service_->WaitForCalls(start + std::max(grace, absl::Seconds(1)));
+}
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  Drain();
+  // Calls that arrive while gRPC shuts down end CANCELLED (see Drain() in server.h); what is still
+  // running a second from now is cancelled.
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   grpc_server_->Wait();
   exposer_.reset();
 }

@@ -973,6 +973,83 @@ models:
         finally:
             server.close()
 
+    def test_calls_during_drain_get_unavailable_only(self):
+        """Clients that keep sending new calls through the whole drain and past the exit get
+        UNAVAILABLE and nothing else. gRPC's own Server::Shutdown() answered calls that arrived
+        while it ran CANCELLED (grpc/grpc#41785), which clients do not retry; the server now
+        exits after its drain instead."""
+        heavy = make_heavy_model()
+        config = write_config("drain-new-calls.yaml", f"""
+server:
+  listen: 127.0.0.1:0
+  metrics_address: 127.0.0.1
+  metrics_port: 0
+  drain_grace_seconds: 30
+batching:
+  max_batch_size: 2
+  max_queue_delay_us: 0
+  workers: 1
+  threads_per_worker: 2
+models:
+  - name: heavy
+    path: {heavy}
+""")
+        server = ServerProcess(config).wait_listening()
+        try:
+            channel = grpc.insecure_channel(server.address)
+            stub = grpc_pb.InferenceStub(channel)
+            deadline = time.monotonic() + 60
+            while client.health_check(channel, "heavy") != "SERVING":
+                self.assertLess(time.monotonic(), deadline, server.stderr())
+                time.sleep(0.05)
+            # Work to drain for a second or so, then the signal.
+            heavy_request = pb.ClassifyRequest(inputs=[pb.TextInput(text="word " * 500)] * 4)
+            futures = [stub.Classify.future(heavy_request, timeout=60) for _ in range(12)]
+            until = time.monotonic() + 30
+            while (metric(scrape(server.metrics_port), "topserve_queue_depth", model="heavy") or 0) \
+                    < 10 and time.monotonic() < until:
+                time.sleep(0.01)
+            late = pb.ClassifyRequest(inputs=[pb.TextInput(text="late")])
+            results = []  # (monotonic time, code)
+            lock = threading.Lock()
+            stop = threading.Event()
+
+            def hammer(own_channel):
+                ch = grpc.insecure_channel(server.address) if own_channel else channel
+                st = grpc_pb.InferenceStub(ch)
+                while not stop.is_set():
+                    code, _ = rpc_code(st.Classify, late, timeout=5)
+                    with lock:
+                        results.append((time.monotonic(), code))
+                if own_channel:
+                    ch.close()
+
+            threads = [threading.Thread(target=hammer, args=(i % 2 == 1,)) for i in range(6)]
+            server.proc.send_signal(signal.SIGTERM)
+            server.wait_line(r"SIGTERM: draining", timeout=10)
+            for t in threads:
+                t.start()
+            self.assertEqual(server.proc.wait(timeout=60), 0, server.stderr())
+            exited = time.monotonic()
+            time.sleep(0.5)  # calls after the exit too
+            stop.set()
+            for t in threads:
+                t.join(timeout=30)
+            codes = {}
+            for _, code in results:
+                codes[code.name] = codes.get(code.name, 0) + 1
+            near_exit = sum(1 for t, _ in results if exited - 0.2 <= t <= exited + 0.05)
+            print(f"drain: {len(results)} new calls during the drain: {codes}; {near_exit} "
+                  "within 200 ms of the exit", file=sys.stderr)
+            self.assertEqual(set(codes), {"UNAVAILABLE"}, codes)
+            self.assertGreater(len(results), 100)
+            self.assertGreater(near_exit, 0, "no call around the exit: the test proves nothing")
+            for f in futures:  # The calls accepted before the signal were answered.
+                self.assertIsNone(f.exception(timeout=60))
+            channel.close()
+        finally:
+            server.close()
+
     def _drain(self, server):
         channel = grpc.insecure_channel(server.address)
         stub = grpc_pb.InferenceStub(channel)
