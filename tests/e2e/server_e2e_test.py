@@ -1359,9 +1359,9 @@ models:
 
     @classmethod
     def tearDownClass(cls):
-        for server in cls.servers.values():
-            code = server.stop()
-            assert code == 0, f"exit code {code}\n{server.stderr()}"
+        codes = {name: server.stop() for name, server in cls.servers.items()}  # stop all first
+        for name, code in codes.items():
+            assert code == 0, f"{name}: exit code {code}\n{cls.servers[name].stderr()}"
 
     def read(self, name):
         with open(self.path(name), "rb") as f:
