@@ -4,9 +4,10 @@
 #   scripts/fuzz.sh                 # 120 s per target
 #   scripts/fuzz.sh 60              # 60 s per target
 #   FUZZERS="fuzz_tokenizer" scripts/fuzz.sh 600
-# Environment: BUILD_DIR (build-fuzz), JOBS (2, build parallelism), FUZZERS (all three), CLANG_VERSION
+# Environment: BUILD_DIR (build-fuzz, relative or absolute), JOBS (2, build parallelism), FUZZERS (all five), CLANG_VERSION
 # (14), FUZZ_TIMEOUT (30: seconds one input may take before it counts as a hang), FUZZ_ARGS (extra
-# libFuzzer flags, e.g. "-jobs=2 -workers=2"), TOPSERVE_FUZZ_VOCAB (vocab for fuzz_tokenizer).
+# libFuzzer flags, e.g. "-jobs=2 -workers=2"), TOPSERVE_FUZZ_VOCAB (vocab for fuzz_tokenizer and the
+# fuzz_request models, which are generated into $BUILD_DIR/fuzz-models/ with tools/gen_model.py).
 #
 # Each target first replays its regression inputs (fuzz/regressions/<target>/, inputs that once
 # crashed), then fuzzes starting from the checked-in seeds (fuzz/corpus/<target>/, read only) and the
@@ -25,7 +26,7 @@ build=${BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-2}
 clang_version=${CLANG_VERSION:-14}
 timeout_per_input=${FUZZ_TIMEOUT:-30}
-read -r -a fuzzers <<<"${FUZZERS:-fuzz_tokenizer fuzz_safetensors fuzz_model_config}"
+read -r -a fuzzers <<<"${FUZZERS:-fuzz_tokenizer fuzz_safetensors fuzz_model_config fuzz_server_config fuzz_request}"
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
@@ -38,6 +39,20 @@ cmake --build "$build" -j "$jobs" --target "${fuzzers[@]}"
 root=$PWD
 # Absolute from here on: BUILD_DIR may be given either way.
 case $build in /*) ;; *) build=$root/$build ;; esac
+
+# fuzz_request serves two tiny generated models (the paths compiled into it).
+if [[ " ${fuzzers[*]} " == *" fuzz_request "* ]]; then
+  # shellcheck source=scripts/python-env.sh
+  source scripts/python-env.sh
+  vocab=${TOPSERVE_FUZZ_VOCAB:-$root/../shared/data/bert-base-uncased/vocab.txt}
+  for task in cls qa; do
+    if [[ ! -f $build/fuzz-models/$task/config.json ]]; then
+      rm -rf "$build/fuzz-models/$task"
+      "$py" tools/gen_model.py --preset tiny --task "$task" --seed 7 --vocab "$vocab" \
+        --out "$build/fuzz-models/$task" >/dev/null
+    fi
+  done
+fi
 failed=0
 summary=()
 for target in "${fuzzers[@]}"; do

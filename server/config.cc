@@ -145,6 +145,13 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::string& yaml_text, const std
       r.Read("metrics_port", config.metrics_port);
       r.Read("drain_grace_seconds", config.drain_grace_seconds);
       r.Read("auth_token_file", config.auth_token_file);
+      r.Visit("tls", [&](const YAML::Node& t) {
+        MapReader tr(t, "server.tls", &status);
+        tr.Read("cert_file", config.tls.cert_file);
+        tr.Read("key_file", config.tls.key_file);
+        tr.Read("client_ca_file", config.tls.client_ca_file);
+        tr.Finish();
+      });
       r.Finish();
     });
     top.Visit("batching", [&](const YAML::Node& n) {
@@ -232,6 +239,16 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
   if (!(c.drain_grace_seconds >= 0 && c.drain_grace_seconds <= 3600)) {
     return absl::InvalidArgumentError(absl::StrCat("server.drain_grace_seconds: ",
                                                    c.drain_grace_seconds, " is outside [0, 3600]"));
+  }
+  const TlsConfig& tls = c.tls;
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "server.tls.", tls.cert_file.empty() ? "cert_file" : "key_file",
+        ": must be set too (TLS needs both the certificate and its key)"));
+  }
+  if (!tls.enabled() && !tls.client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "server.tls.client_ca_file: client certificates need TLS (set cert_file and key_file)");
   }
 
   BatchingConfig& b = c.batching;
@@ -327,6 +344,11 @@ std::string ConfigToYaml(const ServerConfig& c) {
   out << YAML::Key << "metrics_port" << YAML::Value << c.metrics_port;
   out << YAML::Key << "drain_grace_seconds" << YAML::Value << c.drain_grace_seconds;
   out << YAML::Key << "auth_token_file" << YAML::Value << c.auth_token_file;
+  out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "cert_file" << YAML::Value << c.tls.cert_file;
+  out << YAML::Key << "key_file" << YAML::Value << c.tls.key_file;
+  out << YAML::Key << "client_ca_file" << YAML::Value << c.tls.client_ca_file;
+  out << YAML::EndMap;
   out << YAML::EndMap;
   auto queue = [&](int64_t tokens, int64_t size, int64_t delay, int64_t qsize, int64_t qtokens) {
     out << YAML::Key << "max_batch_tokens" << YAML::Value << tokens;

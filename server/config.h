@@ -55,12 +55,22 @@ struct LimitsConfig {
   int64_t max_stream_inflight = 64;        // Requests in progress per ClassifyStream.
 };
 
+// TLS on the gRPC port. Off while cert_file is empty; when on, the port speaks TLS only (a plaintext
+// client cannot connect). The metrics port stays plain HTTP (server.cc says why).
+struct TlsConfig {
+  std::string cert_file;       // PEM certificate chain of the server (needs key_file).
+  std::string key_file;        // PEM private key of cert_file (unencrypted).
+  std::string client_ca_file;  // PEM CA bundle: set = clients must present a certificate it signed.
+  bool enabled() const { return !cert_file.empty(); }
+};
+
 struct ServerConfig {
   std::string listen = "0.0.0.0:8500";  // gRPC address (host:port; port 0 = any free port).
   std::string metrics_address = "0.0.0.0";
   int64_t metrics_port = 9100;           // Prometheus /metrics; 0 = any free port, -1 = off.
   double drain_grace_seconds = 30;       // SIGTERM: how long queued and running calls may take.
   std::string auth_token_file;           // Bearer tokens required by Inference calls ("" = open).
+  TlsConfig tls;
   std::vector<ModelConfig> models;
   BatchingConfig batching;
   LimitsConfig limits;

@@ -4,6 +4,7 @@
 //   topserve-server --model /models/sst2 --port 8500            # no config file needed
 //   topserve-server --config c.yaml --model squad=/models/squad --threads 4
 //   topserve-server --config c.yaml --check                       # validate, print, exit
+//   topserve-server --config c.yaml --tls-cert s.crt --tls-key s.key [--tls-client-ca ca.crt]
 //
 // Exit codes: 0 after a clean drain (SIGTERM/SIGINT); 2 for a bad command line or config; 1 when a
 // model fails to load or the ports cannot be bound. Failures print one line on stderr.
@@ -19,6 +20,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -144,6 +146,7 @@ int main(int argc, char** argv) {
   CLI::App app{"topserve-server: BERT classification and question answering over gRPC, with "
                "per-request compute budgets"};
   std::string config_path, listen, auth_token_file, metrics_address;
+  std::string tls_cert, tls_key, tls_client_ca;
   int port = -1, metrics_port = -2, threads = -1, workers = -1, ready_delay_ms = 0;
   std::vector<std::string> model_flags, fail_models;
   bool check = false;
@@ -167,6 +170,13 @@ int main(int argc, char** argv) {
   app.add_option("--auth-token-file", auth_token_file,
                  "bearer tokens required by Inference calls, one per line (overrides "
                  "server.auth_token_file)");
+  app.add_option("--tls-cert", tls_cert,
+                 "PEM certificate chain: the gRPC port speaks TLS only (overrides "
+                 "server.tls.cert_file; needs --tls-key)");
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert (overrides server.tls.key_file)");
+  app.add_option("--tls-client-ca", tls_client_ca,
+                 "PEM CA bundle: clients must present a certificate it signed, mutual TLS "
+                 "(overrides server.tls.client_ca_file)");
   app.add_option("--workers", workers, "concurrent batches (overrides batching.workers)")
       ->check(CLI::Range(1, 256));
   app.add_flag("--check", check,
@@ -210,6 +220,9 @@ int main(int argc, char** argv) {
   if (threads >= 0) config.batching.threads_per_worker = threads;
   if (workers >= 1) config.batching.workers = workers;
   if (!auth_token_file.empty()) config.auth_token_file = auth_token_file;
+  if (!tls_cert.empty()) config.tls.cert_file = tls_cert;
+  if (!tls_key.empty()) config.tls.key_file = tls_key;
+  if (!tls_client_ca.empty()) config.tls.client_ca_file = tls_client_ca;
   const int cpus = topserve::engine::AvailableCpus();
   if (absl::Status s = topserve::server::NormalizeAndValidate(config, cpus); !s.ok()) {
     return Fail(2, config_path.empty() ? std::string(s.message())
@@ -291,7 +304,12 @@ int main(int argc, char** argv) {
   std::cerr << kName << ": " << (sig == SIGTERM ? "SIGTERM" : "SIGINT") << ": draining (grace "
             << config.drain_grace_seconds << "s)" << std::endl;
   loader.join();
-  server->Shutdown();
+  server->Drain();
+  // No grpc::Server::Shutdown(): it would answer calls arriving during it CANCELLED (server.h,
+  // Drain()). Every call the server accepted has finished; a moment for the last responses to
+  // leave, then exit: the connections close, and a call caught in flight sees UNAVAILABLE.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::cerr << kName << ": drained; exiting" << std::endl;
-  return 0;
+  std::fflush(nullptr);
+  _exit(0);
 }

@@ -5,13 +5,135 @@
 #include <exception>
 #include <thread>
 
+#include <fstream>
+#include <optional>
+#include <sstream>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/wire.h"
 
 namespace topserve::server {
+namespace {
+
+// The PEM files of server.tls, read and checked with OpenSSL before gRPC sees them: gRPC only says
+// that the port cannot be bound when a certificate or key is unusable.
+struct TlsMaterial {
+  std::string cert, key, client_ca;
+};
+
+absl::StatusOr<std::string> ReadPemFile(const std::string& path, const std::string& field) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": cannot read ", path));
+  }
+  std::ostringstream text;
+  text << in.rdbuf();
+  if (text.str().size() > (1 << 20)) {
+    return absl::InvalidArgumentError(absl::StrCat(field, ": ", path, " is over 1 MiB"));
+  }
+  return text.str();
+}
+
+std::string OpenSslError() {
+  const unsigned long e = ERR_get_error();
+  ERR_clear_error();
+  if (e == 0) return "no PEM block found";
+  char buf[256];
+  ERR_error_string_n(e, buf, sizeof(buf));
+  return buf;
+}
+
+// Number of PEM certificates in `pem` (0 with `why` set when there is none or one is corrupt).
+int CountCertificates(const std::string& pem, std::string* why) {
+  BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+  int n = 0;
+  while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+    X509_free(cert);
+    ++n;
+  }
+  // The loop ends at the end of the data (PEM_R_NO_START_LINE) or at a corrupt block.
+  const unsigned long e = ERR_peek_last_error();
+  if (n > 0 && ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE) {
+    ERR_clear_error();
+  } else if (e != 0) {
+    *why = OpenSslError();
+    n = 0;
+  } else if (n == 0) {
+    *why = "no PEM certificate found";
+  }
+  BIO_free(bio);
+  return n;
+}
+
+absl::StatusOr<TlsMaterial> LoadTls(const TlsConfig& tls) {
+  TlsMaterial m;
+  auto cert = ReadPemFile(tls.cert_file, "server.tls.cert_file");
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPemFile(tls.key_file, "server.tls.key_file");
+  if (!key.ok()) return key.status();
+  m.cert = std::move(*cert);
+  m.key = std::move(*key);
+  std::string why;
+  if (CountCertificates(m.cert, &why) == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("server.tls.cert_file: ", tls.cert_file, ": ", why));
+  }
+  {
+    BIO* cbio = BIO_new_mem_buf(m.cert.data(), static_cast<int>(m.cert.size()));
+    X509* leaf = PEM_read_bio_X509(cbio, nullptr, nullptr, nullptr);
+    BIO_free(cbio);
+    BIO* kbio = BIO_new_mem_buf(m.key.data(), static_cast<int>(m.key.size()));
+    // No passphrase callback: an encrypted key fails here with a clear message.
+    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(kbio, nullptr,
+                                             [](char*, int, int, void*) { return 0; }, nullptr);
+    BIO_free(kbio);
+    absl::Status status;
+    if (pkey == nullptr) {
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "server.tls.key_file: ", tls.key_file, ": no unencrypted PEM private key (",
+          OpenSslError(), ")"));
+    } else if (X509_check_private_key(leaf, pkey) != 1) {
+      ERR_clear_error();
+      status = absl::InvalidArgumentError(absl::StrCat(
+          "server.tls.key_file: ", tls.key_file, " is not the key of the certificate in ",
+          tls.cert_file));
+    }
+    EVP_PKEY_free(pkey);
+    X509_free(leaf);
+    if (!status.ok()) return status;
+  }
+  if (!tls.client_ca_file.empty()) {
+    auto ca = ReadPemFile(tls.client_ca_file, "server.tls.client_ca_file");
+    if (!ca.ok()) return ca.status();
+    m.client_ca = std::move(*ca);
+    if (CountCertificates(m.client_ca, &why) == 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("server.tls.client_ca_file: ", tls.client_ca_file, ": ", why));
+    }
+  }
+  return m;
+}
+
+std::shared_ptr<grpc::ServerCredentials> GrpcCredentials(const TlsMaterial* tls) {
+  if (tls == nullptr) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions options(
+      tls->client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                             : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = tls->client_ca;
+  options.pem_key_cert_pairs.push_back({tls->key, tls->cert});
+  return grpc::SslServerCredentials(options);
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   std::unique_ptr<Server> s(new Server(std::move(options)));
@@ -22,6 +144,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
     auto loaded = Authenticator::FromFile(config.auth_token_file);
     if (!loaded.ok()) return loaded.status();
     auth = std::move(*loaded);
+  }
+  // A client sending invalid UTF-8 in a loop must not flood the log (libprotobuf logs each one).
+  InstallProtobufLogLimiter();
+  std::optional<TlsMaterial> tls;
+  if (config.tls.enabled()) {
+    auto loaded = LoadTls(config.tls);
+    if (!loaded.ok()) return loaded.status();
+    tls = std::move(*loaded);
   }
   auto models = PrepareModels(config);
   if (!models.ok()) return models.status();
@@ -52,9 +182,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       // at most about kMetricsReadTimeoutMs behind a slow client.
       constexpr const char* kMetricsThreads = "8";
       constexpr const char* kMetricsReadTimeoutMs = "1000";
-      s->exposer_ = std::make_unique<prometheus::Exposer>(std::vector<std::string>{
-          "listening_ports", address, "num_threads", kMetricsThreads, "request_timeout_ms",
-          kMetricsReadTimeoutMs});
+      // No TLS here: Debian 12's civetweb (1.15) loads libssl at run time and looks up
+      // SSL_get_peer_certificate, which OpenSSL 3 no longer exports (it is a macro now), then calls
+      // the null pointer on the first HTTPS connection (a segfault, seen with "ssl_certificate").
+      // docs/api.md (TLS) says how to protect the metrics port instead.
+      std::vector<std::string> civetweb{"listening_ports", address, "num_threads",
+                                        kMetricsThreads, "request_timeout_ms",
+                                        kMetricsReadTimeoutMs};
+      s->exposer_ = std::make_unique<prometheus::Exposer>(std::move(civetweb));
     } catch (const std::exception& e) {
       return absl::UnavailableError(absl::StrCat("server.metrics_port: cannot listen on ",
                                                  address, " (", e.what(), ")"));
@@ -67,7 +202,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(config.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.AddListeningPort(config.listen, GrpcCredentials(tls ? &*tls : nullptr), &s->grpc_port_);
   builder.RegisterService(s->service_.get());
   // Room for the largest request the limits allow (every input at max_text_bytes, twice for
   // pairs), at least gRPC's default 4 MiB.
@@ -122,18 +257,26 @@ void Server::BeginDrain() {
   service_->DrainStreams();
 }
 
-void Server::Shutdown() {
-  if (shut_down_) return;
-  shut_down_ = true;
+void Server::Drain() {
+  if (drained_) return;
+  drained_ = true;
   const absl::Time start = absl::Now();
   const absl::Duration grace = absl::Seconds(options_.config.drain_grace_seconds);
   BeginDrain();
   // Queued work runs (bounded by the grace period); what is left fails UNAVAILABLE.
   scheduler_->Shutdown({.mode = batching::ShutdownOptions::Mode::kDrain, .grace = grace});
-  // Every task has completed, so every unary call has finished; give responses in transit (and
-  // streams finishing) the rest of the grace period, at least a second, then cancel what is left.
-  const absl::Duration left = std::max(grace - (absl::Now() - start), absl::Seconds(1));
-  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + left));
+  // Every task has completed, so every unary call is finishing; give responses in transit (and
+  // streams finishing) the rest of the grace period, at least a second.
+  service_->WaitForCalls(start + std::max(grace, absl::Seconds(1)));
+}
+
+void Server::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  Drain();
+  // Calls that arrive while gRPC shuts down end CANCELLED (see Drain() in server.h); what is still
+  // running a second from now is cancelled.
+  grpc_server_->Shutdown(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   grpc_server_->Wait();
   exposer_.reset();
 }

@@ -49,8 +49,20 @@ class Server {
   // Returns early (OK) when Shutdown() has begun.
   absl::Status LoadModels();
 
-  // Drains and stops. Must not run concurrently with LoadModels() (join the loader first); may be
-  // called once.
+  // The drain without stopping gRPC: readiness NOT_SERVING and new calls UNAVAILABLE (from the
+  // service, which keeps answering), queued and running calls finish within drain_grace_seconds,
+  // and it returns once every call the service started has finished (or the grace is over). Must
+  // not run concurrently with LoadModels() (join the loader first).
+  //
+  // topserve-server exits after Drain() without Shutdown(): gRPC C++ (1.51, and still upstream:
+  // grpc/grpc#41785) ends every call that arrives after grpc::Server::Shutdown() began but before
+  // the client has seen the GOAWAY CANCELLED, which clients do not retry. Exiting instead closes
+  // the connections, and a call caught in flight fails UNAVAILABLE like every other call during
+  // the drain.
+  void Drain();
+
+  // Drain(), then stops gRPC (1 s for it) and the metrics endpoint. For embedders and --check; may
+  // be called once.
   void Shutdown();
 
   // Begins the drain (readiness NOT_SERVING, new calls UNAVAILABLE) without waiting; Shutdown()
@@ -74,6 +86,7 @@ class Server {
   std::mutex health_mu_;  // Orders health updates of LoadModels() and BeginDrain().
   int grpc_port_ = 0;
   int metrics_port_ = -1;
+  bool drained_ = false;
   bool shut_down_ = false;
 };
 

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/wire.h"
 
 namespace topserve::server {
 namespace {
@@ -24,6 +25,16 @@ absl::Time Deadline(const grpc::CallbackServerContext* context) {
 }
 
 constexpr size_t kMaxRequestIdBytes = 256;
+
+// At most kMaxRequestIdBytes of `id`, cut at a UTF-8 character boundary.
+std::string TruncatedId(const std::string& id) {
+  if (id.size() <= kMaxRequestIdBytes) return id;
+  size_t cut = kMaxRequestIdBytes;
+  while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
+  return id.substr(0, cut);
+}
+
+double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
 
 // Whether a cancellation is the deadline's. gRPC's deadline timer and absl's clock may disagree
 // by a few milliseconds, so a cancellation just before the deadline counts as the deadline.
@@ -39,16 +50,31 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
   return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
 }
 
-// A unary inference call: finished from the Runtime's completion callback.
+// A unary call: owns its parsed request and its response (the Runtime may keep pointers to both
+// until it calls Done()), and writes the serialized response into gRPC's buffer when it finishes.
+template <typename Request, typename Response>
 class InferenceService::UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  explicit UnaryCall(grpc::CallbackServerContext* context) : deadline_(Deadline(context)) {}
+  UnaryCall(InferenceService* service, grpc::CallbackServerContext* context,
+            grpc::ByteBuffer* out)
+      : service_(service), deadline_(Deadline(context)), out_(out) {
+    service_->CallStarted();
+  }
+
+  Request request;
+  Response response;
 
   absl::Time deadline() const { return deadline_; }
   const batching::CancellationToken& token() const { return token_; }
-  // The Runtime's completion callback; the reactor must not be touched after Finish().
+  // Finishes the call (with the response when `status` is OK); the reactor must not be touched
+  // afterwards.
+  void Complete(absl::Status status) {
+    if (status.ok()) status = SerializeResponse(response, out_);
+    Finish(ToGrpcStatus(status));
+  }
+  // The Runtime's completion callback.
   Runtime::DoneFn Done() {
-    return [this](absl::Status status) { Finish(ToGrpcStatus(status)); };
+    return [this](absl::Status status) { Complete(std::move(status)); };
   }
 
   void OnCancel() override {
@@ -56,30 +82,35 @@ class InferenceService::UnaryCall final : public grpc::ServerUnaryReactor {
     // otherwise the client went away: drop its work from the queue or batch.
     if (!DeadlineReached(deadline_)) token_.Cancel();
   }
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    InferenceService* service = service_;
+    delete this;
+    service->CallDone();
+  }
 
  private:
+  InferenceService* const service_;
   const absl::Time deadline_;
+  grpc::ByteBuffer* const out_;
   batching::CancellationToken token_;
 };
 
-namespace {
-
-// A unary call refused before any work: finished at once.
-grpc::ServerUnaryReactor* Refuse(grpc::CallbackServerContext* context, const absl::Status& status) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(status));
-  return reactor;
-}
-
-}  // namespace
-
 // A ClassifyStream refused before reading anything.
 class InferenceService::RefusedStream final
-    : public grpc::ServerBidiReactor<v1::ClassifyStreamRequest, v1::ClassifyStreamResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  explicit RefusedStream(const absl::Status& status) { Finish(ToGrpcStatus(status)); }
-  void OnDone() override { delete this; }
+  RefusedStream(InferenceService* service, const absl::Status& status) : service_(service) {
+    service_->CallStarted();
+    Finish(ToGrpcStatus(status));
+  }
+  void OnDone() override {
+    InferenceService* service = service_;
+    delete this;
+    service->CallDone();
+  }
+
+ private:
+  InferenceService* const service_;
 };
 
 absl::Status InferenceService::Authenticate(const grpc::CallbackServerContext* context,
@@ -99,57 +130,77 @@ absl::Status InferenceService::Authenticate(const grpc::CallbackServerContext* c
   return status;
 }
 
-grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext* context,
-                                                     const v1::ClassifyRequest* request,
-                                                     v1::ClassifyResponse* response) {
-  if (absl::Status s = Authenticate(context, Method::kClassify,
-                                    rt_.ModelLabel(request->model(), /*qa=*/false));
-      !s.ok()) {
-    return Refuse(context, s);
+template <typename Call, typename LabelFn>
+bool InferenceService::Admit(grpc::CallbackServerContext* context, const grpc::ByteBuffer& body,
+                             Method method, LabelFn label, Call* call) {
+  const absl::Time start = absl::Now();
+  const absl::Status parsed = ParseRequest(body, &call->request);
+  // A body that does not parse names no model it can be counted under.
+  const std::string model =
+      parsed.ok() ? label(call->request) : std::string(Metrics::kUnknownModel);
+  // Authentication first: a caller without a token learns nothing about its request.
+  if (absl::Status s = Authenticate(context, method, model); !s.ok()) {
+    call->Complete(s);
+    return false;
   }
-  auto* call = new UnaryCall(context);
-  rt_.StartClassify(*request, response, Method::kClassify, call->deadline(), call->token(),
-                    call->Done());
+  if (!parsed.ok()) {
+    rt_.metrics().RecordRequest(model, method, parsed.code(), SecondsSince(start));
+    call->Complete(parsed);
+    return false;
+  }
+  return true;
+}
+
+grpc::ServerUnaryReactor* InferenceService::Classify(grpc::CallbackServerContext* context,
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::ClassifyRequest, v1::ClassifyResponse>(this, context, response);
+  const auto label = [this](const v1::ClassifyRequest& r) {
+    return rt_.ModelLabel(r.model(), /*qa=*/false);
+  };
+  if (Admit(context, *request, Method::kClassify, label, call)) {
+    rt_.StartClassify(call->request, &call->response, Method::kClassify, call->deadline(),
+                      call->token(), call->Done());
+  }
   return call;
 }
 
 grpc::ServerUnaryReactor* InferenceService::Answer(grpc::CallbackServerContext* context,
-                                                   const v1::AnswerRequest* request,
-                                                   v1::AnswerResponse* response) {
-  if (absl::Status s = Authenticate(context, Method::kAnswer,
-                                    rt_.ModelLabel(request->model(), /*qa=*/true));
-      !s.ok()) {
-    return Refuse(context, s);
+                                                   const grpc::ByteBuffer* request,
+                                                   grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::AnswerRequest, v1::AnswerResponse>(this, context, response);
+  const auto label = [this](const v1::AnswerRequest& r) {
+    return rt_.ModelLabel(r.model(), /*qa=*/true);
+  };
+  if (Admit(context, *request, Method::kAnswer, label, call)) {
+    rt_.StartAnswer(call->request, &call->response, call->deadline(), call->token(),
+                    call->Done());
   }
-  auto* call = new UnaryCall(context);
-  rt_.StartAnswer(*request, response, call->deadline(), call->token(), call->Done());
   return call;
 }
 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
-                                                       const v1::ListModelsRequest* /*request*/,
-                                                       v1::ListModelsResponse* response) {
-  if (absl::Status s = Authenticate(context, Method::kListModels,
-                                    std::string(Metrics::kAllModels));
-      !s.ok()) {
-    return Refuse(context, s);
+                                                       const grpc::ByteBuffer* request,
+                                                       grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>(this, context, response);
+  const auto label = [](const v1::ListModelsRequest&) { return std::string(Metrics::kAllModels); };
+  if (Admit(context, *request, Method::kListModels, label, call)) {
+    call->Complete(rt_.ListModels(&call->response));
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(rt_.ListModels(response)));
-  return reactor;
+  return call;
 }
 
 grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext* context,
-                                                     const v1::GetModelRequest* request,
-                                                     v1::ModelInfo* response) {
-  if (absl::Status s = Authenticate(context, Method::kGetModel,
-                                    rt_.ModelLabel(request->name(), std::nullopt));
-      !s.ok()) {
-    return Refuse(context, s);
+                                                     const grpc::ByteBuffer* request,
+                                                     grpc::ByteBuffer* response) {
+  auto* call = new UnaryCall<v1::GetModelRequest, v1::ModelInfo>(this, context, response);
+  const auto label = [this](const v1::GetModelRequest& r) {
+    return rt_.ModelLabel(r.name(), std::nullopt);
+  };
+  if (Admit(context, *request, Method::kGetModel, label, call)) {
+    call->Complete(rt_.GetModel(call->request, &call->response));
   }
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  reactor->Finish(ToGrpcStatus(rt_.GetModel(*request, response)));
-  return reactor;
+  return call;
 }
 
 // ClassifyStream: reads requests while fewer than limits.max_stream_inflight are in progress,
@@ -160,7 +211,7 @@ grpc::ServerUnaryReactor* InferenceService::GetModel(grpc::CallbackServerContext
 // OnDone() touches the object; it takes mu_ once so that the thread that called Finish() has let
 // go of it first.
 class InferenceService::StreamCall final
-    : public grpc::ServerBidiReactor<v1::ClassifyStreamRequest, v1::ClassifyStreamResponse> {
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamCall(InferenceService* service, grpc::CallbackServerContext* context)
       : service_(service),
@@ -179,9 +230,10 @@ class InferenceService::StreamCall final
       MaybeFinishLocked();
       return;
     }
+    const absl::Time start = absl::Now();
     auto item = std::make_shared<Item>();
-    item->request = std::move(request_);
-    item->response.set_request_id(item->request.request_id());
+    grpc::ByteBuffer body;
+    body.Swap(&request_);  // Parsed below, without the lock.
     item->serial = next_serial_++;
     tokens_.emplace(item->serial, item->token);
     ++inflight_;
@@ -191,16 +243,25 @@ class InferenceService::StreamCall final
     }
     lock.unlock();  // The Runtime may complete the item on this thread.
 
+    Metrics& metrics = service_->rt_.metrics();
+    if (const absl::Status parsed = ParseRequest(body, &item->request); !parsed.ok()) {
+      // One bad message fails only itself; its request_id is echoed when it can be read, so the
+      // client can tell which request failed.
+      item->response.set_request_id(TruncatedId(ScanStringField(BufferBytes(body), 1)));
+      metrics.RecordRequest(Metrics::kUnknownModel, Method::kClassifyStream, parsed.code(),
+                            SecondsSince(start));
+      Complete(item, parsed);
+      return;
+    }
+    // Echo what fits, cut at a UTF-8 character boundary: an empty id would match no request.
+    item->response.set_request_id(TruncatedId(item->request.request_id()));
     if (item->request.request_id().size() > kMaxRequestIdBytes) {
-      // Echo what fits, cut at a UTF-8 character boundary, so the client can tell which request
-      // failed (an empty id would match none of them).
-      const std::string& id = item->request.request_id();
-      size_t cut = kMaxRequestIdBytes;
-      while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
-      item->response.set_request_id(id.substr(0, cut));
-      Complete(item, absl::InvalidArgumentError(absl::StrCat(
-                         "request_id: ", item->request.request_id().size(),
-                         " bytes is over the limit of ", kMaxRequestIdBytes)));
+      const absl::Status status = absl::InvalidArgumentError(absl::StrCat(
+          "request_id: ", item->request.request_id().size(), " bytes is over the limit of ",
+          kMaxRequestIdBytes));
+      metrics.RecordRequest(service_->rt_.ModelLabel(item->request.request().model(), false),
+                            Method::kClassifyStream, status.code(), SecondsSince(start));
+      Complete(item, status);
       return;
     }
     service_->rt_.StartClassify(item->request.request(), item->response.mutable_response(),
@@ -230,9 +291,11 @@ class InferenceService::StreamCall final
   }
 
   void OnDone() override {
-    service_->Unregister(this);
+    InferenceService* service = service_;
+    service->Unregister(this);
     { std::lock_guard<std::mutex> lock(mu_); }
     delete this;
+    service->CallDone();
   }
 
   void BeginDrain() {
@@ -256,11 +319,19 @@ class InferenceService::StreamCall final
       error->set_code(static_cast<int32_t>(status.code()));
       error->set_message(std::string(status.message()));
     }
+    grpc::ByteBuffer out;
+    if (absl::Status s = SerializeResponse(item->response, &out); !s.ok()) {
+      v1::ClassifyStreamResponse failed;
+      failed.set_request_id(item->response.request_id());
+      failed.mutable_error()->set_code(static_cast<int32_t>(s.code()));
+      failed.mutable_error()->set_message(std::string(s.message()));
+      (void)SerializeResponse(failed, &out);
+    }
     std::lock_guard<std::mutex> lock(mu_);
     --inflight_;
     tokens_.erase(item->serial);
     if (!broken_ && !cancelled_ && !finished_) {
-      outbox_.push_back(std::move(item->response));
+      outbox_.push_back(std::move(out));
       if (!writing_) {
         writing_ = true;
         StartWrite(&outbox_.front());
@@ -293,8 +364,8 @@ class InferenceService::StreamCall final
   const int64_t max_inflight_;
 
   std::mutex mu_;
-  v1::ClassifyStreamRequest request_;  // Target of the outstanding read.
-  std::deque<v1::ClassifyStreamResponse> outbox_;  // front() is being written when writing_.
+  grpc::ByteBuffer request_;             // Target of the outstanding read.
+  std::deque<grpc::ByteBuffer> outbox_;  // Serialized responses; front() is being written when writing_.
   std::map<uint64_t, batching::CancellationToken> tokens_;  // Requests in progress.
   uint64_t next_serial_ = 0;
   int64_t inflight_ = 0;
@@ -307,14 +378,14 @@ class InferenceService::StreamCall final
   bool finished_ = false;
 };
 
-grpc::ServerBidiReactor<v1::ClassifyStreamRequest, v1::ClassifyStreamResponse>*
-InferenceService::ClassifyStream(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::ClassifyStream(grpc::CallbackServerContext* context) {
   // The stream's messages may name different models; a refused stream counts under "_unknown".
   if (absl::Status s = Authenticate(context, Method::kClassifyStream,
                                     std::string(Metrics::kUnknownModel));
       !s.ok()) {
-    return new RefusedStream(s);
+    return new RefusedStream(this, s);
   }
+  CallStarted();
   auto* call = new StreamCall(this, context);
   Register(call);
   if (rt_.draining()) call->BeginDrain();
@@ -329,6 +400,22 @@ void InferenceService::Register(StreamCall* call) {
 void InferenceService::Unregister(StreamCall* call) {
   std::lock_guard<std::mutex> lock(streams_mu_);
   streams_.erase(call);
+}
+
+void InferenceService::CallStarted() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  ++live_calls_;
+}
+
+void InferenceService::CallDone() {
+  std::lock_guard<std::mutex> lock(calls_mu_);
+  if (--live_calls_ == 0) calls_cv_.notify_all();
+}
+
+bool InferenceService::WaitForCalls(absl::Time deadline) {
+  std::unique_lock<std::mutex> lock(calls_mu_);
+  return calls_cv_.wait_until(lock, absl::ToChronoTime(deadline),
+                              [this] { return live_calls_ == 0; });
 }
 
 void InferenceService::DrainStreams() {

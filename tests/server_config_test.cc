@@ -141,6 +141,31 @@ TEST(ServerConfig, Validation) {
               HasSubstr("models[0].precision: 'fp16' is not one of fp32, int8"));
 }
 
+TEST(ServerConfig, Tls) {
+  auto c = Parse(
+      "server:\n  tls: {cert_file: s.crt, key_file: s.key, client_ca_file: ca.crt}\n"
+      "models: [{name: m, path: /p}]\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->tls.enabled());
+  EXPECT_EQ(c->tls.cert_file, "s.crt");
+  EXPECT_EQ(c->tls.key_file, "s.key");
+  EXPECT_EQ(c->tls.client_ca_file, "ca.crt");
+  // The printed config reads back the same.
+  auto again = Parse(ConfigToYaml(*c));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->tls.client_ca_file, "ca.crt");
+  EXPECT_FALSE(Parse("models: [{name: m, path: /p}]\n")->tls.enabled());
+
+  auto s = Parse("server: {tls: {cert_file: s.crt}}\nmodels: [{name: m, path: /p}]\n");
+  EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.key_file: must be set too"));
+  s = Parse("server: {tls: {key_file: s.key}}\nmodels: [{name: m, path: /p}]\n");
+  EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.cert_file: must be set too"));
+  s = Parse("server: {tls: {client_ca_file: ca.crt}}\nmodels: [{name: m, path: /p}]\n");
+  EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.client_ca_file: client certificates need TLS"));
+  s = Parse("server: {tls: {cert: s.crt}}\nmodels: [{name: m, path: /p}]\n");
+  EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.cert: unknown key"));
+}
+
 TEST(ServerConfig, SplitHostPort) {
   auto hp = SplitHostPort("[::1]:80", "f");
   ASSERT_TRUE(hp.ok());

@@ -141,6 +141,24 @@ def auth_metadata(token):
     return (("authorization", f"Bearer {token}"),) if token else None
 
 
+def make_channel(server, tls_ca=None, tls_cert=None, tls_key=None):
+    """A channel to host:port: plaintext, or TLS verified against the PEM CA bundle `tls_ca`, with
+    a client certificate (mutual TLS) when `tls_cert` and `tls_key` are given."""
+    if (tls_cert is None) != (tls_key is None) or (tls_cert is not None and tls_ca is None):
+        raise ValueError("--tls-cert and --tls-key go together, and with --tls-ca")
+    if tls_ca is None:
+        return grpc.insecure_channel(server)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(tls_ca),
+        private_key=read(tls_key) if tls_key else None,
+        certificate_chain=read(tls_cert) if tls_cert else None)
+    return grpc.secure_channel(server, credentials)
+
+
 def health_check(channel, service="", timeout=5.0):
     """grpc.health.v1.Health/Check: returns "SERVING", "NOT_SERVING", ... (raises grpc.RpcError,
     e.g. NOT_FOUND for a name the server does not know)."""
@@ -202,6 +220,10 @@ def main(argv=None):
     p.add_argument("--stub-dir", help="where to generate the stubs (default: a temporary dir)")
     p.add_argument("--token", default=os.environ.get("TOPSERVE_TOKEN"),
                    help="bearer token for a server with auth_token_file (default: $TOPSERVE_TOKEN)")
+    p.add_argument("--tls-ca", help="connect over TLS; PEM CA bundle that signed the server's "
+                   "certificate")
+    p.add_argument("--tls-cert", help="PEM client certificate (mutual TLS; needs --tls-ca)")
+    p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     sub = p.add_subparsers(dest="command", required=True)
 
     def budget_args(sp):
@@ -235,7 +257,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     args.metadata = auth_metadata(args.token)
 
-    channel = grpc.insecure_channel(args.server)
+    try:
+        channel = make_channel(args.server, args.tls_ca, args.tls_cert, args.tls_key)
+    except (ValueError, OSError) as e:
+        p.error(str(e))
     try:
         if args.command == "health":
             print(health_check(channel, args.service, timeout=args.timeout or 5.0))

@@ -10,7 +10,8 @@
 //   topserve-client model sst2                             # GetModel
 //
 // --token (default: $TOPSERVE_TOKEN) sends "authorization: Bearer <token>" to a server with
-// server.auth_token_file set.
+// server.auth_token_file set. --tls-ca connects over TLS, verifying the server against that CA
+// bundle (PEM); --tls-cert/--tls-key present a client certificate (mutual TLS).
 #include <chrono>
 #include <cstdlib>
 #include <fstream>
@@ -79,6 +80,12 @@ int main(int argc, char** argv) {
   std::string token;
   if (const char* env = std::getenv("TOPSERVE_TOKEN"); env != nullptr) token = env;
   app.add_option("--token", token, "bearer token (default: $TOPSERVE_TOKEN)");
+  std::string tls_ca, tls_cert, tls_key;
+  app.add_option("--tls-ca", tls_ca, "connect over TLS; PEM CA bundle that signed the server's "
+                 "certificate")->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", tls_cert, "PEM client certificate (mutual TLS; needs --tls-ca)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
 
   std::string model;
   std::optional<double> budget, min_budget;
@@ -118,7 +125,27 @@ int main(int argc, char** argv) {
   get_model->add_option("name", model_name)->required();
   CLI11_PARSE(app, argc, argv);
 
-  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  if (tls_cert.empty() != tls_key.empty() || (!tls_cert.empty() && tls_ca.empty())) {
+    std::cerr << "--tls-cert and --tls-key go together, and with --tls-ca\n";
+    return 2;
+  }
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!tls_ca.empty()) {
+    auto read = [](const std::string& path) {
+      std::ifstream in(path, std::ios::binary);
+      std::ostringstream text;
+      text << in.rdbuf();
+      return text.str();
+    };
+    grpc::SslCredentialsOptions ssl;
+    ssl.pem_root_certs = read(tls_ca);
+    if (!tls_cert.empty()) {
+      ssl.pem_cert_chain = read(tls_cert);
+      ssl.pem_private_key = read(tls_key);
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateChannel(server, credentials);
   auto stub = v1::Inference::NewStub(channel);
   grpc::ClientContext call;
   SetDeadline(call, timeout_ms);
