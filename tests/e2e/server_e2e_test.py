@@ -1008,6 +1008,7 @@ batching:
   max_queue_delay_us: 0
   workers: 1
   threads_per_worker: 2
+  max_queue_wait_ms: 0  # 12 heavy calls queued up front: seconds of work to drain.
 models:
   - name: heavy
     path: {heavy}
