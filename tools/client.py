@@ -21,10 +21,12 @@ Exit code: 0 on OK, otherwise 10 + the gRPC status code, with "CODE: message" on
 """
 
 import argparse
+import atexit
 import hashlib
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,7 +67,9 @@ def load_stubs(stub_dir=None):
         return _STUBS
     stub_dir = stub_dir or os.environ.get("TOPSERVE_STUB_DIR")
     if stub_dir is None:
+        # A temporary directory lives as long as the process (the modules are loaded by then).
         stub_dir = tempfile.mkdtemp(prefix="topserve-stubs-")
+        atexit.register(shutil.rmtree, stub_dir, ignore_errors=True)
     stub_dir = os.path.abspath(stub_dir)
     os.makedirs(stub_dir, exist_ok=True)
     with open(os.path.join(PROTO_ROOT, PROTO_FILE), "rb") as f:
