@@ -39,12 +39,15 @@ QuantizedRows QuantizedSlot(LayerScratch& scratch, int slot, int64_t rows, int64
   return QuantizedRows{Grow(codes, rows * width), sc, sc + rows};
 }
 
-// Quantizes `rows` rows of x into slot 0.
-QuantizedRows QuantizedInput(OpProfile* prof, LayerScratch& scratch, const float* x, int64_t rows,
-                             int64_t width) {
-  const QuantizedRows q = QuantizedSlot(scratch, 0, rows, width);
-  ScopedOp timed(prof, Op::kQuantize);
-  QuantizeRows(x, rows, width, q);
+// Slot `slot` holding `rows` rows of x quantized: quantized here, unless an earlier pass already
+// wrote exactly these rows there (`ready`).
+QuantizedRows QuantizedInput(OpProfile* prof, LayerScratch& scratch, int slot, const float* x,
+                             int64_t rows, int64_t width, bool ready) {
+  const QuantizedRows q = QuantizedSlot(scratch, slot, rows, width);
+  if (!ready) {
+    ScopedOp timed(prof, Op::kQuantize);
+    QuantizeRows(x, rows, width, q);
+  }
   return q;
 }
 
@@ -94,8 +97,7 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
   const void* qkv_in = nullptr;
   uint16_t* qkv_bf16 = bf16_attention_ ? Grow(scratch.qkv_bf16, rows * 3 * d) : nullptr;
   if (int8) {
-    const QuantizedRows qx = x_from_feed_forward ? QuantizedSlot(scratch, 0, rows, d)
-                                                 : QuantizedInput(prof, scratch, x, rows, d);
+    const QuantizedRows qx = QuantizedInput(prof, scratch, 0, x, rows, d, x_from_feed_forward);
     float* qkv = Grow(scratch.qkv, rows * 3 * d);
     ScopedOp timed(prof, Op::kQkvGemm);
     qkv_.ForwardQuantized(cache, qx, rows, qkv,
@@ -152,7 +154,7 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
   if (int8) {
     // y = LayerNorm(x + ctx W + b) in the output projection's own pass; y is also quantized there
     // for the FFN's first projection.
-    const QuantizedRows qc = QuantizedInput(prof, scratch, ctx, rows, d);
+    const QuantizedRows qc = QuantizedInput(prof, scratch, 0, ctx, rows, d, false);
     const QuantizedRows qy = QuantizedSlot(scratch, 1, rows, d);
     ScopedOp timed(prof, Op::kAttnOutGemm);
     attn_out_.ForwardQuantized(cache, qc, rows, nullptr,
@@ -178,11 +180,7 @@ void EncoderLayer::FeedForward(PrimitiveCache& cache, LayerScratch& scratch, con
     // activations never exist in fp32 memory (the up projection's pass quantizes them for the down
     // projection), and the down projection's pass adds the residual, norms, and quantizes x for
     // the next layer's Q|K|V.
-    const QuantizedRows qy = QuantizedSlot(scratch, 1, rows, d);
-    if (!y_from_attention) {
-      ScopedOp timed(prof, Op::kQuantize);
-      QuantizeRows(y, rows, d, qy);
-    }
+    const QuantizedRows qy = QuantizedInput(prof, scratch, 1, y, rows, d, y_from_attention);
     const QuantizedRows qh = QuantizedSlot(scratch, 2, rows, f);
     {
       ScopedOp timed(prof, Op::kFfnInGemm);
