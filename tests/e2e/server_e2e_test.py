@@ -967,9 +967,10 @@ class DrainTest(unittest.TestCase):
     NOT_SERVING, new calls get UNAVAILABLE, every call in flight gets a real answer or
     UNAVAILABLE, nothing hangs, exit code 0."""
 
-    def test_sigterm_with_calls_in_flight(self):
-        heavy = make_heavy_model()
-        config = write_config("drain.yaml", f"""
+    def _heavy_server(self, config_name):
+        """A server on the slow model whose queue may hold seconds of work (max_queue_wait_ms 0),
+        so a drain has something to finish."""
+        config = write_config(config_name, f"""
 server:
   listen: 127.0.0.1:0
   metrics_address: 127.0.0.1
@@ -978,14 +979,17 @@ server:
 batching:
   max_batch_size: 2
   max_queue_delay_us: 0
-  max_queue_wait_ms: 0  # A deep queue (seconds of work) for the drain to finish.
+  max_queue_wait_ms: 0
   workers: 1
   threads_per_worker: 2
 models:
   - name: heavy
-    path: {heavy}
+    path: {make_heavy_model()}
 """)
-        server = ServerProcess(config).wait_listening()
+        return ServerProcess(config).wait_listening()
+
+    def test_sigterm_with_calls_in_flight(self):
+        server = self._heavy_server("drain.yaml")
         try:
             self._drain(server)
         finally:
@@ -996,24 +1000,7 @@ models:
         UNAVAILABLE and nothing else. gRPC's own Server::Shutdown() answered calls that arrived
         while it ran CANCELLED (grpc/grpc#41785), which clients do not retry; the server now
         exits after its drain instead."""
-        heavy = make_heavy_model()
-        config = write_config("drain-new-calls.yaml", f"""
-server:
-  listen: 127.0.0.1:0
-  metrics_address: 127.0.0.1
-  metrics_port: 0
-  drain_grace_seconds: 30
-batching:
-  max_batch_size: 2
-  max_queue_delay_us: 0
-  workers: 1
-  threads_per_worker: 2
-  max_queue_wait_ms: 0  # 12 heavy calls queued up front: seconds of work to drain.
-models:
-  - name: heavy
-    path: {heavy}
-""")
-        server = ServerProcess(config).wait_listening()
+        server = self._heavy_server("drain-new-calls.yaml")
         try:
             channel = grpc.insecure_channel(server.address)
             stub = grpc_pb.InferenceStub(channel)
