@@ -144,6 +144,7 @@ absl::StatusOr<ServerConfig> ParseConfig(const std::string& yaml_text, const std
       r.Read("metrics_address", config.metrics_address);
       r.Read("metrics_port", config.metrics_port);
       r.Read("drain_grace_seconds", config.drain_grace_seconds);
+      r.Read("max_connection_age_seconds", config.max_connection_age_seconds);
       r.Read("auth_token_file", config.auth_token_file);
       r.Visit("tls", [&](const YAML::Node& t) {
         MapReader tr(t, "server.tls", &status);
@@ -239,6 +240,12 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
   if (!(c.drain_grace_seconds >= 0 && c.drain_grace_seconds <= 3600)) {
     return absl::InvalidArgumentError(absl::StrCat("server.drain_grace_seconds: ",
                                                    c.drain_grace_seconds, " is outside [0, 3600]"));
+  }
+  if (!(c.max_connection_age_seconds == 0 ||
+        (c.max_connection_age_seconds >= 0.1 && c.max_connection_age_seconds <= 86400))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("server.max_connection_age_seconds: ", c.max_connection_age_seconds,
+                     " is neither 0 (off) nor in [0.1, 86400]"));
   }
   const TlsConfig& tls = c.tls;
   if (tls.cert_file.empty() != tls.key_file.empty()) {
@@ -343,6 +350,7 @@ std::string ConfigToYaml(const ServerConfig& c) {
   out << YAML::Key << "metrics_address" << YAML::Value << c.metrics_address;
   out << YAML::Key << "metrics_port" << YAML::Value << c.metrics_port;
   out << YAML::Key << "drain_grace_seconds" << YAML::Value << c.drain_grace_seconds;
+  out << YAML::Key << "max_connection_age_seconds" << YAML::Value << c.max_connection_age_seconds;
   out << YAML::Key << "auth_token_file" << YAML::Value << c.auth_token_file;
   out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "cert_file" << YAML::Value << c.tls.cert_file;

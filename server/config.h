@@ -69,6 +69,11 @@ struct ServerConfig {
   std::string metrics_address = "0.0.0.0";
   int64_t metrics_port = 9100;           // Prometheus /metrics; 0 = any free port, -1 = off.
   double drain_grace_seconds = 30;       // SIGTERM: how long queued and running calls may take.
+  // Each client connection gets a graceful GOAWAY at this age (+-10% jitter, gRPC's
+  // max_connection_age; calls in progress finish): clients behind a plain TCP balancer spread
+  // over new replicas, and a drain ends once every connection has moved on (at most this long
+  // after the queued work is done). 0 = never (the drain then closes live connections).
+  double max_connection_age_seconds = 10;
   std::string auth_token_file;           // Bearer tokens required by Inference calls ("" = open).
   TlsConfig tls;
   std::vector<ModelConfig> models;

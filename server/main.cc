@@ -305,9 +305,10 @@ int main(int argc, char** argv) {
             << config.drain_grace_seconds << "s)" << std::endl;
   loader.join();
   server->Drain();
+  server->Linger();
   // No grpc::Server::Shutdown(): it would answer calls arriving during it CANCELLED (server.h,
-  // Drain()). Every call the server accepted has finished; a moment for the last responses to
-  // leave, then exit: the connections close, and a call caught in flight sees UNAVAILABLE.
+  // Drain()). Every call the server accepted has finished and every connection has had its
+  // GOAWAY (Linger()); a moment for the last responses to leave, then exit.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   std::cerr << kName << ": drained; exiting" << std::endl;
   std::fflush(nullptr);

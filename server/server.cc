@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/sockets.h"
 #include "server/wire.h"
 
 namespace topserve::server {
@@ -210,6 +211,12 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       2 * config.limits.max_inputs_per_call * config.limits.max_text_bytes + (1 << 20), 4 << 20,
       INT_MAX);
   builder.SetMaxReceiveMessageSize(static_cast<int>(limit));
+  if (config.max_connection_age_seconds > 0) {
+    // gRPC's max_connection_age: a graceful GOAWAY (the server keeps serving, so calls racing it
+    // are answered) and no grace limit, so calls and streams in progress are never cut off.
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                               static_cast<int>(config.max_connection_age_seconds * 1000));
+  }
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
     s->grpc_server_.reset();
@@ -255,6 +262,27 @@ void Server::BeginDrain() {
     for (const auto& m : runtime_->models()) health->SetServingStatus(m->config.name, false);
   }
   service_->DrainStreams();
+  // New connections are refused from now on (a proxy retries those elsewhere, having sent
+  // nothing); the connections clients have keep getting answers (UNAVAILABLE for new calls)
+  // until their max_connection_age GOAWAY moves them on. See Linger().
+  const absl::Time now = absl::Now();
+  if (!stopped_listening_.exchange(true)) {
+    stopped_listening_at_ = now;
+    StopListeningOnPort(grpc_port_);
+  }
+}
+
+void Server::Linger() {
+  const double age = options_.config.max_connection_age_seconds;
+  if (age <= 0 || !stopped_listening_) return;
+  // No connection is newer than the moment the listener stopped, and each gets its GOAWAY
+  // within 1.1 x the age of it (gRPC's jitter is +-10%); then a moment for calls racing the
+  // GOAWAY to be answered. Clients that have the GOAWAY close their connections (an idle one may
+  // not read it until it next sends, so the connection count need not reach 0).
+  const absl::Time until = stopped_listening_at_ + absl::Seconds(1.1 * age + 0.25);
+  while (ConnectionsOnPort(grpc_port_) > 0 && absl::Now() < until) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
 }
 
 void Server::Drain() {

@@ -11,6 +11,7 @@
 //                 finish within drain_grace_seconds, then gRPC and metrics stop.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -54,12 +55,18 @@ class Server {
   // and it returns once every call the service started has finished (or the grace is over). Must
   // not run concurrently with LoadModels() (join the loader first).
   //
-  // topserve-server exits after Drain() without Shutdown(): gRPC C++ (1.51, and still upstream:
-  // grpc/grpc#41785) ends every call that arrives after grpc::Server::Shutdown() began but before
-  // the client has seen the GOAWAY CANCELLED, which clients do not retry. Exiting instead closes
-  // the connections, and a call caught in flight fails UNAVAILABLE like every other call during
-  // the drain.
+  // topserve-server exits after Drain() and Linger() without Shutdown(): gRPC C++ (1.51, and still
+  // upstream: grpc/grpc#41785) ends every call that arrives after grpc::Server::Shutdown() began
+  // but before the client has seen the GOAWAY CANCELLED, which clients do not retry.
   void Drain();
+
+  // After Drain(): waits until every client connection has had its GOAWAY, at most
+  // 1.1 x max_connection_age after BeginDrain() (less once no connection is left). BeginDrain()
+  // stopped accepting connections; each open one gets gRPC's graceful max-age GOAWAY, and calls
+  // racing it are still answered (UNAVAILABLE). A proxy such as nginx stops using a connection
+  // at its GOAWAY; exiting under it instead turns the call it has in flight into an HTTP 502,
+  // which clients cannot retry.
+  void Linger();
 
   // Drain(), then stops gRPC (1 s for it) and the metrics endpoint. For embedders and --check; may
   // be called once.
@@ -87,6 +94,8 @@ class Server {
   int grpc_port_ = 0;
   int metrics_port_ = -1;
   bool drained_ = false;
+  std::atomic<bool> stopped_listening_{false};
+  absl::Time stopped_listening_at_;  // Written once by BeginDrain(), read by Linger() after it.
   bool shut_down_ = false;
 };
 

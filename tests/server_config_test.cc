@@ -48,6 +48,7 @@ server:
   metrics_address: 127.0.0.1
   metrics_port: -1
   drain_grace_seconds: 2.5
+  max_connection_age_seconds: 30
   auth_token_file: /run/secrets/topserve-tokens
 batching:
   max_batch_tokens: 4096
@@ -77,6 +78,7 @@ models:
   EXPECT_EQ(c->listen, "127.0.0.1:7000");
   EXPECT_EQ(c->metrics_port, -1);
   EXPECT_DOUBLE_EQ(c->drain_grace_seconds, 2.5);
+  EXPECT_DOUBLE_EQ(c->max_connection_age_seconds, 30);
   EXPECT_EQ(c->auth_token_file, "/run/secrets/topserve-tokens");
   EXPECT_EQ(c->batching.threads_per_worker, 1);
   EXPECT_EQ(c->limits.max_stream_inflight, 5);
@@ -139,6 +141,12 @@ TEST(ServerConfig, Validation) {
       HasSubstr("models[0].batching.max_batch_size"));
   EXPECT_THAT(Message(Parse("models: [{name: m, path: /p, precision: fp16}]\n").status()),
               HasSubstr("models[0].precision: 'fp16' is not one of fp32, int8"));
+  EXPECT_THAT(
+      Message(Parse("server: {max_connection_age_seconds: 0.01}\nmodels: [{name: m, path: /p}]\n")
+                  .status()),
+      HasSubstr("server.max_connection_age_seconds: 0.01 is neither 0 (off) nor in [0.1, 86400]"));
+  EXPECT_TRUE(
+      Parse("server: {max_connection_age_seconds: 0}\nmodels: [{name: m, path: /p}]\n").ok());
 }
 
 TEST(ServerConfig, Tls) {

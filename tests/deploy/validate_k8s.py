@@ -354,11 +354,16 @@ def cross_check(objects, adapter_objects=None):
             if server.get("metrics_port") != ports.get("metrics"):
                 errors.append(f"{where}: metrics containerPort {ports.get('metrics')} != config "
                               f"server.metrics_port {server.get('metrics_port')}")
-            grace = server.get("drain_grace_seconds", 30)  # server/config.h default
-            if not (pod.get("terminationGracePeriodSeconds") or 0) > grace + 5:
+            # A drain takes the grace period for the calls, and ends no later than 1.1 x the
+            # connection age after SIGTERM (Server::Linger); server/config.h defaults.
+            grace = server.get("drain_grace_seconds", 30)
+            age = server.get("max_connection_age_seconds", 10)
+            drain = max(grace, 1.1 * age + 0.25)
+            if not (pod.get("terminationGracePeriodSeconds") or 0) > drain + 5:
                 errors.append(f"{where}: terminationGracePeriodSeconds "
-                              f"{pod.get('terminationGracePeriodSeconds')} must exceed "
-                              f"server.drain_grace_seconds {grace} by more than 5 s")
+                              f"{pod.get('terminationGracePeriodSeconds')} must exceed the longest "
+                              f"drain, max(server.drain_grace_seconds {grace}, 1.1 x "
+                              f"server.max_connection_age_seconds {age}), by more than 5 s")
             if not model_names:
                 errors.append(f"ConfigMap {cm_name}: no models")
         readiness_names = set(model_names) | {"topserve.v1.Inference"}
@@ -588,6 +593,15 @@ def self_test():
         ok = any(re.search(pattern, e) for e in xerrs)
         print(f"{'ok  ' if ok else 'FAIL'} cross-check {name}")
         failed += not ok
+    aged = copy.deepcopy(objects)
+    cm = next(o for o in aged if o["kind"] == "ConfigMap")
+    cm["data"]["config.yaml"] = re.sub(r"max_connection_age_seconds: *[0-9.]+",
+                                       "max_connection_age_seconds: 40", cm["data"]["config.yaml"])
+    ok = any(re.search(r"terminationGracePeriodSeconds.*max_connection_age_seconds 40", e)
+             for e in cross_check(aged))
+    print(f"{'ok  ' if ok else 'FAIL'} cross-check connection age outlasting the termination grace")
+    failed += not ok
+
     def client_json(fn):
         objs = copy.deepcopy(objects)
         cm = next(o for o in objs if o["kind"] == "ConfigMap"
