@@ -1,5 +1,6 @@
 #include "engine/cpu_info.h"
 
+#include <cpuid.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -72,8 +73,14 @@ const CpuFeatures& GetCpuFeatures() {
     f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
-    f.amx = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
-            __builtin_cpu_supports("amx-int8");
+    // CPUID leaf 7 (EDX bits 22, 24, 25: AMX-BF16, AMX-TILE, AMX-INT8) rather than
+    // __builtin_cpu_supports, whose "amx-*" names clang 14 (the fuzz build) does not know. Whether
+    // the kernel lets us use the tiles is oneDNN's business (it asks for them itself).
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) {
+      constexpr unsigned kAmx = (1u << 22) | (1u << 24) | (1u << 25);
+      f.amx = (edx & kAmx) == kAmx;
+    }
     return f;
   }();
   return features;

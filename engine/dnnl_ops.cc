@@ -318,10 +318,10 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void DequantizeRow(
     }
     switch (epilogue) {
       case Epilogue::kNone: break;
-      case Epilogue::kGeluErf: v = simd::GeluErf(v); break;
-      case Epilogue::kGeluTanh: v = simd::GeluTanh(v); break;
-      case Epilogue::kRelu: v = simd::Relu(v); break;
-      case Epilogue::kTanh: v = simd::Tanh(v); break;
+      case Epilogue::kGeluErf: simd::GeluErfInPlace(v); break;
+      case Epilogue::kGeluTanh: simd::GeluTanhInPlace(v); break;
+      case Epilogue::kRelu: simd::ReluInPlace(v); break;
+      case Epilogue::kTanh: simd::TanhInPlace(v); break;
     }
     std::memcpy(d + j, &v, sizeof(v));
   }

@@ -75,4 +75,12 @@ using I16 = int32_t __attribute__((vector_size(64)));
 }
 [[gnu::always_inline]] inline F16 Relu(F16 x) { return Max(x, F16{}); }
 
+// In-place forms for the functions of a target_clones caller. Clang checks, before inlining, that
+// a caller and callee with a 64-byte vector argument or result agree on AVX-512, and the v4 clone
+// and these (baseline) functions do not; a reference has one ABI. (GCC inlines first.)
+[[gnu::always_inline]] inline void GeluErfInPlace(F16& x) { x = GeluErf(x); }
+[[gnu::always_inline]] inline void GeluTanhInPlace(F16& x) { x = GeluTanh(x); }
+[[gnu::always_inline]] inline void ReluInPlace(F16& x) { x = Relu(x); }
+[[gnu::always_inline]] inline void TanhInPlace(F16& x) { x = Tanh(x); }
+
 }  // namespace topserve::engine::simd
