@@ -649,6 +649,7 @@ void Scheduler::WorkerLoop(int index) {
   if (options_.on_worker_start) options_.on_worker_start(index, options_.threads_per_worker);
   Worker& self = workers_[static_cast<size_t>(index)];
   Work work;
+  bool worked = false;  // Since this worker last found nothing to do.
   std::unique_lock<std::mutex> lock(mu_);
   while (true) {
     SetWorkerStateLocked(index, WorkerState::kPlanning);
@@ -661,9 +662,17 @@ void Scheduler::WorkerLoop(int index) {
       work.finished.clear();
       if (work.batch.queue != nullptr) RunBatch(index, work.batch, lock);
       lock.lock();
+      worked = true;
       continue;
     }
     if (stop_) break;
+    if (worked && wake == absl::InfiniteFuture() && options_.on_idle) {
+      worked = false;
+      lock.unlock();
+      options_.on_idle();
+      lock.lock();
+      continue;  // Work may have arrived meanwhile.
+    }
     self.wake = wake;
     self.seen_epoch = epoch_;
     self.sleep_seq = ++sleep_seq_;

@@ -132,6 +132,10 @@ struct SchedulerOptions {
   // behind it on a busy machine. Raising priority (negative) needs CAP_SYS_NICE; failures are
   // ignored.
   int worker_nice = 0;
+  // Runs on a worker thread, outside the scheduler's lock, each time that worker has finished
+  // work and finds nothing queued (the load has stopped, for now). Keep it cheap (e.g. wake a
+  // thread of your own): the worker plans again only after it returns.
+  std::function<void()> on_idle{};
 };
 
 struct ShutdownOptions {

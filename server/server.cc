@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/memory_trimmer.h"
 #include "server/sockets.h"
 #include "server/wire.h"
 
@@ -165,6 +166,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   so.num_workers = static_cast<int>(config.batching.workers);
   so.threads_per_worker = static_cast<int>(config.batching.threads_per_worker);
   so.observer = s->metrics_.get();
+  s->trimmer_ = std::make_unique<MemoryTrimmer>();
+  so.on_idle = [trimmer = s->trimmer_.get()] { trimmer->Notify(); };
   auto scheduler = batching::Scheduler::Create(std::move(so));
   if (!scheduler.ok()) return scheduler.status();
   s->scheduler_ = std::move(*scheduler);

@@ -23,6 +23,7 @@
 #include "absl/time/time.h"
 #include "batching/scheduler.h"
 #include "server/config.h"
+#include "server/memory_trimmer.h"
 #include "server/metrics.h"
 #include "server/runtime.h"
 #include "server/service.h"
@@ -86,6 +87,7 @@ class Server {
   ServerOptions options_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MemoryTrimmer> trimmer_;  // Before scheduler_: outlives its on_idle calls.
   std::unique_ptr<batching::Scheduler> scheduler_;
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<InferenceService> service_;

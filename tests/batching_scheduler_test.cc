@@ -95,6 +95,7 @@ class SchedulerTest : public ::testing::Test {
       std::lock_guard<std::mutex> lock(started_mu_);
       started_.insert({index, threads});
     };
+    options.on_idle = [this] { idle_calls_.fetch_add(1); };
     auto s = Scheduler::Create(std::move(options));
     ASSERT_TRUE(s.ok()) << s.status();
     scheduler_ = std::move(*s);
@@ -166,6 +167,7 @@ class SchedulerTest : public ::testing::Test {
   std::shared_ptr<TestExecutor> executor_ = std::make_shared<TestExecutor>(&clock_);
   std::mutex started_mu_;
   std::set<std::pair<int, int>> started_;
+  std::atomic<int> idle_calls_{0};
   std::vector<std::pair<std::string, std::shared_ptr<TestExecutor>>> models_;
   std::unique_ptr<Scheduler> scheduler_;  // Last: destroyed first.
 };
@@ -185,6 +187,33 @@ TEST_F(SchedulerTest, PartialBatchWaitsForMaxQueueDelay) {
   EXPECT_TRUE(recorder_.Find(1)->status.ok());
   EXPECT_EQ(recorder_.Find(1)->report.queue_time, kDelay);
   EXPECT_EQ(recorder_.Find(2)->report.queue_time, kDelay - absl::Milliseconds(4));
+}
+
+TEST_F(SchedulerTest, OnIdleRunsOnceWhenTheWorkRunsOut) {
+  Init();
+  Idle();
+  EXPECT_EQ(idle_calls_.load(), 0) << "no work has been done yet";
+  ASSERT_TRUE(Submit(1, 10).ok());
+  Idle();
+  EXPECT_EQ(idle_calls_.load(), 0) << "a task waiting for its batch to fill is work to come";
+  Advance(kDelay);
+  ASSERT_TRUE(recorder_.WaitFor(1));
+  Idle();
+  EXPECT_EQ(idle_calls_.load(), 1);
+  // While a batch computes and another task waits, the scheduler is not idle.
+  executor_->Hold();
+  ASSERT_TRUE(Submit(2, 10).ok());
+  Advance(kDelay);
+  ASSERT_TRUE(Submit(3, 10).ok());
+  Idle();
+  EXPECT_EQ(idle_calls_.load(), 1);
+  executor_->Release();
+  Advance(kDelay);
+  ASSERT_TRUE(recorder_.WaitFor(3));
+  Idle();
+  EXPECT_EQ(idle_calls_.load(), 2) << "one call when the second burst of work ran out";
+  Advance(absl::Seconds(1));
+  EXPECT_EQ(idle_calls_.load(), 2) << "an idle scheduler does not call it again";
 }
 
 TEST_F(SchedulerTest, ZeroDelayDispatchesAtOnce) {
