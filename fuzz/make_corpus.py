@@ -8,6 +8,8 @@ fuzz_tokenizer: the golden stress strings (../shared/data/golden/tokenizer/stres
   plus a few invalid UTF-8 texts.
 fuzz_safetensors: small valid files made here (F32/F16/BF16/I64, scalar, empty tensor, metadata, a
   micro BERT checkpoint layout) and a few broken ones.
+fuzz_tokenizer_json: small tokenizer.json files from Hugging Face's tokenizers library (WordPiece
+  variants, and a BPE file and a broken one that must be refused).
 fuzz_model_config: the golden tiny-cls/tiny-qa config.json and tokenizer_config.json and pruning.yaml
   files in the layout training/schedule.py writes.
 Only files named seed-* are replaced; files libFuzzer adds to the corpus directories are left alone.
@@ -177,6 +179,48 @@ def config_seeds(shared):
           b'{"version": 1, "placement": "after_mha", "keep_ratios": [0.9, 0.1], "target_flops": 1}')
 
 
+def tokenizer_json_seeds():
+    """Small tokenizer.json files written by Hugging Face's tokenizers library (a 40-token vocab):
+    the WordPiece variants docs/models.md supports, and a few the loader must refuse."""
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import BPE, WordPiece
+
+    clear("fuzz_tokenizer_json")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "c", "x", "y", "hello", "world",
+             "!", ",", ".", "'", "s", "it", "3", "14", "un", "##aff", "##able", "caf", "##e", "##é",
+             "é", "中", "文", "##s", "the", "##x", "##y", "Hello", "World", "CAF", "##E", "##É",
+             "super", "bowl"]
+    vocab = {w: i for i, w in enumerate(words)}
+
+    def wordpiece(lowercase=True, strip_accents=None, bert_processing=False, added=False,
+                  chinese=True):
+        tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+        tok.normalizer = normalizers.BertNormalizer(
+            clean_text=True, handle_chinese_chars=chinese, strip_accents=strip_accents,
+            lowercase=lowercase)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        if bert_processing:
+            tok.post_processor = processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+        else:
+            tok.post_processor = processors.TemplateProcessing(
+                single="[CLS]:0 $A:0 [SEP]:0", pair="[CLS]:0 $A:0 [SEP]:0 $B:1 [SEP]:1",
+                special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        tok.add_special_tokens(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+        if added:
+            tok.add_tokens([AddedToken("super bowl", normalized=True),
+                            AddedToken("NFL", normalized=False)])
+        return tok.to_str()
+
+    write("fuzz_tokenizer_json", "uncased.json", wordpiece().encode())
+    write("fuzz_tokenizer_json", "cased.json", wordpiece(lowercase=False).encode())
+    write("fuzz_tokenizer_json", "accents.json", wordpiece(strip_accents=False).encode())
+    write("fuzz_tokenizer_json", "bertproc.json", wordpiece(bert_processing=True).encode())
+    write("fuzz_tokenizer_json", "added.json", wordpiece(added=True, chinese=False).encode())
+    bpe = Tokenizer(BPE({"a": 0, "b": 1, "ab": 2}, [("a", "b")]))
+    write("fuzz_tokenizer_json", "bpe-refused.json", bpe.to_str().encode())
+    write("fuzz_tokenizer_json", "not-json.json", b'{"model": {"type": "WordPiece", "vocab": {')
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shared", default=os.path.join(HERE, "..", "..", "shared"))
@@ -184,6 +228,7 @@ def main():
     tokenizer_seeds(args.shared)
     safetensors_seeds()
     config_seeds(args.shared)
+    tokenizer_json_seeds()
     total = 0
     for root, _, files in os.walk(os.path.join(HERE, "corpus")):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files if f.startswith("seed-"))

@@ -4,7 +4,7 @@
 #   scripts/fuzz.sh                 # 120 s per target
 #   scripts/fuzz.sh 60              # 60 s per target
 #   FUZZERS="fuzz_tokenizer" scripts/fuzz.sh 600
-# Environment: BUILD_DIR (build-fuzz, relative or absolute), JOBS (2, build parallelism), FUZZERS (all five), CLANG_VERSION
+# Environment: BUILD_DIR (build-fuzz, relative or absolute), JOBS (2, build parallelism), FUZZERS (all six), CLANG_VERSION
 # (14), FUZZ_TIMEOUT (30: seconds one input may take before it counts as a hang), FUZZ_ARGS (extra
 # libFuzzer flags, e.g. "-jobs=2 -workers=2"), TOPSERVE_FUZZ_VOCAB (vocab for fuzz_tokenizer and the
 # fuzz_request models, which are generated into $BUILD_DIR/fuzz-models/ with tools/gen_model.py).
@@ -26,7 +26,7 @@ build=${BUILD_DIR:-build-fuzz}
 jobs=${JOBS:-2}
 clang_version=${CLANG_VERSION:-14}
 timeout_per_input=${FUZZ_TIMEOUT:-30}
-read -r -a fuzzers <<<"${FUZZERS:-fuzz_tokenizer fuzz_safetensors fuzz_model_config fuzz_server_config fuzz_request}"
+read -r -a fuzzers <<<"${FUZZERS:-fuzz_tokenizer fuzz_tokenizer_json fuzz_safetensors fuzz_model_config fuzz_server_config fuzz_request}"
 read -r -a extra_args <<<"${FUZZ_ARGS:-}"
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
