@@ -14,6 +14,7 @@ import concurrent.futures
 import json
 import os
 import sys
+import time
 
 import grpc
 
@@ -43,7 +44,7 @@ def main(argv=None):
     p.add_argument("-m", "--model", default="", help="model name (default: the server's first)")
     p.add_argument("-b", "--budget", type=float, help="FLOPs budget (default: the model's)")
     p.add_argument("--batch", type=int, default=32, help="inputs per call")
-    p.add_argument("--concurrency", type=int, default=4, help="calls in flight")
+    p.add_argument("--concurrency", type=int, default=2, help="calls in flight")
     p.add_argument("--json", help="also write accuracy and per-sentence logits here")
     p.add_argument("--stub-dir", help="where to generate the gRPC stubs")
     args = p.parse_args(argv)
@@ -59,7 +60,14 @@ def main(argv=None):
                                  return_logits=True)
         if args.budget is not None:
             req.budget = args.budget
-        return start, stub.Classify(req, timeout=120)
+        for attempt in range(20):
+            try:
+                return start, stub.Classify(req, timeout=120)
+            except grpc.RpcError as e:
+                # Admission control refuses what would wait too long: back off and retry.
+                if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 19:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
 
     logits = [None] * len(rows)
     fractions = []
