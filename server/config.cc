@@ -342,20 +342,38 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
   return absl::OkStatus();
 }
 
+namespace {
+
+// A string as YAML that parses back to exactly it. yaml-cpp writes a string plain unless it looks
+// like another type or holds YAML syntax, but writes control characters (a path ending in "\r",
+// found by fuzz_server_config) and edge spaces raw, and the parser then drops them: the printed
+// config would not be the one that runs.
+struct Text {
+  const std::string& s;
+};
+YAML::Emitter& operator<<(YAML::Emitter& out, Text t) {
+  bool quote = !t.s.empty() && (t.s.front() == ' ' || t.s.back() == ' ');
+  for (unsigned char ch : t.s) quote = quote || ch < 0x20 || ch == 0x7f;
+  if (quote) out << YAML::DoubleQuoted;
+  return out << t.s;
+}
+
+}  // namespace
+
 std::string ConfigToYaml(const ServerConfig& c) {
   YAML::Emitter out;
   out << YAML::BeginMap;
   out << YAML::Key << "server" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "listen" << YAML::Value << c.listen;
-  out << YAML::Key << "metrics_address" << YAML::Value << c.metrics_address;
+  out << YAML::Key << "listen" << YAML::Value << Text{c.listen};
+  out << YAML::Key << "metrics_address" << YAML::Value << Text{c.metrics_address};
   out << YAML::Key << "metrics_port" << YAML::Value << c.metrics_port;
   out << YAML::Key << "drain_grace_seconds" << YAML::Value << c.drain_grace_seconds;
   out << YAML::Key << "max_connection_age_seconds" << YAML::Value << c.max_connection_age_seconds;
-  out << YAML::Key << "auth_token_file" << YAML::Value << c.auth_token_file;
+  out << YAML::Key << "auth_token_file" << YAML::Value << Text{c.auth_token_file};
   out << YAML::Key << "tls" << YAML::Value << YAML::BeginMap;
-  out << YAML::Key << "cert_file" << YAML::Value << c.tls.cert_file;
-  out << YAML::Key << "key_file" << YAML::Value << c.tls.key_file;
-  out << YAML::Key << "client_ca_file" << YAML::Value << c.tls.client_ca_file;
+  out << YAML::Key << "cert_file" << YAML::Value << Text{c.tls.cert_file};
+  out << YAML::Key << "key_file" << YAML::Value << Text{c.tls.key_file};
+  out << YAML::Key << "client_ca_file" << YAML::Value << Text{c.tls.client_ca_file};
   out << YAML::EndMap;
   out << YAML::EndMap;
   auto queue = [&](int64_t tokens, int64_t size, int64_t delay, int64_t qsize, int64_t qtokens) {
@@ -368,12 +386,12 @@ std::string ConfigToYaml(const ServerConfig& c) {
   out << YAML::Key << "models" << YAML::Value << YAML::BeginSeq;
   for (const ModelConfig& m : c.models) {
     out << YAML::BeginMap;
-    out << YAML::Key << "name" << YAML::Value << m.name;
-    out << YAML::Key << "path" << YAML::Value << m.path;
+    out << YAML::Key << "name" << YAML::Value << Text{m.name};
+    out << YAML::Key << "path" << YAML::Value << Text{m.path};
     out << YAML::Key << "default_budget" << YAML::Value << m.default_budget;
     out << YAML::Key << "max_budget" << YAML::Value << m.max_budget;
-    out << YAML::Key << "schedule" << YAML::Value << m.schedule;
-    out << YAML::Key << "precision" << YAML::Value << m.precision;
+    out << YAML::Key << "schedule" << YAML::Value << Text{m.schedule};
+    out << YAML::Key << "precision" << YAML::Value << Text{m.precision};
     out << YAML::Key << "warmup" << YAML::Value << m.warmup;
     out << YAML::Key << "batching" << YAML::Value << YAML::BeginMap;
     const QueueConfig& q = m.batching;

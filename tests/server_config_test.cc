@@ -97,6 +97,21 @@ models:
   EXPECT_EQ(ConfigToYaml(*again), ConfigToYaml(*c));
 }
 
+TEST(ServerConfig, PrintedStringsParseBackToThemselves) {
+  // fuzz_server_config: a path ending in carriage returns was printed raw and read back without
+  // them, so the printed effective config was not the one that ran.
+  auto c = Parse("models:\n  - name: a\n    path: \"/m/a\\r\\r\"\n    schedule: \" s.yaml \"\n"
+                 "server:\n  auth_token_file: \"t\\x01\"\n");
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_EQ(c->models[0].path, "/m/a\r\r");
+  auto again = Parse(ConfigToYaml(*c));
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->models[0].path, "/m/a\r\r");
+  EXPECT_EQ(again->models[0].schedule, " s.yaml ");
+  EXPECT_EQ(again->auth_token_file, "t\x01");
+  EXPECT_EQ(ConfigToYaml(*again), ConfigToYaml(*c));
+}
+
 TEST(ServerConfig, UnknownKeysAreNamed) {
   auto top = Parse("modles: []\n");
   EXPECT_THAT(Message(top.status()), HasSubstr("modles: unknown key"));
