@@ -158,8 +158,7 @@ bool Parse(std::string_view body, google::protobuf::Message* message) {
     FUZZ_CHECK(why.empty(), "libprotobuf parsed the body but the walker says: %s", why.c_str());
     return true;
   }
-  FUZZ_CHECK(s.code() == absl::StatusCode::kInvalidArgument && !s.message().empty(),
-             "parse failure: %s", s.ToString().c_str());
+  topserve::fuzz::CheckInvalidArgument(s, "parse failure");
   return false;
 }
 

@@ -20,11 +20,6 @@ using topserve::server::ParseConfig;
 
 constexpr char kOrigin[] = "fuzz.yaml";
 
-void CheckError(const absl::Status& s, const char* what) {
-  FUZZ_CHECK(s.code() == absl::StatusCode::kInvalidArgument, "%s: %s", what, s.ToString().c_str());
-  FUZZ_CHECK(!s.message().empty(), "%s: error without a message", what);
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -32,7 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   auto parsed = ParseConfig(text, kOrigin);
   if (!parsed.ok()) {
-    CheckError(parsed.status(), "ParseConfig");
+    topserve::fuzz::CheckInvalidArgument(parsed.status(), "ParseConfig");
     FUZZ_CHECK(absl::StartsWith(parsed.status().message(), std::string(kOrigin) + ": "),
                "error does not name the file: %s", parsed.status().ToString().c_str());
     return 0;
@@ -40,7 +35,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (int cpus : {1, 2}) {
     topserve::server::ServerConfig config = *parsed;
     if (absl::Status s = NormalizeAndValidate(config, cpus); !s.ok()) {
-      CheckError(s, "NormalizeAndValidate");
+      topserve::fuzz::CheckInvalidArgument(s, "NormalizeAndValidate");
       continue;
     }
     const std::string printed = ConfigToYaml(config);

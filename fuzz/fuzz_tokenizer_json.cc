@@ -33,11 +33,6 @@ constexpr std::string_view kTexts[] = {
 };
 constexpr std::string_view kInvalid = "ok \xff\xfe";
 
-void CheckError(const absl::Status& s, const char* what) {
-  FUZZ_CHECK(s.code() == absl::StatusCode::kInvalidArgument, "%s: %s", what, s.ToString().c_str());
-  FUZZ_CHECK(!s.message().empty(), "%s: error without a message", what);
-}
-
 void CheckTokenizer(const Tokenizer& tok) {
   const auto vocab = static_cast<int64_t>(tok.vocab_size());
   for (std::string_view text : kTexts) {
@@ -59,7 +54,7 @@ void CheckTokenizer(const Tokenizer& tok) {
             pair ? std::optional<std::string_view>(kTexts[1]) : std::nullopt;
         auto enc = tok.Encode(text, b, max_length, Truncation::kLongestFirst);
         if (!enc.ok()) {
-          CheckError(enc.status(), "Encode");
+          topserve::fuzz::CheckInvalidArgument(enc.status(), "Encode");
           continue;
         }
         const Encoding& e = *enc;
@@ -84,7 +79,7 @@ void CheckTokenizer(const Tokenizer& tok) {
   }
   auto bad = tok.Tokenize(kInvalid);
   FUZZ_CHECK(!bad.ok(), "invalid UTF-8 was tokenized");
-  CheckError(bad.status(), "Tokenize(invalid UTF-8)");
+  topserve::fuzz::CheckInvalidArgument(bad.status(), "Tokenize(invalid UTF-8)");
 }
 
 }  // namespace
@@ -94,7 +89,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& path = topserve::fuzz::Scratch(".json").Write(data, size);
   auto tok = Tokenizer::LoadJson(path);
   if (!tok.ok()) {
-    CheckError(tok.status(), "LoadJson");
+    topserve::fuzz::CheckInvalidArgument(tok.status(), "LoadJson");
     return 0;
   }
   CheckTokenizer(**tok);

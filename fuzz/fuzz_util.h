@@ -14,6 +14,8 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
+
 // FUZZ_CHECK(cond, fmt, ...): an invariant of the code under test; a violation is a finding.
 #define FUZZ_CHECK(cond, ...)                                                          \
   do {                                                                                 \
@@ -26,6 +28,13 @@
   } while (0)
 
 namespace topserve::fuzz {
+
+// The error every parser under fuzzing owes bad input: INVALID_ARGUMENT with a message. `what`
+// names the call in the report.
+inline void CheckInvalidArgument(const absl::Status& s, const char* what) {
+  FUZZ_CHECK(s.code() == absl::StatusCode::kInvalidArgument, "%s: %s", what, s.ToString().c_str());
+  FUZZ_CHECK(!s.message().empty(), "%s: error without a message", what);
+}
 
 // A file this process owns, rewritten for every input. Created in $TOPSERVE_FUZZ_TMPDIR, else /dev/shm
 // (no disk I/O), else $TMPDIR or /tmp, and unlinked at once: it is reached as /proc/self/fd/N, so a

@@ -66,9 +66,9 @@ int StopListeningOnPort(int port) {
   ForEachSocket([&](int fd) {
     if (KindOf(fd, port) != Kind::kListener) return;
     // Not shutdown(2) on the listener: that wakes gRPC's poller, whose accept4() then fails and
-    // logs an error at every drain. dup2() releases the listener instead (the kernel refuses
-    // connections to the port from then on, and drops it from gRPC's epoll set) and leaves an
-    // unconnected socket under the descriptor number gRPC still owns and closes at its
+    // logs an error at every drain. dup3() over it releases the listener instead (the kernel
+    // refuses connections to the port from then on, and drops it from gRPC's epoll set) and
+    // leaves an unconnected socket under the descriptor number gRPC still owns and closes at its
     // shutdown.
     const int placeholder = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (placeholder < 0) return;
