@@ -153,6 +153,9 @@ struct ResidualNorm {
 struct Int8Output {
   float* y = nullptr;                        // [m x n] fp32, or null
   uint16_t* bf16 = nullptr;                  // [m x n] bf16 (nearest even), or null
+  // bf16 as this many planes [m x n/planes] side by side in memory (column block p of row i at
+  // bf16 + (p m + i) n/planes): Q, K and V apart, so attention reads them as dense matrices.
+  int64_t bf16_planes = 1;
   const QuantizedRows* quantized = nullptr;  // [m x n] per-row u8, or null
   const ResidualNorm* norm = nullptr;        // applied before the writes above, or null
 };
@@ -206,21 +209,35 @@ class Linear {
 
 // Rounds n floats to bf16 (nearest even), in parallel; AVX512-BF16 where the CPU has it.
 void ConvertToBf16(const float* x, int64_t n, uint16_t* out);
+// The same for m rows of n floats, written as `planes` planes [m x n/planes] (Int8Output's
+// bf16_planes layout).
+void ConvertToBf16Planes(const float* x, int64_t m, int64_t n, int64_t planes, uint16_t* out);
 
-// Batched attention over a group of G sequences of equal length L, with the packed QKV buffer laid
-// out as [G*L, 3*d] (Q | K | V per row, heads of width dh side by side):
-//   scores[g,h] = scale * Q[g,h] K[g,h]^T   (G x H x L x L, dense)
+// Batched attention over a group of G sequences of equal length L. Q, K and V are [G*L, d] matrices
+// (heads of width dh side by side) whose rows are `row_stride` elements apart: 3d when they
+// interleave in one [G*L, 3d] QKV buffer, d when each is a plane of its own (which lets oneDNN 2.6
+// pick its brgemm kernels, AMX among them, instead of gemm:jit: 2x faster in bf16 on a Sapphire
+// Rapids).
+//   scores[g,h] = Q[g,h] K[g,h]^T           (G x H x L x L, dense; 1/sqrt(dh) is already in Q)
 //   context[g,h] = P[g,h] V[g,h]            (written into ctx [G*L, d] at columns h*dh)
-// One oneDNN call per product for the whole group. `bf16`: qkv (and probs) are bf16 (uint16_t)
-// and the products run in bf16 with fp32 accumulation; scores and context are fp32 either way.
+// One oneDNN call per product for the whole group. `bf16`: Q, K, V (and probs) are bf16
+// (uint16_t) and the products run in bf16 with fp32 accumulation; scores and context are fp32
+// either way.
 struct AttentionShape {
   int64_t heads = 0, head_dim = 0;
   int64_t hidden() const { return heads * head_dim; }
 };
-void AttentionScores(PrimitiveCache& cache, const AttentionShape& shape, const void* qkv, bool bf16,
-                     int64_t groups, int64_t length, float scale, float* scores);
+struct HeadRows {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  int64_t row_stride = 0;  // elements from one token's row to the next
+  bool bf16 = false;
+};
+void AttentionScores(PrimitiveCache& cache, const AttentionShape& shape, const HeadRows& qkv,
+                     int64_t groups, int64_t length, float* scores);
 void AttentionContext(PrimitiveCache& cache, const AttentionShape& shape, const void* probs,
-                      const void* qkv, bool bf16, int64_t groups, int64_t length, float* ctx);
+                      const HeadRows& qkv, int64_t groups, int64_t length, float* ctx);
 // In-place softmax over the last axis of rows x length.
 void SoftmaxRows(PrimitiveCache& cache, float* data, int64_t rows, int64_t length);
 

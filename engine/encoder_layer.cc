@@ -23,11 +23,6 @@ Epilogue ActivationEpilogue(Activation a) {
   return Epilogue::kGeluErf;
 }
 
-// Element `offset` of a float (fp32 attention) or bf16 buffer.
-const void* Offset(const void* base, int64_t offset, bool bf16) {
-  return static_cast<const char*>(base) + offset * (bf16 ? 2 : 4);
-}
-
 // Slot `slot` of the int8 scratch: room for `rows` quantized rows of `width` values. Slot 0 holds
 // the input of the projection about to run (Q|K|V's, written by the previous layer's FeedForward,
 // then the attention output's), slot 1 Attention's output (the FFN's input), slot 2 the FFN's hidden
@@ -60,10 +55,14 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
   layer.hidden_ = d;
   layer.ffn_ = f;
   layer.shape_ = {c.num_heads, c.head_dim()};
-  layer.scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
   layer.eps_ = static_cast<float>(c.layer_norm_eps);
   layer.precision_ = precision;
   layer.bf16_attention_ = precision != Precision::kFloat32 && CpuHasNativeBf16();
+  // Attention's 1/sqrt(dh) goes into Q's weights and bias, so the scores need no scaling pass (exact
+  // when dh is a power of 4, as in every BERT: 64 gives 1/8).
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
+  for (int64_t i = 0; i < d * d; ++i) w.wqkv[static_cast<size_t>(i)] *= scale;
+  for (int64_t i = 0; i < d; ++i) w.bqkv[static_cast<size_t>(i)] *= scale;
   // The residual sums happen in LayerNormResidualRows, so the output projections write x W + b.
   auto make = [&](const std::vector<float>& weight, const std::vector<float>& bias, int64_t out,
                   int64_t in, Epilogue epilogue, Linear& dst) -> absl::Status {
@@ -92,30 +91,39 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
   const int64_t d = hidden_, heads = shape_.heads;
   const bool int8 = precision_ == Precision::kInt8;
   float* ctx = Grow(scratch.ctx, rows * d);
-  // Q | K | V: fp32, or bf16 for bf16 attention. int8 writes the bf16 form straight from its
-  // output pass; fp32 and bf16 layers write fp32 and convert.
-  const void* qkv_in = nullptr;
+  // Q | K | V: fp32 rows [rows, 3d], or for bf16 attention three bf16 planes [rows, d] (dense
+  // matrices, which oneDNN multiplies faster). int8 writes the planes straight from its output
+  // pass; fp32 and bf16 layers write fp32 and convert.
+  float* qkv = nullptr;
   uint16_t* qkv_bf16 = bf16_attention_ ? Grow(scratch.qkv_bf16, rows * 3 * d) : nullptr;
   if (int8) {
     const QuantizedRows qx = QuantizedInput(prof, scratch, 0, x, rows, d, x_from_feed_forward);
-    float* qkv = Grow(scratch.qkv, rows * 3 * d);
+    float* f32 = Grow(scratch.qkv, rows * 3 * d);  // the output, or the pass's scratch
+    if (!bf16_attention_) qkv = f32;
     ScopedOp timed(prof, Op::kQkvGemm);
-    qkv_.ForwardQuantized(cache, qx, rows, qkv,
-                          bf16_attention_ ? Int8Output{.bf16 = qkv_bf16} : Int8Output{.y = qkv});
-    qkv_in = bf16_attention_ ? static_cast<const void*>(qkv_bf16) : qkv;
+    qkv_.ForwardQuantized(cache, qx, rows, f32,
+                          bf16_attention_ ? Int8Output{.bf16 = qkv_bf16, .bf16_planes = 3}
+                                          : Int8Output{.y = qkv});
   } else {
-    float* qkv = Grow(scratch.qkv, rows * 3 * d);
+    qkv = Grow(scratch.qkv, rows * 3 * d);
     {
       ScopedOp timed(prof, Op::kQkvGemm);
       qkv_.Forward(cache, x, rows, qkv);
     }
-    qkv_in = qkv;
     if (bf16_attention_) {
       ScopedOp timed(prof, Op::kConvert);
-      ConvertToBf16(qkv, rows * 3 * d, qkv_bf16);
-      qkv_in = qkv_bf16;
+      ConvertToBf16Planes(qkv, rows, 3 * d, 3, qkv_bf16);
     }
   }
+  // Token t's Q, K and V rows.
+  auto heads_at = [&](int64_t t) {
+    if (bf16_attention_) {
+      const uint16_t* q = qkv_bf16 + t * d;
+      return HeadRows{q, q + rows * d, q + 2 * rows * d, d, true};
+    }
+    const float* q = qkv + t * 3 * d;
+    return HeadRows{q, q + d, q + 2 * d, 3 * d, false};
+  };
   for (const LengthGroup& grp : groups) {
     const int64_t len = grp.length;
     const int64_t per_seq = heads * len * len;
@@ -124,10 +132,10 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
       const int64_t g = std::min(chunk, grp.count - first);
       const int64_t off = grp.offset + first * len;
       float* scores = Grow(scratch.scores, g * per_seq);
-      const void* q = Offset(qkv_in, off * 3 * d, bf16_attention_);
+      const HeadRows qkv_rows = heads_at(off);
       {
         ScopedOp timed(prof, Op::kAttnScores);
-        AttentionScores(cache, shape_, q, bf16_attention_, g, len, scale_, scores);
+        AttentionScores(cache, shape_, qkv_rows, g, len, scores);
       }
       {
         ScopedOp timed(prof, Op::kSoftmax);
@@ -147,7 +155,7 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
         probs = pb;
       }
       ScopedOp timed(prof, Op::kAttnContext);
-      AttentionContext(cache, shape_, probs, q, bf16_attention_, g, len, ctx + off * d);
+      AttentionContext(cache, shape_, probs, qkv_rows, g, len, ctx + off * d);
     }
   }
   const ResidualNorm ln1{x, ln1_gamma_.data(), ln1_beta_.data(), eps_};

@@ -61,7 +61,7 @@ class EncoderLayer {
  private:
   int64_t hidden_ = 0, ffn_ = 0;
   AttentionShape shape_;
-  float scale_ = 1.0f, eps_ = 1e-12f;
+  float eps_ = 1e-12f;
   Precision precision_ = Precision::kFloat32;
   bool bf16_attention_ = false;  // Q K^T and P V in bf16: reduced precisions on native-bf16 CPUs
   Linear qkv_, attn_out_, ffn_in_, ffn_out_;

@@ -219,3 +219,69 @@ TEST(SimdMathTest, MatchesTheLibraryFunctions) {
   std::printf("exp rel %.2g, erf abs %.2g, tanh abs %.2g, gelu %.2g\n", worst_exp, worst_erf,
               worst_tanh, worst_gelu);
 }
+
+namespace topserve::engine {
+namespace {
+
+// Q K^T and P V of two sequences of 5 tokens, 3 heads of width 4, against a float64 loop: once
+// with fp32 Q|K|V interleaved in rows of 3d, once with bf16 planes (the layout int8 and bf16
+// attention use), whose inputs are exactly representable in bf16 so only accumulation differs.
+TEST(AttentionTest, BothLayoutsMatchAFloat64Loop) {
+  const AttentionShape shape{3, 4};
+  const int64_t d = shape.hidden(), len = 5, groups = 2, rows = groups * len;
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int> small(-16, 16);
+  std::vector<float> qkv(static_cast<size_t>(rows * 3 * d));  // [rows, 3d]: Q | K | V
+  for (float& v : qkv) v = static_cast<float>(small(rng)) / 8.0f;  // exact in bf16
+  auto at = [&](int64_t t, int part, int64_t h, int64_t c) {
+    return static_cast<double>(qkv[static_cast<size_t>(t * 3 * d + part * d + h * shape.head_dim + c)]);
+  };
+  DnnlContext ctx;
+  PrimitiveCache cache(ctx);
+  for (const bool bf16 : {false, true}) {
+    if (bf16 && !CpuHasNativeBf16()) continue;
+    SCOPED_TRACE(bf16 ? "bf16 planes" : "fp32 interleaved");
+    std::vector<uint16_t> planes(qkv.size());
+    HeadRows r{qkv.data(), qkv.data() + d, qkv.data() + 2 * d, 3 * d, false};
+    if (bf16) {
+      ConvertToBf16Planes(qkv.data(), rows, 3 * d, 3, planes.data());
+      r = HeadRows{planes.data(), planes.data() + rows * d, planes.data() + 2 * rows * d, d, true};
+    }
+    std::vector<float> scores(static_cast<size_t>(groups * shape.heads * len * len));
+    AttentionScores(cache, shape, r, groups, len, scores.data());
+    // Probabilities: any fixed values exact in bf16 will do for P V.
+    std::vector<float> probs(scores.size());
+    for (size_t i = 0; i < probs.size(); ++i) probs[i] = static_cast<float>(i % 7) / 8.0f;
+    std::vector<uint16_t> probs_bf16(probs.size());
+    if (bf16) ConvertToBf16(probs.data(), static_cast<int64_t>(probs.size()), probs_bf16.data());
+    std::vector<float> out(static_cast<size_t>(rows * d), -1.0f);
+    AttentionContext(cache, shape, bf16 ? static_cast<const void*>(probs_bf16.data()) : probs.data(), r,
+                     groups, len, out.data());
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t h = 0; h < shape.heads; ++h) {
+        for (int64_t i = 0; i < len; ++i) {
+          for (int64_t j = 0; j < len; ++j) {
+            double want = 0;
+            for (int64_t c = 0; c < shape.head_dim; ++c) {
+              want += at(g * len + i, 0, h, c) * at(g * len + j, 1, h, c);
+            }
+            const size_t s = static_cast<size_t>(((g * shape.heads + h) * len + i) * len + j);
+            ASSERT_NEAR(scores[s], want, 1e-5) << g << " " << h << " " << i << " " << j;
+          }
+          for (int64_t c = 0; c < shape.head_dim; ++c) {
+            double want = 0;
+            for (int64_t j = 0; j < len; ++j) {
+              const size_t p = static_cast<size_t>(((g * shape.heads + h) * len + i) * len + j);
+              want += static_cast<double>(probs[p]) * at(g * len + j, 2, h, c);
+            }
+            ASSERT_NEAR(out[static_cast<size_t>((g * len + i) * d + h * shape.head_dim + c)], want, 1e-5)
+                << g << " " << h << " " << i << " " << c;
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace topserve::engine
