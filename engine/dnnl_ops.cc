@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
@@ -365,53 +366,79 @@ void ToBf16Row(const float* x, int64_t k, uint16_t* out) {
 
 }  // namespace
 
+namespace {
+
+// The int8 GEMM runs on chunks of rows whose fp32 output (rows x n floats) fits in about this many
+// bytes, and the output pass follows each chunk while it is still in L2: on a large batch the
+// whole [m x n] fp32 output would go to memory and come back. TOPSERVE_INT8_CHUNK_KB overrides
+// it, for benchmarks; 0 turns chunking off.
+int64_t Int8ChunkBytes() {
+  static const int64_t bytes = [] {
+    const char* env = std::getenv("TOPSERVE_INT8_CHUNK_KB");
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) * 1024 : int64_t{1536} * 1024;
+  }();
+  return bytes;
+}
+
+}  // namespace
+
 void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
                               float* scratch, const Int8Output& out) const {
   const int64_t k = k_, n = n_;
-  // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j], written in place of y when nothing else needs
-  // y's old contents.
-  float* d = (out.y == nullptr || accumulate_) ? scratch : out.y;
-  {
-    const auto& prim = cache.Get(this, m, 1, [&] {
-      return dnnl::matmul(Int8LinearDesc(cache.engine(), m, k, n, packed_desc_, w_scale_.get()));
-    });
-    const auto& eng = cache.engine();
-    dnnl::memory src({{m, k}, dt::u8, tag::ab}, eng, in.q);
-    dnnl::memory w(packed_desc_, eng, packed_.get());
-    dnnl::memory dst({{m, n}, dt::f32, tag::ab}, eng, d);
-    prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
-    cache.stream().wait();
-  }
-  // v = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j. Then
-  // the norm and every requested form of the row, while it is in cache.
-  ScopedOp timed(cache.profile(), Op::kDequantize);
+  const int64_t bytes = Int8ChunkBytes();
+  // At least 64 rows per chunk: the GEMM re-reads the packed weights once per chunk.
+  const int64_t chunk =
+      bytes == 0 ? m : std::max<int64_t>(64, bytes / (n * static_cast<int64_t>(sizeof(float))));
+  // The fp32 GEMM output goes straight into y's rows when nothing else needs y's old contents,
+  // else into `scratch`, reused by every chunk (so it stays in cache).
+  const bool in_place = out.y != nullptr && !accumulate_;
+  const auto& eng = cache.engine();
+  const dnnl::memory w(packed_desc_, eng, packed_.get());
   const float* b = bias_.get();
   const float* wc = w_colsum_.get();
   const bool native_bf16 = out.bf16 != nullptr && CpuHasNativeBf16();
+  OpProfile* prof = cache.profile();
+  for (int64_t begin = 0; begin < m; begin += chunk) {
+    const int64_t rows = std::min(chunk, m - begin);
+    float* d = in_place ? out.y + begin * n : scratch;
+    {
+      // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
+      const auto& prim = cache.Get(this, rows, 1, [&] {
+        return dnnl::matmul(Int8LinearDesc(eng, rows, k, n, packed_desc_, w_scale_.get()));
+      });
+      dnnl::memory src({{rows, k}, dt::u8, tag::ab}, eng, in.q + begin * k);
+      dnnl::memory dst({{rows, n}, dt::f32, tag::ab}, eng, d);
+      prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+      cache.stream().wait();
+    }
+    // v = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
+    // Then the norm and every requested form of the row, while it is in L1.
+    ScopedOp timed(prof, Op::kDequantize);
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    float* di = d + i * n;
-    DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
-                  accumulate_ ? out.y + i * n : nullptr);
-    if (out.norm != nullptr) {
-      const ResidualNorm& ln = *out.norm;
-      LayerNormRow(di, ln.residual + i * n, n, ln.gamma, ln.beta, ln.eps);
-    }
-    if (out.y != nullptr && d != out.y) {
-      std::memcpy(out.y + i * n, di, static_cast<size_t>(n) * sizeof(float));
-    }
-    if (out.bf16 != nullptr) {
-      const int64_t w = n / out.bf16_planes;
-      for (int64_t p = 0; p < out.bf16_planes; ++p) {
-        uint16_t* dst = out.bf16 + (p * m + i) * w;
-        if (native_bf16) {
-          ToBf16RowNative(di + p * w, w, dst);
-        } else {
-          ToBf16Row(di + p * w, w, dst);
+    for (int64_t i = begin; i < begin + rows; ++i) {
+      float* di = d + (i - begin) * n;
+      DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
+                    accumulate_ ? out.y + i * n : nullptr);
+      if (out.norm != nullptr) {
+        const ResidualNorm& ln = *out.norm;
+        LayerNormRow(di, ln.residual + i * n, n, ln.gamma, ln.beta, ln.eps);
+      }
+      if (out.y != nullptr && !in_place) {
+        std::memcpy(out.y + i * n, di, static_cast<size_t>(n) * sizeof(float));
+      }
+      if (out.bf16 != nullptr) {
+        const int64_t pw = n / out.bf16_planes;
+        for (int64_t p = 0; p < out.bf16_planes; ++p) {
+          uint16_t* dst = out.bf16 + (p * m + i) * pw;
+          if (native_bf16) {
+            ToBf16RowNative(di + p * pw, pw, dst);
+          } else {
+            ToBf16Row(di + p * pw, pw, dst);
+          }
         }
       }
+      if (out.quantized != nullptr) QuantizeOne(di, n, *out.quantized, i);
     }
-    if (out.quantized != nullptr) QuantizeOne(di, n, *out.quantized, i);
   }
 }
 
