@@ -12,6 +12,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cpu_info.h"
 #include "engine/kernels.h"
 #include "engine/simd_math.h"
 
@@ -273,17 +274,77 @@ void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
   }
 }
 
+// GCC 12's AVX-512 intrinsics pass _mm512_undefined_ps() as the unused merge source, which its own
+// -Wmaybe-uninitialized then reports (GCC bug 105593); nothing here reads an undefined lane.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// The same two on AVX-512, chosen at run time (the baseline is x86-64-v3): 16 lanes, and the codes
+// narrowed by one saturating vpmovusdb instead of two packs and a permute. Same arithmetic as the
+// AVX2 code (fma, nearest even, clamp), so a row's codes do not depend on which one ran.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx512(const float* x, int64_t k,
+                                                                                 float& lo, float& hi) {
+  __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+  int64_t c = 0;
+  for (; c + 16 <= k; c += 16) {
+    const __m512 v = _mm512_loadu_ps(x + c);
+    vlo = _mm512_min_ps(vlo, v);
+    vhi = _mm512_max_ps(vhi, v);
+  }
+  if (c < k) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (k - c)) - 1);
+    const __m512 v = _mm512_maskz_loadu_ps(tail, x + c);  // zeros elsewhere: the range includes 0 anyway
+    vlo = _mm512_min_ps(vlo, v);
+    vhi = _mm512_max_ps(vhi, v);
+  }
+  alignas(64) float l[16], h[16];
+  _mm512_store_ps(l, vlo);
+  _mm512_store_ps(h, vhi);
+  lo = 0.0f;
+  hi = 0.0f;
+  for (int i = 0; i < 16; ++i) {
+    lo = std::min(lo, l[i]);
+    hi = std::max(hi, h[i]);
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void QuantizeRowAvx512(const float* x, int64_t k,
+                                                                                    float inv, float z,
+                                                                                    uint8_t* q) {
+  const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z);
+  const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
+  int64_t c = 0;
+  for (; c + 16 <= k; c += 16) {
+    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), vinv, vz);
+    v = _mm512_min_ps(_mm512_max_ps(v, v0), v255);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+  }
+  for (; c < k; ++c) {
+    q[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(std::fma(x[c], inv, z)), 0.0f, 255.0f));
+  }
+}
+#pragma GCC diagnostic pop
+
 }  // namespace
 
 namespace {
 
 // Row i of `out` from k floats: its range (widened to include 0), scale, zero point and codes.
 void QuantizeOne(const float* x, int64_t k, const QuantizedRows& out, int64_t i) {
+  const bool avx512 = GetCpuFeatures().avx512;
   float lo, hi;
-  RowRange(x, k, lo, hi);
+  if (avx512) {
+    RowRangeAvx512(x, k, lo, hi);
+  } else {
+    RowRange(x, k, lo, hi);
+  }
   const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
   const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-  QuantizeRow(x, k, 1.0f / s, z, out.q + i * k);
+  if (avx512) {
+    QuantizeRowAvx512(x, k, 1.0f / s, z, out.q + i * k);
+  } else {
+    QuantizeRow(x, k, 1.0f / s, z, out.q + i * k);
+  }
   out.scale[i] = s;
   out.shift[i] = s * z;
 }
@@ -380,6 +441,22 @@ int64_t Int8ChunkBytes() {
   return bytes;
 }
 
+// Row i of m rows of n floats rounded to bf16 (nearest even) into `planes` planes [m x n/planes]
+// (Int8Output's bf16_planes layout; one plane is a plain row-major copy). `native`: the CPU's
+// AVX512-BF16 conversion, decided once per call by the caller rather than per row.
+void RowToBf16Planes(const float* row, int64_t i, int64_t m, int64_t n, int64_t planes, bool native,
+                     uint16_t* out) {
+  const int64_t w = n / planes;
+  for (int64_t p = 0; p < planes; ++p) {
+    uint16_t* dst = out + (p * m + i) * w;
+    if (native) {
+      ToBf16RowNative(row + p * w, w, dst);
+    } else {
+      ToBf16Row(row + p * w, w, dst);
+    }
+  }
+}
+
 }  // namespace
 
 void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
@@ -403,7 +480,7 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
     float* d = in_place ? out.y + begin * n : scratch;
     {
       // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
-      const auto& prim = cache.Get(this, rows, 1, [&] {
+      const auto& prim = cache.Get(this, {rows, 1}, [&] {
         return dnnl::matmul(Int8LinearDesc(eng, rows, k, n, packed_desc_, w_scale_.get()));
       });
       dnnl::memory src({{rows, k}, dt::u8, tag::ab}, eng, in.q + begin * k);
@@ -426,17 +503,7 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
       if (out.y != nullptr && !in_place) {
         std::memcpy(out.y + i * n, di, static_cast<size_t>(n) * sizeof(float));
       }
-      if (out.bf16 != nullptr) {
-        const int64_t pw = n / out.bf16_planes;
-        for (int64_t p = 0; p < out.bf16_planes; ++p) {
-          uint16_t* dst = out.bf16 + (p * m + i) * pw;
-          if (native_bf16) {
-            ToBf16RowNative(di + p * pw, pw, dst);
-          } else {
-            ToBf16Row(di + p * pw, pw, dst);
-          }
-        }
-      }
+      if (out.bf16 != nullptr) RowToBf16Planes(di, i, m, n, out.bf16_planes, native_bf16, out.bf16);
       if (out.quantized != nullptr) QuantizeOne(di, n, *out.quantized, i);
     }
   }
@@ -463,7 +530,7 @@ void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
   ScopedOp timed(cache.profile(), Op::kActivation);
   // The same oneDNN activation the fp32 matmul's post-op applies, in place.
   dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
-  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, m * n_, static_cast<int64_t>(epilogue_), [&] {
+  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, {m * n_, static_cast<int64_t>(epilogue_)}, [&] {
     dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
                                      0.0f, 0.0f);
     return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
@@ -478,22 +545,14 @@ void Linear::ForwardBf16(PrimitiveCache& cache, const float* x, int64_t m, float
   auto* xb = reinterpret_cast<uint16_t*>(cache.Bytes(static_cast<size_t>(m * k) * 2));
   {
     ScopedOp timed(cache.profile(), Op::kConvert);
-    const bool native = CpuHasNativeBf16();
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < m; ++i) {
-      if (native) {
-        ToBf16RowNative(x + i * k, k, xb + i * k);
-      } else {
-        ToBf16Row(x + i * k, k, xb + i * k);
-      }
-    }
+    ConvertToBf16Planes(x, m, k, 1, xb);
   }
   RunMatmul(cache, xb, true, m, y);
 }
 
 void Linear::RunMatmul(PrimitiveCache& cache, const void* x, bool bf16, int64_t m, float* y) const {
   const dt type = bf16 ? dt::bf16 : dt::f32;
-  const auto& prim = cache.Get(this, m, bf16 ? 2 : 0, [&] {
+  const auto& prim = cache.Get(this, {m, bf16 ? 2 : 0}, [&] {
     return dnnl::matmul(
         LinearDesc(cache.engine(), m, k_, n_, packed_desc_, epilogue_, accumulate_, type));
   });
@@ -529,9 +588,11 @@ dnnl::memory::desc HeadView(const AttentionShape& s, const HeadRows& r, int64_t 
                             dims{length * r.row_stride, s.head_dim, r.row_stride, 1});
 }
 
-// The cache key's second half: the length, the data type and the row stride.
-int64_t AttentionKey(const HeadRows& r, int64_t length) {
-  return (length * 2 + (r.bf16 ? 1 : 0)) * 8192 + r.row_stride;
+// Everything an attention product's descriptors depend on: the group's shape, the heads, the row
+// stride and the data type.
+PrimitiveCache::KeyInts AttentionKey(const AttentionShape& s, const HeadRows& r, int64_t groups,
+                                     int64_t length) {
+  return {groups, length, r.row_stride * 2 + (r.bf16 ? 1 : 0), s.heads, s.head_dim};
 }
 
 void* Mutable(const void* p) { return const_cast<void*>(p); }
@@ -545,28 +606,14 @@ void ConvertToBf16(const float* x, int64_t n, uint16_t* out) {
 #pragma omp parallel for schedule(static)
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-    if (native) {
-      ToBf16RowNative(x + begin, len, out + begin);
-    } else {
-      ToBf16Row(x + begin, len, out + begin);
-    }
+    RowToBf16Planes(x + begin, 0, 1, len, 1, native, out + begin);
   }
 }
 
 void ConvertToBf16Planes(const float* x, int64_t m, int64_t n, int64_t planes, uint16_t* out) {
   const bool native = CpuHasNativeBf16();
-  const int64_t w = n / planes;
 #pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < m; ++i) {
-    for (int64_t p = 0; p < planes; ++p) {
-      uint16_t* dst = out + (p * m + i) * w;
-      if (native) {
-        ToBf16RowNative(x + i * n + p * w, w, dst);
-      } else {
-        ToBf16Row(x + i * n + p * w, w, dst);
-      }
-    }
-  }
+  for (int64_t i = 0; i < m; ++i) RowToBf16Planes(x + i * n, i, m, n, planes, native, out);
 }
 
 void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const HeadRows& r,
@@ -579,7 +626,7 @@ void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const HeadR
   dnnl::memory::desc out({groups, s.heads, length, length}, dt::f32, tag::abcd);
   // No output scale: with one, oneDNN 2.6's bf16 gemm:jit ran 6x slower on a Sapphire Rapids (4.1
   // vs 0.67 ms at 8 x 12 x 128 x 64), so EncoderLayer folds 1/sqrt(dh) into W_q and b_q instead.
-  const auto& prim = cache.Get(PrimitiveCache::Shared::kScores, groups, AttentionKey(r, length), [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kScores, AttentionKey(s, r, groups, length), [&] {
     return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, kt, out), cache.engine()));
   });
   const auto& eng = cache.engine();
@@ -595,7 +642,7 @@ void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void
   dnnl::memory::desc v = HeadView(s, r, groups, length);
   dnnl::memory::desc out({groups, s.heads, length, s.head_dim}, dt::f32,
                          dims{length * d, s.head_dim, d, 1});
-  const auto& prim = cache.Get(PrimitiveCache::Shared::kContext, groups, AttentionKey(r, length), [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kContext, AttentionKey(s, r, groups, length), [&] {
     return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(p, v, out), cache.engine()));
   });
   const auto& eng = cache.engine();
@@ -606,7 +653,7 @@ void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void
 
 void SoftmaxRows(PrimitiveCache& cache, float* data, int64_t rows, int64_t length) {
   dnnl::memory::desc md({rows, length}, dt::f32, tag::ab);
-  const auto& prim = cache.Get(PrimitiveCache::Shared::kSoftmax, rows, length, [&] {
+  const auto& prim = cache.Get(PrimitiveCache::Shared::kSoftmax, {rows, length}, [&] {
     dnnl::softmax_forward::desc desc(dnnl::prop_kind::forward_inference, md, 1);
     return dnnl::softmax_forward(dnnl::softmax_forward::primitive_desc(desc, cache.engine()));
   });

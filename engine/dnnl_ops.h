@@ -3,6 +3,7 @@
 // Workspace (creation costs ~25-50 us, a cache hit ~50 ns).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -83,14 +84,18 @@ class PrimitiveCache {
   // cached under its address).
   enum class Shared : int { kNone = 0, kScores, kContext, kSoftmax, kActivation };
 
-  // Returns the cached primitive for (owner, key) or creates it with make().
+  // Returns the cached primitive for (owner, key) or creates it with make(). The key holds every
+  // value the primitive's descriptors depend on (up to kKeyInts, the rest zero), so two shapes
+  // never share an entry.
+  static constexpr size_t kKeyInts = 5;
+  using KeyInts = std::array<int64_t, kKeyInts>;
   template <typename Make>
-  const dnnl::primitive& Get(const void* owner, int64_t key_a, int64_t key_b, Make&& make) {
-    return Lookup(Key{owner, Shared::kNone, key_a, key_b}, std::forward<Make>(make));
+  const dnnl::primitive& Get(const void* owner, const KeyInts& key, Make&& make) {
+    return Lookup(Key{owner, Shared::kNone, key}, std::forward<Make>(make));
   }
   template <typename Make>
-  const dnnl::primitive& Get(Shared kind, int64_t key_a, int64_t key_b, Make&& make) {
-    return Lookup(Key{nullptr, kind, key_a, key_b}, std::forward<Make>(make));
+  const dnnl::primitive& Get(Shared kind, const KeyInts& key, Make&& make) {
+    return Lookup(Key{nullptr, kind, key}, std::forward<Make>(make));
   }
   size_t size() const { return cache_.size(); }
 
@@ -98,7 +103,7 @@ class PrimitiveCache {
   struct Key {
     const void* owner;
     Shared kind;
-    int64_t a, b;
+    KeyInts ints;
     bool operator==(const Key&) const = default;
   };
   template <typename Make>
@@ -111,8 +116,7 @@ class PrimitiveCache {
   struct KeyHash {
     size_t operator()(const Key& k) const {
       size_t h = std::hash<const void*>()(k.owner) ^ static_cast<size_t>(k.kind);
-      h ^= std::hash<int64_t>()(k.a) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-      h ^= std::hash<int64_t>()(k.b) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+      for (int64_t v : k.ints) h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
       return h;
     }
   };

@@ -4,6 +4,7 @@
 #include "engine/dnnl_ops.h"
 #include "engine/simd_math.h"
 
+#include <algorithm>
 #include <cmath>
 #include <iostream>
 #include <random>
@@ -277,6 +278,78 @@ TEST(AttentionTest, BothLayoutsMatchAFloat64Loop) {
             ASSERT_NEAR(out[static_cast<size_t>((g * len + i) * d + h * shape.head_dim + c)], want, 1e-5)
                 << g << " " << h << " " << i << " " << c;
           }
+        }
+      }
+    }
+  }
+}
+
+// Per-row quantization (QuantizeRows: the AVX-512 or the AVX2 code, whichever this CPU runs)
+// against the formula written out in scalar code: range widened to include 0, s = (hi - lo) / 255,
+// z = round(-lo / s), q = clamp(round(x / s + z)), rounding to nearest even. Widths cover both
+// vector loops' tails; rows cover all-positive, all-negative, all-zero and mixed values.
+TEST(QuantizeRowsTest, MatchesTheFormulaForEveryWidth) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  for (int64_t k : {1, 7, 15, 16, 17, 31, 32, 33, 47, 768, 3072, 3077}) {
+    SCOPED_TRACE(k);
+    const int64_t m = 5;
+    std::vector<float> x(static_cast<size_t>(m * k));
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t c = 0; c < k; ++c) {
+        float v = dist(rng);
+        if (i == 0) v = std::fabs(v) + 0.5f;   // all positive
+        if (i == 1) v = -std::fabs(v) - 0.5f;  // all negative
+        if (i == 2) v = 0.0f;
+        if (i == 4 && c == k - 1) v = 40.0f;   // the maximum in the last element (a tail)
+        x[static_cast<size_t>(i * k + c)] = v;
+      }
+    }
+    std::vector<uint8_t> q(x.size(), 77);
+    std::vector<float> scale(m), shift(m);
+    QuantizeRows(x.data(), m, k, QuantizedRows{q.data(), scale.data(), shift.data()});
+    for (int64_t i = 0; i < m; ++i) {
+      float lo = 0.0f, hi = 0.0f;
+      for (int64_t c = 0; c < k; ++c) {
+        lo = std::min(lo, x[static_cast<size_t>(i * k + c)]);
+        hi = std::max(hi, x[static_cast<size_t>(i * k + c)]);
+      }
+      const float sc = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+      const float z = std::clamp(std::nearbyint(-lo / sc), 0.0f, 255.0f);
+      ASSERT_EQ(scale[static_cast<size_t>(i)], sc) << "row " << i;
+      ASSERT_EQ(shift[static_cast<size_t>(i)], sc * z) << "row " << i;
+      for (int64_t c = 0; c < k; ++c) {
+        const float v = std::fma(x[static_cast<size_t>(i * k + c)], 1.0f / sc, z);
+        const auto want = static_cast<uint8_t>(std::clamp(std::nearbyint(v), 0.0f, 255.0f));
+        ASSERT_EQ(q[static_cast<size_t>(i * k + c)], want) << "row " << i << " col " << c;
+      }
+    }
+  }
+}
+
+// One cache serving two attention shapes of the same width, group, length and row stride (3 heads
+// of 4, then 2 heads of 6): each gets its own primitive, so the second is not computed with the
+// first's head split.
+TEST(AttentionTest, CacheKeepsHeadSplitsApart) {
+  const int64_t d = 12, len = 3, groups = 1, rows = groups * len;
+  std::vector<float> qkv(static_cast<size_t>(rows * 3 * d));
+  for (size_t i = 0; i < qkv.size(); ++i) qkv[i] = static_cast<float>(static_cast<int>(i % 9) - 4) / 4.0f;
+  DnnlContext ctx;
+  PrimitiveCache cache(ctx);
+  for (const AttentionShape shape : {AttentionShape{3, 4}, AttentionShape{2, 6}}) {
+    SCOPED_TRACE(shape.heads);
+    const HeadRows r{qkv.data(), qkv.data() + d, qkv.data() + 2 * d, 3 * d, false};
+    std::vector<float> scores(static_cast<size_t>(groups * shape.heads * len * len));
+    AttentionScores(cache, shape, r, groups, len, scores.data());
+    for (int64_t h = 0; h < shape.heads; ++h) {
+      for (int64_t i = 0; i < len; ++i) {
+        for (int64_t j = 0; j < len; ++j) {
+          double want = 0;
+          for (int64_t c = 0; c < shape.head_dim; ++c) {
+            want += static_cast<double>(qkv[static_cast<size_t>(i * 3 * d + h * shape.head_dim + c)]) *
+                    qkv[static_cast<size_t>(j * 3 * d + d + h * shape.head_dim + c)];
+          }
+          ASSERT_NEAR(scores[static_cast<size_t>((h * len + i) * len + j)], want, 1e-5) << h << " " << i << " " << j;
         }
       }
     }
