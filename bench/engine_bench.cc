@@ -178,11 +178,19 @@ int main(int argc, char** argv) {
   app.add_option("--precision", precision_s, "encoder dense layers: fp32, int8 or bf16")
       ->check(CLI::IsMember({"fp32", "int8", "bf16"}));
   bool profile = false, skip_accuracy = false;
+  std::string bf16_s = "if-faster";
+  app.add_option("--bf16-kernels", bf16_s,
+                 "where the CPU has native bf16: if-faster (the server's way: Load measures), always, "
+                 "never")
+      ->check(CLI::IsMember({"if-faster", "always", "never"}));
   app.add_flag("--skip-accuracy", skip_accuracy,
                "do not compare a reduced precision's logits with fp32 (two more model loads)");
   app.add_flag("--profile", profile, "print (and write to the JSON) the time of each op per budget");
   CLI11_PARSE(app, argc, argv);
   const Precision precision = *PrecisionFromName(precision_s);  // IsMember checked the name
+  const Bf16Kernels bf16_kernels = bf16_s == "always"  ? Bf16Kernels::kAlways
+                                   : bf16_s == "never" ? Bf16Kernels::kNever
+                                                       : Bf16Kernels::kIfFaster;
 
   auto model = BertModel::Load(model_dir);
   if (!model.ok()) {
@@ -224,8 +232,17 @@ int main(int argc, char** argv) {
   out["rows"] = nlohmann::json::array();
   for (int threads : ParseList<int>(threads_s)) {
     FlushDnnlPrimitiveCache();  // primitives made under another thread count must not be reused
-    auto mt = BertModel::Load(model_dir, {.num_threads = threads, .precision = precision});
+    auto mt = BertModel::Load(model_dir, {.num_threads = threads, .precision = precision,
+                                          .bf16_kernels = bf16_kernels});
     out["precision"] = std::string(PrecisionName((*mt)->precision()));  // after any fallback
+    out["uses_bf16"] = (*mt)->uses_bf16();
+    if (const auto& probe = (*mt)->bf16_probe(); probe.has_value()) {
+      out["bf16_probe_ms"] = {{"fp32", probe->fp32_ms}, {"bf16", probe->bf16_ms}};
+      std::fprintf(stderr, "bf16 probe (128 x %lld x %lld, %d threads): fp32 %.2f ms, bf16 %.2f ms -> %s\n",
+                   static_cast<long long>((*mt)->config().hidden_size),
+                   static_cast<long long>((*mt)->config().intermediate_size), threads, probe->fp32_ms,
+                   probe->bf16_ms, (*mt)->uses_bf16() ? "bf16 kernels" : "fp32 kernels");
+    }
     Workspace ws(**mt);
     for (const Workload& w : workloads) {
       double base = 0;
@@ -284,7 +301,8 @@ int main(int argc, char** argv) {
   if (precision != Precision::kFloat32 && !workloads.empty() && !skip_accuracy) {
     FlushDnnlPrimitiveCache();
     auto ref = BertModel::Load(model_dir, {.num_threads = 2});
-    auto low = BertModel::Load(model_dir, {.num_threads = 2, .precision = precision});
+    auto low = BertModel::Load(model_dir, {.num_threads = 2, .precision = precision,
+                                           .bf16_kernels = bf16_kernels});
     Workspace ws_ref(**ref), ws_low(**low);
     const auto& ids = workloads.front().ids;
     std::vector<SequenceInput> in;

@@ -60,6 +60,26 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
                  dir.c_str(), std::string(DnnlIsaName()).c_str());
     m->precision_ = Precision::kFloat32;
   }
+  if (m->precision_ != Precision::kFloat32 && CpuHasNativeBf16() &&
+      options.bf16_kernels != Bf16Kernels::kNever) {
+    m->uses_bf16_ = true;
+    if (options.bf16_kernels == Bf16Kernels::kIfFaster) {
+      // One FFN-shaped matmul, at the row count of a typical batch slice.
+      m->bf16_probe_ = ProbeBf16Matmul(m->dnnl_, 128, m->config_.hidden_size,
+                                       m->config_.intermediate_size, m->num_threads_);
+      m->uses_bf16_ = m->bf16_probe_->bf16_faster();
+    }
+  }
+  if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_ && m->bf16_probe_.has_value()) {
+    std::fprintf(stderr,
+                 "topserve: %s: precision bf16: this CPU's bf16 matmul ran slower than fp32 (%.2f vs "
+                 "%.2f ms, oneDNN %s); running fp32\n",
+                 dir.c_str(), m->bf16_probe_->bf16_ms, m->bf16_probe_->fp32_ms,
+                 std::string(DnnlIsaName()).c_str());
+    m->precision_ = Precision::kFloat32;
+  } else if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_) {
+    m->precision_ = Precision::kFloat32;  // Bf16Kernels::kNever, asked for by the caller
+  }
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
   auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
   if (!schedule.ok()) return schedule.status();
@@ -120,7 +140,7 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     w.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     w.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     if (!status.ok()) break;
-    auto layer = EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_);
+    auto layer = EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_, m->uses_bf16_);
     if (!layer.ok()) return layer.status();
     m->layers_.push_back(std::move(*layer));
   }

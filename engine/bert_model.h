@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -29,6 +30,9 @@
 
 namespace topserve::engine {
 
+// Where the CPU has native bf16, whether the reduced precisions use it (EngineOptions).
+enum class Bf16Kernels { kIfFaster, kAlways, kNever };
+
 struct EngineOptions {
   int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
   // Arithmetic of the encoder's dense layers (engine/dnnl_ops.h). kFloat32 (default) matches the
@@ -36,8 +40,13 @@ struct EngineOptions {
   // LayerNorm, softmax and the heads stay fp32 in every precision. kBfloat16 and kInt8 run the
   // attention products (Q K^T, P V) in bf16 where the CPU has native bf16 (fp32 accumulation);
   // kBfloat16 on a CPU without it runs fp32 (precision() then says kFloat32) after one line on
-  // stderr.
+  // stderr. Native bf16 is not always faster than fp32 (without AMX it can be slower), so Load
+  // times one matmul both ways (ProbeBf16Matmul) and uses bf16 only where it wins: kBfloat16 where
+  // it loses runs fp32 after one line on stderr, kInt8 keeps fp32 attention products.
   Precision precision = Precision::kFloat32;
+  // kAlways skips that measurement and runs bf16 wherever the CPU has it natively, slower or not;
+  // kNever runs fp32 kernels instead (both for the tests of each path and benchmarks comparing them).
+  Bf16Kernels bf16_kernels = Bf16Kernels::kIfFaster;
 };
 
 struct SequenceInput {
@@ -109,6 +118,11 @@ class BertModel {
   const DnnlContext& dnnl() const { return dnnl_; }
   int num_threads() const { return num_threads_; }
   Precision precision() const { return precision_; }
+  // The bf16-against-fp32 measurement Load made, when it made one (reduced precision requested on
+  // a native-bf16 CPU, Bf16Kernels::kIfFaster).
+  const std::optional<Bf16Probe>& bf16_probe() const { return bf16_probe_; }
+  // Whether the bf16 kernels run (bf16 dense layers, or int8's attention products in bf16).
+  bool uses_bf16() const { return uses_bf16_; }
   // Longest input (in tokens, specials included) the model accepts.
   int64_t max_length() const { return max_length_; }
   // The model's pruning schedule (pruning.yaml, or the default) and its budget planner.
@@ -127,6 +141,8 @@ class BertModel {
   DnnlContext dnnl_;
   int num_threads_ = 1;
   Precision precision_ = Precision::kFloat32;
+  std::optional<Bf16Probe> bf16_probe_;
+  bool uses_bf16_ = false;
   int64_t max_length_ = 0;
   std::vector<float> word_emb_, pos_emb_, type_emb_, emb_ln_gamma_, emb_ln_beta_;
   std::vector<EncoderLayer> layers_;

@@ -53,6 +53,19 @@ enum class Precision { kFloat32, kInt8, kBfloat16 };
 
 // True when oneDNN runs bf16 matmuls natively here (avx512_core_bf16 or AMX), not emulated.
 bool CpuHasNativeBf16();
+// bf16 against fp32 matmul speed on this CPU, measured rather than assumed: oneDNN 2.6 runs bf16
+// natively wherever AVX512-BF16 exists, but without AMX that is not always faster. On a Zen 4 it ran
+// our bert-base layers 2x faster than fp32; on an Intel Xeon (family 6 model 207) whose AMX the
+// hypervisor hides, its avx512_core_bf16 kernels ran them at 0.56x fp32's speed (VDPBF16PS issues
+// on one port there, fp32 FMAs on two).
+struct Bf16Probe {
+  double fp32_ms = 0.0, bf16_ms = 0.0;  // best of the timed runs of one m x k x n matmul
+  bool bf16_faster() const { return bf16_ms < fp32_ms; }
+};
+// Times an m x k x n matmul (random weights, packed as Linear packs them) in fp32 and bf16,
+// alternately, on `threads` OpenMP threads; best of 3 each after a warm-up. Needs native bf16.
+// ~20 ms for bert-base's FFN at m = 128.
+Bf16Probe ProbeBf16Matmul(const DnnlContext& ctx, int64_t m, int64_t k, int64_t n, int threads);
 // The instruction set oneDNN dispatches its kernels for (dnnl::get_effective_cpu_isa()), by name.
 std::string_view DnnlIsaName();
 

@@ -49,7 +49,8 @@ QuantizedRows QuantizedInput(OpProfile* prof, LayerScratch& scratch, int slot, c
 }  // namespace
 
 absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const BertConfig& c,
-                                                  LayerWeights w, Precision precision) {
+                                                  LayerWeights w, Precision precision,
+                                                  bool bf16_attention) {
   EncoderLayer layer;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   layer.hidden_ = d;
@@ -57,7 +58,8 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
   layer.shape_ = {c.num_heads, c.head_dim()};
   layer.eps_ = static_cast<float>(c.layer_norm_eps);
   layer.precision_ = precision;
-  layer.bf16_attention_ = precision != Precision::kFloat32 && CpuHasNativeBf16();
+  layer.bf16_attention_ = CpuHasNativeBf16() && (precision == Precision::kBfloat16 ||
+                                                  (precision == Precision::kInt8 && bf16_attention));
   // Attention's 1/sqrt(dh) goes into Q's weights and bias, so the scores need no scaling pass (exact
   // when dh is a power of 4, as in every BERT: 64 gives 1/8).
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));

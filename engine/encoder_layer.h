@@ -40,8 +40,11 @@ struct LayerWeights {
 class EncoderLayer {
  public:
   EncoderLayer() = default;
+  // `bf16_attention`: int8 runs the attention products in bf16 (where the CPU has it natively and
+  // BertModel::Load measured it faster); kBfloat16 always does.
   static absl::StatusOr<EncoderLayer> Create(const DnnlContext& ctx, const BertConfig& config,
-                                             LayerWeights weights, Precision precision);
+                                             LayerWeights weights, Precision precision,
+                                             bool bf16_attention);
 
   // y = LayerNorm(x + SelfAttention(x)) over `rows` rows, attention within each group. With
   // `importance` set, also importance[r] = the attention row r's token receives (mean over heads and

@@ -186,7 +186,10 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, BertModelReference,
 // The reduced precisions on the random fixtures: close to the float64 reference within each
 // precision's own bound, and as independent of batch-mates as the precision promises (int8: bit for
 // bit; bf16: within rounding, since oneDNN blocks bf16 GEMMs by row count).
-class BertModelReduced : public ::testing::TestWithParam<std::tuple<std::string, Precision>> {};
+// Each precision with the bf16 kernels forced on and (int8: fp32 attention products) off, so both
+// paths run whichever one BertModel::Load's measurement would pick on this CPU.
+class BertModelReduced
+    : public ::testing::TestWithParam<std::tuple<std::string, Precision, Bf16Kernels>> {};
 
 double MaxAbs(const std::vector<Row>& rows) {
   double m = 0;
@@ -200,13 +203,17 @@ double MaxAbs(const std::vector<Row>& rows) {
 }
 
 TEST_P(BertModelReduced, CloseToReferenceAndIndependentOfBatchMates) {
-  const auto& [name, precision] = GetParam();
+  const auto& [name, precision, kernels] = GetParam();
   if (precision == Precision::kBfloat16 && !CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
+  if (precision == Precision::kBfloat16 && kernels == Bf16Kernels::kNever) {
+    GTEST_SKIP() << "bf16 without bf16 kernels is fp32 (BertModelTest.Bf16KernelChoice)";
+  }
   const std::string dir = kData + "/" + name;
   const std::string what = std::string(PrecisionName(precision));
-  auto model = BertModel::Load(dir, {.num_threads = 2, .precision = precision});
+  auto model = BertModel::Load(dir, {.num_threads = 2, .precision = precision, .bf16_kernels = kernels});
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->precision(), precision);
+  EXPECT_EQ((*model)->uses_bf16(), kernels == Bf16Kernels::kAlways && CpuHasNativeBf16());
   Workspace ws(**model);
   std::vector<Row> rows = LoadRows(dir + "/reference.jsonl");
   const double scale = MaxAbs(rows);
@@ -245,13 +252,51 @@ TEST_P(BertModelReduced, CloseToReferenceAndIndependentOfBatchMates) {
 INSTANTIATE_TEST_SUITE_P(
     Models, BertModelReduced,
     ::testing::Combine(::testing::Values("cls-f32", "qa-f32", "cls-relu", "cls-gelu-tanh"),
-                       ::testing::Values(Precision::kInt8, Precision::kBfloat16)),
+                       ::testing::Values(Precision::kInt8, Precision::kBfloat16),
+                       ::testing::Values(Bf16Kernels::kAlways, Bf16Kernels::kNever)),
     [](const auto& param_info) {
       std::string n = std::get<0>(param_info.param) + "_" +
-                      std::string(PrecisionName(std::get<1>(param_info.param)));
+                      std::string(PrecisionName(std::get<1>(param_info.param))) +
+                      (std::get<2>(param_info.param) == Bf16Kernels::kAlways ? "_bf16kernels" : "_fp32kernels");
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });
+
+// What Load decides for the reduced precisions where the CPU has native bf16: kIfFaster measures
+// and follows the measurement (bf16 falls back to fp32 where bf16 lost), kAlways and kNever obey.
+TEST(BertModelTest, Bf16KernelChoice) {
+  if (!CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
+  const std::string dir = kData + "/cls-f32";
+  for (Precision p : {Precision::kBfloat16, Precision::kInt8}) {
+    SCOPED_TRACE(std::string(PrecisionName(p)));
+    auto measured = BertModel::Load(dir, {.num_threads = 2, .precision = p});
+    ASSERT_TRUE(measured.ok()) << measured.status();
+    const auto& probe = (*measured)->bf16_probe();
+    ASSERT_TRUE(probe.has_value());
+    EXPECT_GT(probe->fp32_ms, 0.0);
+    EXPECT_GT(probe->bf16_ms, 0.0);
+    EXPECT_LT(probe->fp32_ms + probe->bf16_ms, 1e4);
+    EXPECT_EQ((*measured)->uses_bf16(), probe->bf16_faster());
+    const Precision expected = p == Precision::kInt8 || probe->bf16_faster() ? p : Precision::kFloat32;
+    EXPECT_EQ((*measured)->precision(), expected);
+
+    auto always = BertModel::Load(dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kAlways});
+    ASSERT_TRUE(always.ok()) << always.status();
+    EXPECT_FALSE((*always)->bf16_probe().has_value());
+    EXPECT_TRUE((*always)->uses_bf16());
+    EXPECT_EQ((*always)->precision(), p);
+
+    auto never = BertModel::Load(dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kNever});
+    ASSERT_TRUE(never.ok()) << never.status();
+    EXPECT_FALSE((*never)->uses_bf16());
+    EXPECT_EQ((*never)->precision(), p == Precision::kInt8 ? p : Precision::kFloat32);
+  }
+  // fp32 never measures.
+  auto fp32 = BertModel::Load(dir, {.num_threads = 2});
+  ASSERT_TRUE(fp32.ok());
+  EXPECT_FALSE((*fp32)->bf16_probe().has_value());
+  EXPECT_FALSE((*fp32)->uses_bf16());
+}
 
 }  // namespace
 }  // namespace topserve::engine

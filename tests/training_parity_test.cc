@@ -86,7 +86,7 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisions) {
   const Precision precision = GetParam();
   if (precision == Precision::kBfloat16 && !CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
   const std::string what(PrecisionName(precision));
-  auto model = BertModel::Load(kModel, {.num_threads = 2, .precision = precision});
+  auto model = BertModel::Load(kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_EQ((*model)->precision(), precision);
   const auto rows = Read("parity-schedule.jsonl");
@@ -124,7 +124,7 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisionsBetweenLayers) {
   const Precision precision = GetParam();
   if (precision == Precision::kBfloat16 && !CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
   auto fp32 = BertModel::Load(kModel, {.num_threads = 2});
-  auto reduced = BertModel::Load(kModel, {.num_threads = 2, .precision = precision});
+  auto reduced = BertModel::Load(kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
   ASSERT_TRUE(fp32.ok() && reduced.ok());
   const auto rows = Read("parity-schedule.jsonl");
   std::vector<std::vector<int32_t>> ids, kept;
