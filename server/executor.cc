@@ -5,6 +5,7 @@
 #include <span>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cost_model.h"
 #include "server/report.h"
 
 namespace topserve::server {
@@ -20,7 +21,12 @@ EngineExecutor::EngineExecutor(const engine::BertModel& model,
 
 double EngineExecutor::Cost(int64_t tokens, double budget) const {
   auto plan = planner_.Plan(tokens, budget);
-  if (!plan.ok()) return static_cast<double>(tokens);
+  // The request path validates tokens and budget before anything is costed, so Plan does not fail
+  // here; if it ever did, the unpruned cost (an upper bound, in FLOPs like every other answer) keeps
+  // the scheduler's arithmetic in one unit.
+  if (!plan.ok()) {
+    return static_cast<double>(FlopsFromMacs(engine::UnprunedMacs(planner_.shape(), tokens)));
+  }
   return static_cast<double>(FlopsFromMacs(plan->macs));
 }
 

@@ -30,6 +30,13 @@ const Histogram::BucketBoundaries& BatchTokensBuckets() {
   return b;
 }
 
+// Measured / predicted batch compute time: 1 is a perfect prediction; the scheduler's deadline
+// decisions (predicted_late, budget lowering) are only as good as this.
+const Histogram::BucketBoundaries& PredictionRatioBuckets() {
+  static const Histogram::BucketBoundaries b = {0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0};
+  return b;
+}
+
 // The codes whose series exist from the start (the ones serving.md names).
 constexpr absl::StatusCode kCommonCodes[] = {
     absl::StatusCode::kOk,
@@ -107,6 +114,12 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
                            .Name("topserve_batch_tokens")
                            .Help("Tokens per batch run by the engine")
                            .Register(r);
+  auto& prediction_ratio =
+      prometheus::BuildHistogram()
+          .Name("topserve_batch_compute_over_predicted")
+          .Help("Measured compute time of a batch / the time the scheduler's predictor expected "
+                "when it formed the batch (1 = exact; above 1 = slower than predicted)")
+          .Register(r);
   auto& flops_fraction =
       prometheus::BuildHistogram()
           .Name("topserve_flops_fraction")
@@ -199,6 +212,7 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
     }
     s->batch_size = &batch_size.Add(model, BatchSizeBuckets());
     s->batch_tokens = &batch_tokens.Add(model, BatchTokensBuckets());
+    s->prediction_ratio = &prediction_ratio.Add(model, PredictionRatioBuckets());
     s->flops_fraction = &flops_fraction.Add(model, FractionBuckets());
     s->budget_used = &budget_used.Add(model, FractionBuckets());
     for (int64_t l = 0; l < spec.layers; ++l) {
@@ -319,6 +333,11 @@ void Metrics::OnBatchDone(const batching::BatchStats& stats) {
   if (s == nullptr || s->batch_size == nullptr) return;
   s->batch_size->Observe(stats.size);
   s->batch_tokens->Observe(static_cast<double>(stats.tokens));
+  // Only batches that ran: a failed Run says nothing about the predictor, and a batch formed
+  // before the predictor had a measurement has no prediction to compare.
+  if (stats.status.ok() && stats.predicted_compute_time > absl::ZeroDuration()) {
+    s->prediction_ratio->Observe(absl::FDivDuration(stats.compute_time, stats.predicted_compute_time));
+  }
 }
 
 }  // namespace topserve::server

@@ -77,6 +77,7 @@ class Metrics final : public batching::SchedulerObserver {
     std::array<MethodSeries, kNumMethods> methods;
     prometheus::Histogram* batch_size = nullptr;
     prometheus::Histogram* batch_tokens = nullptr;
+    prometheus::Histogram* prediction_ratio = nullptr;  // measured / predicted batch compute time
     prometheus::Histogram* flops_fraction = nullptr;
     prometheus::Histogram* budget_used = nullptr;
     std::vector<prometheus::Histogram*> kept_ratio;  // per layer

@@ -35,12 +35,14 @@ BUILTIN_VARS = {"__rate_interval", "__interval", "__interval_ms", "__range", "__
                 "__from", "__to", "__dashboard", "__name", "__org", "__user", "__timeFilter"}
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 # Metric families the brief's panels must show (request rate by code, latency, queue vs compute,
-# batch size and tokens, queue depth and in-flight, FLOPs fraction and budget, retention, ready).
+# batch size and tokens, queue depth and in-flight, FLOPs fraction and budget, retention, ready),
+# and the batch-time predictor's accuracy.
 REQUIRED_FAMILIES = ["topserve_requests_total", "topserve_request_duration_seconds",
                      "topserve_queue_duration_seconds", "topserve_compute_duration_seconds",
                      "topserve_batch_size", "topserve_batch_tokens", "topserve_queue_depth",
                      "topserve_inflight_requests", "topserve_flops_fraction", "topserve_budget_used",
-                     "topserve_tokens_kept_ratio", "topserve_model_ready"]
+                     "topserve_tokens_kept_ratio", "topserve_model_ready",
+                     "topserve_batch_compute_over_predicted"]
 VAR_RE = re.compile(r"\$(?:\{([A-Za-z0-9_]+)(?::[a-z]+)?\}|([A-Za-z0-9_]+))")
 
 

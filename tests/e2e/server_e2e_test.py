@@ -887,6 +887,9 @@ models:
         self.assertEqual(delta("topserve_batch_size_sum", model="sst2"), len(results))
         self.assertEqual(delta("topserve_batch_tokens_sum", model="sst2"),
                          sum(r.report.tokens_in for r in results))
+        # Every batch that ran is held against the predictor's expectation (its accuracy).
+        self.assertEqual(delta("topserve_batch_compute_over_predicted_count", model="sst2"), batches)
+        self.assertGreater(delta("topserve_batch_compute_over_predicted_sum", model="sst2"), 0)
         self.assertEqual(delta("topserve_flops_fraction_count", model="squad"),
                          len(answer.windows))
         self.assertEqual(delta("topserve_flops_total", model="squad"), answer.flops)
