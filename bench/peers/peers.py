@@ -218,11 +218,14 @@ def engine_rows(engine_bench, model, out, work, threads, repeats, sst2, sst2_lim
     return rows
 
 
-def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, sst2, sst2_limit):
+def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, sst2, sst2_limit,
+                      precisions):
     """The machine's speed drifts by 10-30% over minutes, so rows timed minutes apart can mislead
     even in one run. Here each pair times a peer and then topserve back to back (8 x 128 and the
     SST-2 mix, budget 1, 2 threads), `pairs` times, and reports every pair's ratio and the median:
-    topserve-int8 against ort-int8, topserve-fp32 and topserve-bf16 against ort-fp32."""
+    topserve-int8 against ort-int8, topserve-fp32 and topserve-bf16 against ort-fp32, for the
+    precisions asked for; each labelled with the precision engine_bench says ran (bf16 runs fp32
+    where the engine measured bf16 slower)."""
     against = {"int8": "ort-int8", "fp32": "ort-fp32", "bf16": "ort-fp32"}
     made = dict(runners)
     result = []
@@ -230,9 +233,10 @@ def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, s
         if wl not in work:
             continue
         for precision, peer in against.items():
-            if peer not in made:
+            if peer not in made or precision not in precisions:
                 continue
             run = made[peer](2)
+            label = f"topserve-{precision}"
             ratios = []
             for _ in range(pairs):
                 peer_s, _mode = time_peer(run, {wl: work[wl]}, repeats)[wl]
@@ -240,10 +244,11 @@ def interleaved_pairs(engine_bench, model, out, work, runners, pairs, repeats, s
                                    sst2_limit, [precision], budgets="1",
                                    extra=["--skip-accuracy"])  # once, in the main rows, is enough
                 ours_s = ours[0]["seconds"]
+                label = ours[0]["peer"].split(" budget")[0]
                 ratios.append(peer_s / ours_s)
-                print(f"pair {wl} {peer} {peer_s * 1e3:.1f} ms / topserve-{precision} "
+                print(f"pair {wl} {peer} {peer_s * 1e3:.1f} ms / {label} "
                       f"{ours_s * 1e3:.1f} ms = {peer_s / ours_s:.2f}x", file=sys.stderr)
-            result.append({"workload": wl, "peer": peer, "topserve": f"topserve-{precision}",
+            result.append({"workload": wl, "peer": peer, "topserve": label,
                            "ratios": ratios, "median": float(np.median(ratios))})
     return result
 
@@ -334,7 +339,8 @@ def main():
         result["onednn_isa"] = ", ".join(sorted(isas))
     if args.pairs and args.engine_bench:
         result["pairs"] = interleaved_pairs(args.engine_bench, args.model, args.out, work, runners,
-                                            args.pairs, args.repeats, args.sst2, args.sst2_limit)
+                                            args.pairs, args.repeats, args.sst2, args.sst2_limit,
+                                            args.precisions.split(","))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1, sort_keys=True)
