@@ -15,6 +15,7 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "batching/budget_level.h"
 
 namespace topserve::batching {
 namespace {
@@ -922,51 +923,24 @@ void Scheduler::FormBatchLocked(int worker, ModelQueue& q, absl::Time now, Work&
 double Scheduler::BudgetLevelLocked(const ModelQueue& q, const std::vector<Picked>& picked,
                                     absl::Time now) const {
   const double safety = q.options.deadline_safety_factor;
-  const double alpha = q.predictor.overhead_seconds() * safety;
-  const double beta = q.predictor.seconds_per_unit() * safety;
-  if (!(beta > 0)) return 1.0;
-  double a = 0;  // Cumulative cost at minimum budgets.
-  double b = 0;  // Cumulative reducible cost (requested - minimum).
-  absl::Time batch_deadline = absl::InfiniteFuture();
-  for (const Picked& p : picked) {
-    a += p.cost_min;
-    b += p.cost_full - p.cost_min;
-    batch_deadline = std::min(batch_deadline, p.deadline);
-  }
-  double level = 1.0;
-  if (batch_deadline != absl::InfiniteFuture() && b > 0) {
-    const double allowed = (Seconds(batch_deadline - now) - alpha) / beta;  // In cost units.
-    if (a + b > allowed) level = std::clamp((allowed - a) / b, 0.0, 1.0);
-  }
-  const double workers = static_cast<double>(workers_.size());
-  double backlog = 0;  // Predicted seconds left in the batches now running.
+  BudgetLevelParams params{.alpha = q.predictor.overhead_seconds() * safety,
+                           .beta = q.predictor.seconds_per_unit() * safety,
+                           .workers = static_cast<double>(workers_.size()),
+                           .max_batch_size = q.options.max_batch_size,
+                           .max_batch_tokens = q.options.max_batch_tokens,
+                           .now = now};
+  if (!(params.beta > 0)) return 1.0;
   for (const Worker& w : workers_) {
     if (w.state == WorkerState::kRunning) {
-      backlog += safety * std::max(0.0, Seconds(w.busy_until - now));
+      params.backlog_seconds += safety * std::max(0.0, Seconds(w.busy_until - now));
     }
   }
-  // Queued task i runs in a later batch; the batches before it (this one included) each pay the
-  // overhead alpha: about 1 + max(i / max_batch_size, tokens before it / max_batch_tokens).
-  const ModelOptions& o = q.options;
-  int64_t index = 0;
-  int64_t tokens_before = 0;
+  BudgetLevelCalculator calc(params);
+  for (const Picked& p : picked) calc.AddBatchTask(p.cost_min, p.cost_full, p.deadline);
   for (const auto& [priority, queue_level] : q.levels) {
-    for (const Entry& e : queue_level) {
-      a += e.cost_min;
-      b += e.cost_full - e.cost_min;
-      const int64_t batches_before =
-          1 + std::max(index / o.max_batch_size, tokens_before / o.max_batch_tokens);
-      ++index;
-      tokens_before += e.tokens;
-      if (e.deadline == absl::InfiniteFuture()) continue;
-      const double allowed =  // In cost units.
-          (workers * (Seconds(e.deadline - now) - alpha) - backlog -
-           alpha * static_cast<double>(batches_before)) / beta;
-      if (a > allowed) continue;  // Lost even at minimum budgets.
-      if (a + level * b > allowed) level = std::clamp((allowed - a) / b, 0.0, 1.0);
-    }
+    for (const Entry& e : queue_level) calc.AddQueued(e.cost_min, e.cost_full, e.tokens, e.deadline);
   }
-  return level;
+  return calc.level();
 }
 
 void Scheduler::RunBatch(int worker, FormedBatch& formed, std::unique_lock<std::mutex>& lock) {
