@@ -139,6 +139,28 @@ struct Scheduler::ModelQueue {
   // Deadline shedding needs predictions from measured batches: a prior that is far off (before the
   // first batch) must not refuse every call with a tight deadline, which would keep it unmeasured.
   bool ShedsLate() const { return options.shed_late && predictor.num_observations() > 0; }
+  // UNAVAILABLE for a call predicted to wait `wait` seconds, past max_queue_wait (e: the estimate
+  // that predicted it).
+  absl::Status WaitTooLong(const AdmissionEstimate& e, double wait) const {
+    return absl::UnavailableError(absl::StrCat("queue of model '", name, "' is full (", e.tasks_ahead,
+                                               " requests, predicted wait ", Ms(wait), ", limit ",
+                                               absl::FormatDuration(options.max_queue_wait), ")"));
+  }
+  // The one queue-full test of admission (Schedule and PreAdmit): UNAVAILABLE when `tasks` more
+  // sequences holding `tokens` more tokens would overflow max_queue_size or max_queue_tokens
+  // (PreAdmit passes 0 tokens: it does not know them yet); OK when they fit.
+  absl::Status RoomFor(int64_t tasks, int64_t tokens) const {
+    if (queued_tasks + tasks > options.max_queue_size) {
+      return absl::UnavailableError(
+          absl::StrCat("queue of model '", name, "' is full (", queued_tasks, " requests)"));
+    }
+    if (queued_tokens + tokens > options.max_queue_tokens) {
+      return absl::UnavailableError(absl::StrCat("queue of model '", name, "' is full (",
+                                                 queued_tokens, " tokens queued, limit ",
+                                                 options.max_queue_tokens, ")"));
+    }
+    return absl::OkStatus();
+  }
 
   ModelQueue(std::string n, ModelOptions o, std::shared_ptr<BatchExecutor> e)
       : name(std::move(n)),
@@ -433,14 +455,8 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
   std::optional<ShedReason> shed;
   if (!accepting_) {
     refused = absl::UnavailableError("server is shutting down");
-  } else if (q->queued_tasks + n > o.max_queue_size) {
-    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
-                                                  q->queued_tasks, " requests)"));
-    shed = ShedReason::kQueueFull;
-  } else if (q->queued_tokens + group_tokens > o.max_queue_tokens) {
-    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
-                                                  q->queued_tokens, " tokens queued, limit ",
-                                                  o.max_queue_tokens, ")"));
+  } else if (absl::Status room = q->RoomFor(n, group_tokens); !room.ok()) {
+    refused = std::move(room);
     shed = ShedReason::kQueueFull;
   } else if ((q->ShedsLate() && group_deadline != absl::InfiniteFuture()) ||
              o.max_queue_wait != absl::InfiniteDuration()) {
@@ -466,9 +482,7 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
       shed = ShedReason::kPredictedLate;
       q->counts.shed_at_admission += n;
     } else if (absl::Seconds(wait) > o.max_queue_wait) {
-      refused = absl::UnavailableError(absl::StrCat(
-          "queue of model '", q->name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
-          Ms(wait), ", limit ", absl::FormatDuration(o.max_queue_wait), ")"));
+      refused = q->WaitTooLong(e, wait);
       shed = ShedReason::kQueueFull;
     }
   }
@@ -537,9 +551,8 @@ absl::Status Scheduler::PreAdmit(std::string_view model, int64_t tasks, int prio
   std::optional<ShedReason> shed;
   if (!accepting_) {
     refused = absl::UnavailableError("server is shutting down");
-  } else if (q->queued_tasks + tasks > o.max_queue_size) {
-    refused = absl::UnavailableError(absl::StrCat("queue of model '", q->name, "' is full (",
-                                                  q->queued_tasks, " requests)"));
+  } else if (absl::Status room = q->RoomFor(tasks, 0); !room.ok()) {
+    refused = std::move(room);
     shed = ShedReason::kQueueFull;
   } else if ((q->ShedsLate() && deadline != absl::InfiniteFuture()) ||
              o.max_queue_wait != absl::InfiniteDuration()) {
@@ -555,9 +568,7 @@ absl::Status Scheduler::PreAdmit(std::string_view model, int64_t tasks, int prio
       shed = ShedReason::kPredictedLate;
       q->counts.shed_at_admission += tasks;
     } else if (absl::Seconds(wait) > o.max_queue_wait) {
-      refused = absl::UnavailableError(absl::StrCat(
-          "queue of model '", q->name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
-          Ms(wait), ", limit ", absl::FormatDuration(o.max_queue_wait), ")"));
+      refused = q->WaitTooLong(e, wait);
       shed = ShedReason::kQueueFull;
     }
   }
@@ -930,11 +941,7 @@ double Scheduler::BudgetLevelLocked(const ModelQueue& q, const std::vector<Picke
                            .max_batch_tokens = q.options.max_batch_tokens,
                            .now = now};
   if (!(params.beta > 0)) return 1.0;
-  for (const Worker& w : workers_) {
-    if (w.state == WorkerState::kRunning) {
-      params.backlog_seconds += safety * std::max(0.0, Seconds(w.busy_until - now));
-    }
-  }
+  params.backlog_seconds = safety * RunningSecondsLocked(now);
   BudgetLevelCalculator calc(params);
   for (const Picked& p : picked) calc.AddBatchTask(p.cost_min, p.cost_full, p.deadline);
   for (const auto& [priority, queue_level] : q.levels) {
