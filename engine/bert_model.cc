@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "engine/cpu_info.h"
 #include "engine/kernels.h"
 #include "engine/rows.h"
@@ -30,15 +31,9 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
                                                            const EngineOptions& options) {
   std::unique_ptr<BertModel> m(new BertModel());
   m->dir_ = dir;
-  auto config = LoadBertConfig(dir + "/config.json");
-  if (!config.ok()) return config.status();
-  m->config_ = *config;
-  auto tok_config = LoadTokenizerConfig(dir + "/tokenizer_config.json");
-  if (!tok_config.ok()) return tok_config.status();
-  m->tokenizer_config_ = *tok_config;
-  auto tokenizer = Tokenizer::LoadFromModelDir(dir, m->tokenizer_config_);
-  if (!tokenizer.ok()) return tokenizer.status();
-  m->tokenizer_ = std::move(*tokenizer);
+  ASSIGN_OR_RETURN(m->config_, LoadBertConfig(dir + "/config.json"));
+  ASSIGN_OR_RETURN(m->tokenizer_config_, LoadTokenizerConfig(dir + "/tokenizer_config.json"));
+  ASSIGN_OR_RETURN(m->tokenizer_, Tokenizer::LoadFromModelDir(dir, m->tokenizer_config_));
   if (static_cast<int64_t>(m->tokenizer_->vocab_size()) > m->config_.vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat(
         dir, ": the tokenizer has ", m->tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
@@ -46,9 +41,8 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   }
   // The weights back the config's sizes before anything is sized by them (the schedule, the
   // planner, the layers): a config claiming 1e9 layers stops here, at once.
-  auto file = SafetensorsFile::Open(dir + "/model.safetensors");
-  if (!file.ok()) return file.status();
-  if (auto st = ValidateBertTensors(**file, m->config_); !st.ok()) return st;
+  ASSIGN_OR_RETURN(const std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(dir + "/model.safetensors"));
+  RETURN_IF_ERROR(ValidateBertTensors(*file, m->config_));
   m->shape_ = ModelShape::FromConfig(m->config_);
   m->num_threads_ = options.num_threads > 0 ? options.num_threads : AvailableCpus();
   m->precision_ = options.precision;
@@ -81,11 +75,10 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     m->precision_ = Precision::kFloat32;  // Bf16Kernels::kNever, asked for by the caller
   }
   m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
-  auto schedule = PruningSchedule::ForModelDir(dir, m->config_.num_layers);
-  if (!schedule.ok()) return schedule.status();
-  m->planner_ = std::make_unique<BudgetPlanner>(m->shape_, std::move(*schedule));
+  ASSIGN_OR_RETURN(PruningSchedule schedule, PruningSchedule::ForModelDir(dir, m->config_.num_layers));
+  m->planner_ = std::make_unique<BudgetPlanner>(m->shape_, std::move(schedule));
 
-  const SafetensorsFile& st = **file;
+  const SafetensorsFile& st = *file;
   const BertConfig& c = m->config_;
   const int64_t d = c.hidden_size, f = c.intermediate_size;
   const std::string prefix = st.Find("bert.embeddings.word_embeddings.weight") ? "bert." : "";
@@ -140,9 +133,8 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     w.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     w.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     if (!status.ok()) break;
-    auto layer = EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_, m->uses_bf16_);
-    if (!layer.ok()) return layer.status();
-    m->layers_.push_back(std::move(*layer));
+    ASSIGN_OR_RETURN(EncoderLayer layer, EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_, m->uses_bf16_));
+    m->layers_.push_back(std::move(layer));
   }
   if (c.task == Task::kSequenceClassification) {
     m->pooler_ = linear(prefix + "pooler.dense", d, d, Epilogue::kTanh);
@@ -150,7 +142,7 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   } else if (c.task == Task::kQuestionAnswering) {
     m->qa_ = linear("qa_outputs", 2, d, Epilogue::kNone);
   }  // a headless encoder has no head (its pooler, if saved, is not part of the output)
-  if (!status.ok()) return status;
+  RETURN_IF_ERROR(status);
   return m;
 }
 
@@ -206,7 +198,7 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
   if (outputs.size() != inputs.size()) {
     return absl::InvalidArgumentError("Run: outputs and inputs differ in size");
   }
-  if (auto st = Validate(inputs); !st.ok()) return st;
+  RETURN_IF_ERROR(Validate(inputs));
   const int64_t batch = static_cast<int64_t>(inputs.size());
   if (batch == 0) return absl::OkStatus();
   omp_set_num_threads(ws.threads_);

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <utility>
 
+#include "base/status_macros.h"
 #include "engine/kernels.h"
 #include "engine/profile.h"
 #include "engine/rows.h"
@@ -68,16 +69,14 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
   // The residual sums happen in LayerNormResidualRows, so the output projections write x W + b.
   auto make = [&](const std::vector<float>& weight, const std::vector<float>& bias, int64_t out,
                   int64_t in, Epilogue epilogue, Linear& dst) -> absl::Status {
-    auto lin = Linear::Create(ctx, weight.data(), bias.data(), out, in, epilogue, false, precision);
-    if (!lin.ok()) return lin.status();
-    dst = std::move(*lin);
+    ASSIGN_OR_RETURN(dst, Linear::Create(ctx, weight.data(), bias.data(), out, in, epilogue, false, precision));
     return absl::OkStatus();
   };
   for (auto st : {make(w.wqkv, w.bqkv, 3 * d, d, Epilogue::kNone, layer.qkv_),
                   make(w.w_attn_out, w.b_attn_out, d, d, Epilogue::kNone, layer.attn_out_),
                   make(w.w_ffn_in, w.b_ffn_in, f, d, ActivationEpilogue(c.activation), layer.ffn_in_),
                   make(w.w_ffn_out, w.b_ffn_out, d, f, Epilogue::kNone, layer.ffn_out_)}) {
-    if (!st.ok()) return st;
+    RETURN_IF_ERROR(st);
   }
   layer.ln1_gamma_ = std::move(w.ln1_gamma);
   layer.ln1_beta_ = std::move(w.ln1_beta);

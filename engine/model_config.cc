@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "nlohmann/json.hpp"
 #include "engine/json_describe.h"
 
@@ -112,19 +113,10 @@ absl::StatusOr<bool> BoolField(const Json& obj, absl::string_view origin, const 
   return it->get<bool>();
 }
 
-#define TS_LOAD_ASSIGN_IMPL(var, lhs, expr) \
-  auto var = (expr);                                     \
-  if (!var.ok()) return var.status();                    \
-  lhs = *std::move(var)
-#define TS_LOAD_CONCAT_INNER(a, b) a##b
-#define TS_LOAD_CONCAT(a, b) TS_LOAD_CONCAT_INNER(a, b)
-#define TS_LOAD_ASSIGN_OR_RETURN(lhs, expr) \
-  TS_LOAD_ASSIGN_IMPL(TS_LOAD_CONCAT(status_or_, __LINE__), lhs, expr)
-
 absl::Status ParseLabels(const Json& obj, absl::string_view origin, BertConfig& config) {
   std::optional<int64_t> num_labels;
   if (obj.contains("num_labels")) {
-    TS_LOAD_ASSIGN_OR_RETURN(num_labels, IntField(obj, origin, "num_labels", std::nullopt, 1, 1 << 20));
+    ASSIGN_OR_RETURN(num_labels, IntField(obj, origin, "num_labels", std::nullopt, 1, 1 << 20));
   }
   const auto it = obj.find("id2label");
   if (it == obj.end() || it->is_null()) {
@@ -214,7 +206,7 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
 }  // namespace
 
 absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const std::string& origin) {
-  TS_LOAD_ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
+  ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
   BertConfig config;
 
   if (const auto it = obj.find("model_type"); it != obj.end() && *it != "bert") {
@@ -224,17 +216,17 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
     return FieldError(origin, "position_embedding_type",
                       absl::StrCat("must be \"absolute\" (the only kind supported), got ", Describe(*it)));
   }
-  TS_LOAD_ASSIGN_OR_RETURN(config.task, ParseTask(obj, origin));
+  ASSIGN_OR_RETURN(config.task, ParseTask(obj, origin));
 
-  TS_LOAD_ASSIGN_OR_RETURN(config.vocab_size, IntField(obj, origin, "vocab_size", std::nullopt, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.hidden_size, IntField(obj, origin, "hidden_size", std::nullopt, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.num_layers, IntField(obj, origin, "num_hidden_layers", std::nullopt, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.num_heads, IntField(obj, origin, "num_attention_heads", std::nullopt, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.intermediate_size,
+  ASSIGN_OR_RETURN(config.vocab_size, IntField(obj, origin, "vocab_size", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.hidden_size, IntField(obj, origin, "hidden_size", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.num_layers, IntField(obj, origin, "num_hidden_layers", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.num_heads, IntField(obj, origin, "num_attention_heads", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.intermediate_size,
                    IntField(obj, origin, "intermediate_size", std::nullopt, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.max_position_embeddings,
+  ASSIGN_OR_RETURN(config.max_position_embeddings,
                    IntField(obj, origin, "max_position_embeddings", 512, 1, kMaxSize));
-  TS_LOAD_ASSIGN_OR_RETURN(config.type_vocab_size, IntField(obj, origin, "type_vocab_size", 2, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.type_vocab_size, IntField(obj, origin, "type_vocab_size", 2, 1, kMaxSize));
   if (config.hidden_size % config.num_heads != 0) {
     return FieldError(origin, "hidden_size",
                       absl::StrCat(config.hidden_size, " is not divisible by num_attention_heads ",
@@ -268,10 +260,10 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
   }
 
   if (const auto it = obj.find("pad_token_id"); it != obj.end() && !it->is_null()) {
-    TS_LOAD_ASSIGN_OR_RETURN(config.pad_token_id, IntField(obj, origin, "pad_token_id", 0, 0, config.vocab_size - 1));
+    ASSIGN_OR_RETURN(config.pad_token_id, IntField(obj, origin, "pad_token_id", 0, 0, config.vocab_size - 1));
   }
 
-  if (absl::Status status = ParseLabels(obj, origin, config); !status.ok()) return status;
+  RETURN_IF_ERROR(ParseLabels(obj, origin, config));
   if (config.task == Task::kQuestionAnswering && config.num_labels() != 2) {
     return FieldError(origin, "num_labels",
                       absl::StrCat("is ", config.num_labels(),
@@ -281,16 +273,16 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
 }
 
 absl::StatusOr<BertConfig> LoadBertConfig(const std::string& path) {
-  TS_LOAD_ASSIGN_OR_RETURN(const std::string text, ReadSmallFile(path));
+  ASSIGN_OR_RETURN(const std::string text, ReadSmallFile(path));
   return ParseBertConfig(text, path);
 }
 
 absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_text,
                                                      const std::string& origin) {
-  TS_LOAD_ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
+  ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
   TokenizerConfig config;
-  TS_LOAD_ASSIGN_OR_RETURN(config.do_lower_case, BoolField(obj, origin, "do_lower_case", config.do_lower_case));
-  TS_LOAD_ASSIGN_OR_RETURN(config.tokenize_chinese_chars,
+  ASSIGN_OR_RETURN(config.do_lower_case, BoolField(obj, origin, "do_lower_case", config.do_lower_case));
+  ASSIGN_OR_RETURN(config.tokenize_chinese_chars,
                    BoolField(obj, origin, "tokenize_chinese_chars", config.tokenize_chinese_chars));
   if (const auto it = obj.find("strip_accents"); it != obj.end() && !it->is_null()) {
     if (!it->is_boolean()) {
@@ -304,7 +296,7 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_tex
     constexpr double kNoLimit = 1e18;
     const bool huge = it->is_number() && it->get<double>() >= kNoLimit;
     if (!huge) {
-      TS_LOAD_ASSIGN_OR_RETURN(config.model_max_length,
+      ASSIGN_OR_RETURN(config.model_max_length,
                        IntField(obj, origin, "model_max_length", std::nullopt, 1,
                                 std::numeric_limits<int64_t>::max()));
     }
@@ -382,7 +374,7 @@ absl::Status CheckTensorCount(const SafetensorsFile& weights, const BertConfig& 
 }
 
 absl::Status ValidateBertTensors(const SafetensorsFile& weights, const BertConfig& config) {
-  if (absl::Status st = CheckTensorCount(weights, config); !st.ok()) return st;
+  RETURN_IF_ERROR(CheckTensorCount(weights, config));
   constexpr size_t kMaxListed = 5;
   std::vector<std::string> problems;
   size_t count = 0;
@@ -426,8 +418,8 @@ absl::StatusOr<ModelDir> LoadModelDir(const std::string& dir) {
   }
   if (!S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(dir, ": not a directory"));
 
-  TS_LOAD_ASSIGN_OR_RETURN(model.config, LoadBertConfig(model.config_path));
-  TS_LOAD_ASSIGN_OR_RETURN(model.tokenizer, LoadTokenizerConfig(model.tokenizer_config_path));
+  ASSIGN_OR_RETURN(model.config, LoadBertConfig(model.config_path));
+  ASSIGN_OR_RETURN(model.tokenizer, LoadTokenizerConfig(model.tokenizer_config_path));
   // The tokenizer: vocab.txt when present (as always), otherwise tokenizer.json (Tokenizer::LoadFromModelDir).
   model.tokenizer_path = model.vocab_path;
   if (::stat(model.vocab_path.c_str(), &st) != 0) {
@@ -442,16 +434,9 @@ absl::StatusOr<ModelDir> LoadModelDir(const std::string& dir) {
   if (!S_ISREG(st.st_mode)) {
     return absl::InvalidArgumentError(absl::StrCat(model.tokenizer_path, ": not a regular file"));
   }
-  TS_LOAD_ASSIGN_OR_RETURN(model.weights, SafetensorsFile::Open(model.weights_path));
-  if (absl::Status status = ValidateBertTensors(*model.weights, model.config); !status.ok()) {
-    return status;
-  }
+  ASSIGN_OR_RETURN(model.weights, SafetensorsFile::Open(model.weights_path));
+  RETURN_IF_ERROR(ValidateBertTensors(*model.weights, model.config));
   return model;
 }
-
-#undef TS_LOAD_ASSIGN_OR_RETURN
-#undef TS_LOAD_ASSIGN_IMPL
-#undef TS_LOAD_CONCAT
-#undef TS_LOAD_CONCAT_INNER
 
 }  // namespace topserve::engine

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace topserve::engine {
 
@@ -179,7 +180,7 @@ PruneReport BudgetPlanner::Compute(int64_t length, double budget) const {
 }
 
 absl::StatusOr<PruneReport> BudgetPlanner::Plan(int64_t length, double budget) const {
-  if (auto st = ValidateBudget(budget); !st.ok()) return st;
+  RETURN_IF_ERROR(ValidateBudget(budget));
   if (length < 1) return absl::InvalidArgumentError("length must be at least 1");
   const auto key = std::make_pair(length, budget);
   {

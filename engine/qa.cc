@@ -7,6 +7,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 
 namespace topserve::engine {
 
@@ -43,14 +44,13 @@ absl::StatusOr<int64_t> ContextRoom(const QaPieces& pieces, const QaOptions& opt
 }  // namespace
 
 absl::StatusOr<QaWindowCount> CountQaWindows(const QaPieces& pieces, const QaOptions& options) {
-  auto room = ContextRoom(pieces, options);
-  if (!room.ok()) return room.status();
+  ASSIGN_OR_RETURN(const int64_t room, ContextRoom(pieces, options));
   // The same walk as BuildQaWindows, on integers only.
   const int64_t n = static_cast<int64_t>(pieces.context.size());
   const int64_t fixed = 3 + static_cast<int64_t>(pieces.question.size());
   QaWindowCount count;
-  for (int64_t start = 0;; start += *room - options.doc_stride) {
-    const int64_t len = std::min(*room, n - start);
+  for (int64_t start = 0;; start += room - options.doc_stride) {
+    const int64_t len = std::min(room, n - start);
     ++count.windows;
     count.tokens += fixed + len;
     if (start + len >= n) break;
@@ -61,9 +61,7 @@ absl::StatusOr<QaWindowCount> CountQaWindows(const QaPieces& pieces, const QaOpt
 absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
                                                      const QaPieces& pieces,
                                                      const QaOptions& options) {
-  auto room_or = ContextRoom(pieces, options);
-  if (!room_or.ok()) return room_or.status();
-  const int64_t room = *room_or;
+  ASSIGN_OR_RETURN(const int64_t room, ContextRoom(pieces, options));
   const std::vector<Piece>& all = pieces.context;
   std::vector<Encoding> windows;
   int64_t start = 0;
@@ -71,10 +69,9 @@ absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
   while (true) {
     const int64_t len = std::min(room, n - start);
     std::vector<Piece> part(all.begin() + start, all.begin() + start + len);
-    auto enc = tokenizer.Build(pieces.question, &part, static_cast<size_t>(options.max_length),
-                               Truncation::kNone);
-    if (!enc.ok()) return enc.status();
-    windows.push_back(std::move(*enc));
+    ASSIGN_OR_RETURN(Encoding enc, tokenizer.Build(pieces.question, &part, static_cast<size_t>(options.max_length),
+                                                   Truncation::kNone));
+    windows.push_back(std::move(enc));
     if (start + len >= n) break;
     start += room - options.doc_stride;
   }
@@ -85,9 +82,8 @@ absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
                                                      std::string_view question,
                                                      std::string_view context,
                                                      const QaOptions& options) {
-  auto pieces = TokenizeQa(tokenizer, question, context, options);
-  if (!pieces.ok()) return pieces.status();
-  return BuildQaWindows(tokenizer, *pieces, options);
+  ASSIGN_OR_RETURN(const QaPieces pieces, TokenizeQa(tokenizer, question, context, options));
+  return BuildQaWindows(tokenizer, pieces, options);
 }
 
 std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Encoding> windows,

@@ -29,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "base/status_macros.h"
 #include "engine/tokenizer_parts.h"
 
 namespace topserve::engine {
@@ -673,9 +674,7 @@ Tokenizer::~Tokenizer() = default;
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vocab_path,
                                                             const TokenizerConfig& config) {
   using tokenizer_internal::DecodeUtf8;
-  auto read = ReadFile(vocab_path, "vocab file");
-  if (!read.ok()) return read.status();
-  const std::string& data = *read;
+  ASSIGN_OR_RETURN(const std::string data, ReadFile(vocab_path, "vocab file"));
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
 
   // Lines as Python's text mode reads them (universal newlines: \n, \r\n and \r end a line).
@@ -741,16 +740,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vo
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadJson(const std::string& json_path) {
-  auto read = ReadFile(json_path, "tokenizer file");
-  if (!read.ok()) return read.status();
-  auto loaded = tokenizer_internal::ParseTokenizerJson(*read, json_path);
-  if (!loaded.ok()) return loaded.status();
+  ASSIGN_OR_RETURN(const std::string text, ReadFile(json_path, "tokenizer file"));
+  ASSIGN_OR_RETURN(tokenizer_internal::LoadedTokenizer loaded, tokenizer_internal::ParseTokenizerJson(text, json_path));
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
-  tok->impl_ = std::move(loaded->impl);
-  tok->id_to_token_ = std::move(loaded->id_to_token);
-  tok->lookup_ = std::make_unique<tokenizer_internal::WordPieceTrie>(std::move(loaded->lookup));
-  tok->post_ = std::move(loaded->post);
-  tok->unk_id_ = loaded->unk_id;
+  tok->impl_ = std::move(loaded.impl);
+  tok->id_to_token_ = std::move(loaded.id_to_token);
+  tok->lookup_ = std::make_unique<tokenizer_internal::WordPieceTrie>(std::move(loaded.lookup));
+  tok->post_ = std::move(loaded.post);
+  tok->unk_id_ = loaded.unk_id;
   for (const PostTemplate::Item& item : tok->post_.single) {
     if (item.ids.empty()) continue;
     if (tok->cls_id_ < 0) tok->cls_id_ = item.ids.front();
@@ -865,10 +862,10 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
 absl::StatusOr<Encoding> Tokenizer::Encode(std::string_view a, std::optional<std::string_view> b,
                                            size_t max_length, Truncation truncation) const {
   auto pa = Tokenize(a);
-  if (!pa.ok()) return absl::Status(pa.status().code(), absl::StrCat("first text: ", pa.status().message()));
+  if (!pa.ok()) return WithPrefix(pa.status(), "first text");
   if (!b.has_value()) return Build(*pa, nullptr, max_length, truncation);
   auto pb = Tokenize(*b);
-  if (!pb.ok()) return absl::Status(pb.status().code(), absl::StrCat("second text: ", pb.status().message()));
+  if (!pb.ok()) return WithPrefix(pb.status(), "second text");
   return Build(*pa, &*pb, max_length, truncation);
 }
 

@@ -28,6 +28,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "engine/tokenizer_parts.h"
 #include "nlohmann/json.hpp"
 
@@ -394,19 +395,6 @@ class Fields {
   std::string where_;
 };
 
-#define TS_TOKJSON_CONCAT_INNER(a, b) a##b
-#define TS_TOKJSON_CONCAT(a, b) TS_TOKJSON_CONCAT_INNER(a, b)
-#define TS_TOKJSON_ASSIGN_IMPL(tmp, lhs, expr) \
-  auto tmp = (expr);                           \
-  if (!tmp.ok()) return tmp.status();          \
-  lhs = std::move(*tmp)
-#define TS_TOKJSON_ASSIGN_OR_RETURN(lhs, expr) \
-  TS_TOKJSON_ASSIGN_IMPL(TS_TOKJSON_CONCAT(tokjson_, __LINE__), lhs, expr)
-#define TS_TOKJSON_RETURN_IF_ERROR(expr)       \
-  do {                                         \
-    if (absl::Status s_ = (expr); !s_.ok()) return s_; \
-  } while (0)
-
 // The "type" of a component object, or an error naming the component.
 absl::StatusOr<std::string> TypeOf(const Json& component, const std::string& origin, const char* name) {
   if (!component.is_object()) {
@@ -427,17 +415,17 @@ absl::Status Unsupported(const std::string& origin, const char* component, const
 
 absl::StatusOr<std::unique_ptr<const Normalizer>> ParseNormalizer(const Json& j, const std::string& origin) {
   if (j.is_null()) return std::unique_ptr<const Normalizer>();
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "normalizer"));
+  ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "normalizer"));
   if (type != "BertNormalizer") return Unsupported(origin, "normalizer", type, "BertNormalizer, null");
   const Fields f(j, origin, "normalizer BertNormalizer:");
-  TS_TOKJSON_RETURN_IF_ERROR(f.OnlyKnown({"type", "clean_text", "handle_chinese_chars", "strip_accents", "lowercase"}));
+  RETURN_IF_ERROR(f.OnlyKnown({"type", "clean_text", "handle_chinese_chars", "strip_accents", "lowercase"}));
   BertNormalizerOptions o;
-  TS_TOKJSON_ASSIGN_OR_RETURN(o.clean_text, f.Bool("clean_text", true));
-  TS_TOKJSON_ASSIGN_OR_RETURN(o.handle_chinese_chars, f.Bool("handle_chinese_chars", true));
-  TS_TOKJSON_ASSIGN_OR_RETURN(o.lowercase, f.Bool("lowercase", true));
+  ASSIGN_OR_RETURN(o.clean_text, f.Bool("clean_text", true));
+  ASSIGN_OR_RETURN(o.handle_chinese_chars, f.Bool("handle_chinese_chars", true));
+  ASSIGN_OR_RETURN(o.lowercase, f.Bool("lowercase", true));
   // strip_accents: null (or absent) follows lowercase.
   if (const auto it = j.find("strip_accents"); it != j.end() && !it->is_null()) {
-    TS_TOKJSON_ASSIGN_OR_RETURN(o.strip_accents, f.Bool("strip_accents", false));
+    ASSIGN_OR_RETURN(o.strip_accents, f.Bool("strip_accents", false));
   } else {
     o.strip_accents = o.lowercase;
   }
@@ -446,9 +434,9 @@ absl::StatusOr<std::unique_ptr<const Normalizer>> ParseNormalizer(const Json& j,
 
 absl::StatusOr<std::unique_ptr<const PreTokenizer>> ParsePreTokenizer(const Json& j, const std::string& origin) {
   if (j.is_null()) return std::unique_ptr<const PreTokenizer>();
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "pre_tokenizer"));
+  ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "pre_tokenizer"));
   if (type != "BertPreTokenizer") return Unsupported(origin, "pre_tokenizer", type, "BertPreTokenizer, null");
-  TS_TOKJSON_RETURN_IF_ERROR(Fields(j, origin, "pre_tokenizer BertPreTokenizer:").OnlyKnown({"type"}));
+  RETURN_IF_ERROR(Fields(j, origin, "pre_tokenizer BertPreTokenizer:").OnlyKnown({"type"}));
   return std::unique_ptr<const PreTokenizer>(new BertPreTokenizer());
 }
 
@@ -460,15 +448,15 @@ struct ParsedModel {
 
 absl::StatusOr<ParsedModel> ParseModel(const Json& j, const std::string& origin) {
   if (j.is_null()) return absl::InvalidArgumentError(absl::StrCat(origin, ": model is missing"));
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "model"));
+  ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "model"));
   if (type != "WordPiece") return Unsupported(origin, "model", type, "WordPiece");
   const Fields f(j, origin, "model WordPiece:");
-  TS_TOKJSON_RETURN_IF_ERROR(
+  RETURN_IF_ERROR(
       f.OnlyKnown({"type", "unk_token", "continuing_subword_prefix", "max_input_chars_per_word", "vocab"}));
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string unk, f.String("unk_token", "[UNK]"));
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string prefix, f.String("continuing_subword_prefix", "##"));
-  TS_TOKJSON_ASSIGN_OR_RETURN(const int64_t max_chars,
-                              f.Int("max_input_chars_per_word", 100, 0, std::numeric_limits<int32_t>::max()));
+  ASSIGN_OR_RETURN(const std::string unk, f.String("unk_token", "[UNK]"));
+  ASSIGN_OR_RETURN(const std::string prefix, f.String("continuing_subword_prefix", "##"));
+  ASSIGN_OR_RETURN(const int64_t max_chars,
+                   f.Int("max_input_chars_per_word", 100, 0, std::numeric_limits<int32_t>::max()));
   const auto vit = j.find("vocab");
   if (vit == j.end() || !vit->is_object()) return f.Error("field \"vocab\" must be an object (token -> id)");
   ParsedModel parsed;
@@ -505,26 +493,26 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const Json& j, const st
       return absl::InvalidArgumentError(absl::StrCat(origin, ": added_tokens[", i, "] must be an object"));
     }
     const Fields f(t, origin, absl::StrCat("added_tokens[", i, "]:"));
-    TS_TOKJSON_RETURN_IF_ERROR(
+    RETURN_IF_ERROR(
         f.OnlyKnown({"id", "content", "single_word", "lstrip", "rstrip", "normalized", "special"}));
     AddedToken token;
-    TS_TOKJSON_ASSIGN_OR_RETURN(token.content, f.String("content", std::nullopt));
-    TS_TOKJSON_ASSIGN_OR_RETURN(const int64_t id, f.Int("id", std::nullopt, 0, kMaxTokenId));
+    ASSIGN_OR_RETURN(token.content, f.String("content", std::nullopt));
+    ASSIGN_OR_RETURN(const int64_t id, f.Int("id", std::nullopt, 0, kMaxTokenId));
     token.id = static_cast<int32_t>(id);
     std::vector<char32_t> cps;
     if (token.content.empty() || !DecodeAll(token.content, cps)) {
       return f.Error("content must be non-empty valid UTF-8");
     }
-    TS_TOKJSON_ASSIGN_OR_RETURN(token.normalized, f.Bool("normalized", false));
+    ASSIGN_OR_RETURN(token.normalized, f.Bool("normalized", false));
     token.cps = std::move(cps);
     // Options that change where a token matches: only their defaults are implemented.
     for (const char* option : {"single_word", "lstrip", "rstrip"}) {
-      TS_TOKJSON_ASSIGN_OR_RETURN(const bool value, f.Bool(option, false));
+      ASSIGN_OR_RETURN(const bool value, f.Bool(option, false));
       if (value) {
         return f.Error(absl::StrCat("token \"", token.content, "\": ", option, "=true is not supported"));
       }
     }
-    TS_TOKJSON_ASSIGN_OR_RETURN(const bool special, f.Bool("special", false));
+    ASSIGN_OR_RETURN(const bool special, f.Bool("special", false));
     (void)special;  // special only matters for decoding (skip_special_tokens)
     added.push_back(std::move(token));
   }
@@ -552,9 +540,9 @@ absl::StatusOr<std::vector<PostTemplate::Item>> ParseTemplate(const Json& j, con
       return absl::InvalidArgumentError(absl::StrCat(origin, ": ", where, ": ", kind, " must be an object"));
     }
     const Fields f(body, origin, absl::StrCat(where, ": ", kind, ":"));
-    TS_TOKJSON_RETURN_IF_ERROR(f.OnlyKnown({"id", "type_id"}));
-    TS_TOKJSON_ASSIGN_OR_RETURN(const std::string id, f.String("id", std::nullopt));
-    TS_TOKJSON_ASSIGN_OR_RETURN(const int64_t type_id, f.Int("type_id", 0, 0, std::numeric_limits<int32_t>::max()));
+    RETURN_IF_ERROR(f.OnlyKnown({"id", "type_id"}));
+    ASSIGN_OR_RETURN(const std::string id, f.String("id", std::nullopt));
+    ASSIGN_OR_RETURN(const int64_t type_id, f.Int("type_id", 0, 0, std::numeric_limits<int32_t>::max()));
     PostTemplate::Item item;
     item.type_id = static_cast<int32_t>(type_id);
     if (kind == "Sequence") {
@@ -592,20 +580,20 @@ absl::StatusOr<PostTemplate> ParsePostProcessor(const Json& j, const std::string
     return absl::InvalidArgumentError(absl::StrCat(
         origin, ": post_processor is null: a model input without special tokens is not supported"));
   }
-  TS_TOKJSON_ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "post_processor"));
+  ASSIGN_OR_RETURN(const std::string type, TypeOf(j, origin, "post_processor"));
   PostTemplate post;
   if (type == "TemplateProcessing") {
     const Fields f(j, origin, "post_processor TemplateProcessing:");
-    TS_TOKJSON_RETURN_IF_ERROR(f.OnlyKnown({"type", "single", "pair", "special_tokens"}));
+    RETURN_IF_ERROR(f.OnlyKnown({"type", "single", "pair", "special_tokens"}));
     const Json null_json;
     const Json& specials = j.contains("special_tokens") ? j["special_tokens"] : null_json;
-    TS_TOKJSON_ASSIGN_OR_RETURN(post.single, ParseTemplate(j.value("single", Json()), specials, false, origin));
-    TS_TOKJSON_ASSIGN_OR_RETURN(post.pair, ParseTemplate(j.value("pair", Json()), specials, true, origin));
+    ASSIGN_OR_RETURN(post.single, ParseTemplate(j.value("single", Json()), specials, false, origin));
+    ASSIGN_OR_RETURN(post.pair, ParseTemplate(j.value("pair", Json()), specials, true, origin));
     return post;
   }
   if (type == "BertProcessing") {
     const Fields f(j, origin, "post_processor BertProcessing:");
-    TS_TOKJSON_RETURN_IF_ERROR(f.OnlyKnown({"type", "sep", "cls"}));
+    RETURN_IF_ERROR(f.OnlyKnown({"type", "sep", "cls"}));
     int32_t ids[2];
     for (int k = 0; k < 2; ++k) {
       const char* key = k == 0 ? "cls" : "sep";
@@ -636,18 +624,18 @@ absl::StatusOr<LoadedTokenizer> ParseTokenizerJson(const std::string& json_text,
   if (!j.is_object()) return absl::InvalidArgumentError(absl::StrCat(origin, ": not a JSON object"));
   // truncation and padding are the server's (max_length, truncation per request; batches are packed),
   // decoder is for decoding, which the server does not do: all three are ignored.
-  TS_TOKJSON_RETURN_IF_ERROR(Fields(j, origin, "").OnlyKnown(
+  RETURN_IF_ERROR(Fields(j, origin, "").OnlyKnown(
       {"version", "truncation", "padding", "added_tokens", "normalizer", "pre_tokenizer", "post_processor",
        "decoder", "model"}));
   const Json null_json;
   const auto get = [&](const char* key) -> const Json& { return j.contains(key) ? j[key] : null_json; };
 
-  TS_TOKJSON_ASSIGN_OR_RETURN(std::vector<AddedToken> added, ParseAddedTokens(get("added_tokens"), origin));
-  TS_TOKJSON_ASSIGN_OR_RETURN(std::unique_ptr<const Normalizer> normalizer, ParseNormalizer(get("normalizer"), origin));
-  TS_TOKJSON_ASSIGN_OR_RETURN(std::unique_ptr<const PreTokenizer> pre_tokenizer,
-                              ParsePreTokenizer(get("pre_tokenizer"), origin));
-  TS_TOKJSON_ASSIGN_OR_RETURN(ParsedModel model, ParseModel(get("model"), origin));
-  TS_TOKJSON_ASSIGN_OR_RETURN(PostTemplate post, ParsePostProcessor(get("post_processor"), origin));
+  ASSIGN_OR_RETURN(std::vector<AddedToken> added, ParseAddedTokens(get("added_tokens"), origin));
+  ASSIGN_OR_RETURN(std::unique_ptr<const Normalizer> normalizer, ParseNormalizer(get("normalizer"), origin));
+  ASSIGN_OR_RETURN(std::unique_ptr<const PreTokenizer> pre_tokenizer,
+                   ParsePreTokenizer(get("pre_tokenizer"), origin));
+  ASSIGN_OR_RETURN(ParsedModel model, ParseModel(get("model"), origin));
+  ASSIGN_OR_RETURN(PostTemplate post, ParsePostProcessor(get("post_processor"), origin));
 
   LoadedTokenizer loaded;
   loaded.unk_id = model.unk_id;

@@ -12,6 +12,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "engine/dnnl_ops.h"
 
 namespace topserve::server {
@@ -232,11 +233,11 @@ absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& add
 }
 
 absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
-  if (auto hp = SplitHostPort(c.listen, "server.listen"); !hp.ok()) return hp.status();
+  RETURN_IF_ERROR(SplitHostPort(c.listen, "server.listen").status());
   if (c.metrics_address.empty()) {
     return absl::InvalidArgumentError("server.metrics_address: must not be empty");
   }
-  if (auto s = Range("server.metrics_port", c.metrics_port, -1, 65535); !s.ok()) return s;
+  RETURN_IF_ERROR(Range("server.metrics_port", c.metrics_port, -1, 65535));
   if (!(c.drain_grace_seconds >= 0 && c.drain_grace_seconds <= 3600)) {
     return absl::InvalidArgumentError(absl::StrCat("server.drain_grace_seconds: ",
                                                    c.drain_grace_seconds, " is outside [0, 3600]"));
@@ -260,43 +261,30 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
 
   BatchingConfig& b = c.batching;
   constexpr int64_t kBig = int64_t{1} << 40;
-  if (auto s = Range("batching.workers", b.workers, 1, 256); !s.ok()) return s;
-  if (auto s = Range("batching.threads_per_worker", b.threads_per_worker, 0, 1024); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(Range("batching.workers", b.workers, 1, 256));
+  RETURN_IF_ERROR(Range("batching.threads_per_worker", b.threads_per_worker, 0, 1024));
   if (b.threads_per_worker == 0) {
     b.threads_per_worker = std::max<int64_t>(1, available_cpus / b.workers);
   }
   auto check_queue = [&](const std::string& prefix, int64_t tokens, int64_t size, int64_t delay,
                          int64_t queue, int64_t queue_tokens) -> absl::Status {
-    if (auto s = Range(prefix + "max_batch_tokens", tokens, 1, kBig); !s.ok()) return s;
-    if (auto s = Range(prefix + "max_batch_size", size, 1, 1 << 20); !s.ok()) return s;
-    if (auto s = Range(prefix + "max_queue_delay_us", delay, 0, 3'600'000'000); !s.ok()) return s;
-    if (auto s = Range(prefix + "max_queue_size", queue, 1, kBig); !s.ok()) return s;
-    if (auto s = Range(prefix + "max_queue_tokens", queue_tokens, 1, kBig); !s.ok()) return s;
+    RETURN_IF_ERROR(Range(prefix + "max_batch_tokens", tokens, 1, kBig));
+    RETURN_IF_ERROR(Range(prefix + "max_batch_size", size, 1, 1 << 20));
+    RETURN_IF_ERROR(Range(prefix + "max_queue_delay_us", delay, 0, 3'600'000'000));
+    RETURN_IF_ERROR(Range(prefix + "max_queue_size", queue, 1, kBig));
+    RETURN_IF_ERROR(Range(prefix + "max_queue_tokens", queue_tokens, 1, kBig));
     return absl::OkStatus();
   };
-  if (auto s = check_queue("batching.", b.max_batch_tokens, b.max_batch_size, b.max_queue_delay_us,
-                           b.max_queue_size, b.max_queue_tokens);
-      !s.ok()) {
-    return s;
-  }
-  if (auto s = Range("batching.max_queue_wait_ms", b.max_queue_wait_ms, 0, 3'600'000); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(check_queue("batching.", b.max_batch_tokens, b.max_batch_size, b.max_queue_delay_us,
+                              b.max_queue_size, b.max_queue_tokens));
+  RETURN_IF_ERROR(Range("batching.max_queue_wait_ms", b.max_queue_wait_ms, 0, 3'600'000));
 
   LimitsConfig& l = c.limits;
-  if (auto s = Range("limits.max_inputs_per_call", l.max_inputs_per_call, 1, 1 << 20); !s.ok()) {
-    return s;
-  }
-  if (auto s = Range("limits.max_text_bytes", l.max_text_bytes, 1, 1 << 30); !s.ok()) return s;
-  if (auto s = Range("limits.max_tokens_per_call", l.max_tokens_per_call, 1, kBig); !s.ok()) {
-    return s;
-  }
-  if (auto s = Range("limits.max_priority", l.max_priority, 0, 1 << 20); !s.ok()) return s;
-  if (auto s = Range("limits.max_stream_inflight", l.max_stream_inflight, 1, 1 << 20); !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(Range("limits.max_inputs_per_call", l.max_inputs_per_call, 1, 1 << 20));
+  RETURN_IF_ERROR(Range("limits.max_text_bytes", l.max_text_bytes, 1, 1 << 30));
+  RETURN_IF_ERROR(Range("limits.max_tokens_per_call", l.max_tokens_per_call, 1, kBig));
+  RETURN_IF_ERROR(Range("limits.max_priority", l.max_priority, 0, 1 << 20));
+  RETURN_IF_ERROR(Range("limits.max_stream_inflight", l.max_stream_inflight, 1, 1 << 20));
 
   if (c.models.empty()) {
     return absl::InvalidArgumentError(
@@ -333,11 +321,8 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
     if (!q.max_queue_delay_us) q.max_queue_delay_us = b.max_queue_delay_us;
     if (!q.max_queue_size) q.max_queue_size = b.max_queue_size;
     if (!q.max_queue_tokens) q.max_queue_tokens = b.max_queue_tokens;
-    if (auto s = check_queue(p + "batching.", *q.max_batch_tokens, *q.max_batch_size,
-                             *q.max_queue_delay_us, *q.max_queue_size, *q.max_queue_tokens);
-        !s.ok()) {
-      return s;
-    }
+    RETURN_IF_ERROR(check_queue(p + "batching.", *q.max_batch_tokens, *q.max_batch_size,
+                                *q.max_queue_delay_us, *q.max_queue_size, *q.max_queue_tokens));
   }
   return absl::OkStatus();
 }

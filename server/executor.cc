@@ -5,6 +5,7 @@
 #include <span>
 
 #include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
 #include "engine/cost_model.h"
 #include "server/report.h"
 
@@ -88,9 +89,8 @@ absl::Status EngineExecutor::Warmup() {
   for (double budget : {1.0, 0.5}) {
     std::vector<engine::PruneReport> plans;
     for (const auto& seq : ids) {
-      auto plan = planner_.Plan(static_cast<int64_t>(seq.size()), budget);
-      if (!plan.ok()) return plan.status();
-      plans.push_back(std::move(*plan));
+      ASSIGN_OR_RETURN(engine::PruneReport plan, planner_.Plan(static_cast<int64_t>(seq.size()), budget));
+      plans.push_back(std::move(plan));
     }
     std::vector<engine::SequenceInput> inputs;
     for (size_t i = 0; i < ids.size(); ++i) inputs.push_back({ids[i], {}, plans[i].kept});

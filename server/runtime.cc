@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "base/status_macros.h"
 #include "engine/model_config.h"
 #include "engine/qa.h"
 #include "engine/tokenizer.h"
@@ -23,11 +24,6 @@ constexpr int64_t kDefaultMaxAnswerTokens = 30;
 
 absl::Status Invalid(absl::string_view field, absl::string_view why) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
-}
-
-// Prefixes a status's message (keeping its code).
-absl::Status Prefixed(const absl::Status& s, absl::string_view prefix) {
-  return absl::Status(s.code(), absl::StrCat(prefix, ": ", s.message()));
 }
 
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
@@ -201,7 +197,7 @@ class Job : public std::enable_shared_from_this<Job> {
       std::lock_guard<std::mutex> lock(mu_);
       const bool replace = error_.ok() || (absl::IsCancelled(error_) && !absl::IsCancelled(status));
       if (replace) {
-        error_ = num_tasks_ > 1 && index >= 0 ? Prefixed(status, Where(index)) : std::move(status);
+        error_ = num_tasks_ > 1 && index >= 0 ? WithPrefix(status, Where(index)) : std::move(status);
       }
     }
     failed_.store(true, std::memory_order_release);
@@ -377,17 +373,13 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
   std::vector<std::unique_ptr<ServedModel>> models;
   for (const ModelConfig& mc : config.models) {
     auto bert = engine::LoadBertConfig(mc.path + "/config.json");
-    if (!bert.ok()) {
-      return absl::Status(bert.status().code(),
-                          absl::StrCat("model '", mc.name, "': ", bert.status().message()));
-    }
+    if (!bert.ok()) return WithPrefix(bert.status(), absl::StrCat("model '", mc.name, "'"));
     // A layer count the weight file's header cannot back is a bad config.json: it stops start-up
     // here, before per-layer metrics and schedules are sized by it. (A missing or corrupt weight
     // file is the load's to report.)
     if (auto weights = engine::SafetensorsFile::Open(mc.path + "/model.safetensors"); weights.ok()) {
-      if (auto st = engine::CheckTensorCount(**weights, *bert); !st.ok()) {
-        return absl::Status(st.code(), absl::StrCat("model '", mc.name, "': ", st.message()));
-      }
+      RETURN_IF_ERROR(
+          WithPrefix(engine::CheckTensorCount(**weights, *bert), absl::StrCat("model '", mc.name, "'")));
     }
     if (bert->task == engine::Task::kFeatureExtraction) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -401,9 +393,7 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
     if (!mc.schedule.empty()) {
       auto schedule = engine::PruningSchedule::Load(mc.schedule, bert->num_layers);
       if (!schedule.ok()) {
-        return absl::Status(schedule.status().code(),
-                            absl::StrCat("model '", mc.name, "': schedule: ",
-                                         schedule.status().message()));
+        return WithPrefix(schedule.status(), absl::StrCat("model '", mc.name, "': schedule"));
       }
     }
     v1::ModelInfo& info = m->info;
@@ -438,9 +428,7 @@ Runtime::Runtime(ServerConfig config, std::vector<std::unique_ptr<ServedModel>> 
 
 absl::Status Runtime::LoadModel(ServedModel& m) {
   const ModelConfig& mc = m.config;
-  auto fail = [&](const absl::Status& s) {
-    return absl::Status(s.code(), absl::StrCat("model '", mc.name, "': ", s.message()));
-  };
+  auto fail = [&](const absl::Status& s) { return WithPrefix(s, absl::StrCat("model '", mc.name, "'")); };
   engine::EngineOptions eo;
   eo.num_threads = static_cast<int>(config_.batching.threads_per_worker);
   eo.precision = *engine::PrecisionFromName(mc.precision);  // NormalizeAndValidate checked it

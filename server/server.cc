@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "base/status_macros.h"
 #include "server/memory_trimmer.h"
 #include "server/sockets.h"
 #include "server/wire.h"
@@ -78,12 +79,8 @@ int CountCertificates(const std::string& pem, std::string* why) {
 
 absl::StatusOr<TlsMaterial> LoadTls(const TlsConfig& tls) {
   TlsMaterial m;
-  auto cert = ReadPemFile(tls.cert_file, "server.tls.cert_file");
-  if (!cert.ok()) return cert.status();
-  auto key = ReadPemFile(tls.key_file, "server.tls.key_file");
-  if (!key.ok()) return key.status();
-  m.cert = std::move(*cert);
-  m.key = std::move(*key);
+  ASSIGN_OR_RETURN(m.cert, ReadPemFile(tls.cert_file, "server.tls.cert_file"));
+  ASSIGN_OR_RETURN(m.key, ReadPemFile(tls.key_file, "server.tls.key_file"));
   std::string why;
   if (CountCertificates(m.cert, &why) == 0) {
     return absl::InvalidArgumentError(
@@ -111,12 +108,10 @@ absl::StatusOr<TlsMaterial> LoadTls(const TlsConfig& tls) {
     }
     EVP_PKEY_free(pkey);
     X509_free(leaf);
-    if (!status.ok()) return status;
+    RETURN_IF_ERROR(status);
   }
   if (!tls.client_ca_file.empty()) {
-    auto ca = ReadPemFile(tls.client_ca_file, "server.tls.client_ca_file");
-    if (!ca.ok()) return ca.status();
-    m.client_ca = std::move(*ca);
+    ASSIGN_OR_RETURN(m.client_ca, ReadPemFile(tls.client_ca_file, "server.tls.client_ca_file"));
     if (CountCertificates(m.client_ca, &why) == 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("server.tls.client_ca_file: ", tls.client_ca_file, ": ", why));
@@ -143,23 +138,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
 
   Authenticator auth;
   if (!config.auth_token_file.empty()) {
-    auto loaded = Authenticator::FromFile(config.auth_token_file);
-    if (!loaded.ok()) return loaded.status();
-    auth = std::move(*loaded);
+    ASSIGN_OR_RETURN(auth, Authenticator::FromFile(config.auth_token_file));
   }
   // A client sending invalid UTF-8 in a loop must not flood the log (libprotobuf logs each one).
   InstallProtobufLogLimiter();
   std::optional<TlsMaterial> tls;
   if (config.tls.enabled()) {
-    auto loaded = LoadTls(config.tls);
-    if (!loaded.ok()) return loaded.status();
-    tls = std::move(*loaded);
+    ASSIGN_OR_RETURN(tls, LoadTls(config.tls));
   }
-  auto models = PrepareModels(config);
-  if (!models.ok()) return models.status();
+  ASSIGN_OR_RETURN(auto models, PrepareModels(config));
 
   std::vector<ModelMetricsSpec> specs;
-  for (const auto& m : *models) specs.push_back({m->config.name, m->layers, m->qa});
+  for (const auto& m : models) specs.push_back({m->config.name, m->layers, m->qa});
   s->metrics_ = std::make_unique<Metrics>(specs, s->options_.version);
 
   batching::SchedulerOptions so;
@@ -168,11 +158,9 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   so.observer = s->metrics_.get();
   s->trimmer_ = std::make_unique<MemoryTrimmer>();
   so.on_idle = [trimmer = s->trimmer_.get()] { trimmer->Notify(); };
-  auto scheduler = batching::Scheduler::Create(std::move(so));
-  if (!scheduler.ok()) return scheduler.status();
-  s->scheduler_ = std::move(*scheduler);
+  ASSIGN_OR_RETURN(s->scheduler_, batching::Scheduler::Create(std::move(so)));
 
-  s->runtime_ = std::make_unique<Runtime>(config, std::move(*models), s->metrics_.get(),
+  s->runtime_ = std::make_unique<Runtime>(config, std::move(models), s->metrics_.get(),
                                           s->scheduler_.get());
   s->runtime_->FailModelsForTesting(s->options_.fail_models);
   s->service_ = std::make_unique<InferenceService>(*s->runtime_, std::move(auth));
@@ -243,7 +231,7 @@ absl::Status Server::LoadModels() {
   while (absl::Now() < until && !runtime_->draining()) absl::SleepFor(absl::Milliseconds(10));
   for (const auto& m : runtime_->models()) {
     if (runtime_->draining()) return absl::OkStatus();
-    if (absl::Status s = runtime_->LoadModel(*m); !s.ok()) return s;
+    RETURN_IF_ERROR(runtime_->LoadModel(*m));
     std::lock_guard<std::mutex> lock(health_mu_);
     if (!runtime_->draining()) {
       grpc_server_->GetHealthCheckService()->SetServingStatus(m->config.name, true);

@@ -32,14 +32,14 @@ import tempfile
 RULES = {
     # The gRPC service: owns the wire format, and puts the engine behind the batcher.
     "server": {
-        "may_include": {"server", "batching", "engine", "proto"},
+        "may_include": {"server", "batching", "engine", "proto", "base"},
         "libraries": {},
         "why": "the server is the top layer; it must not depend on test, tool or benchmark code",
     },
     # The batcher knows neither gRPC nor the engine: the server hands it a cost function and a
     # BatchExecutor, so it is tested with fake executors and no model, and never sees wire types.
     "batching": {
-        "may_include": {"batching"},
+        "may_include": {"batching", "base"},
         "libraries": {"grpc/": "gRPC", "grpcpp/": "gRPC", "grpc++/": "gRPC",
                       "google/protobuf/": "protobuf", "dnnl": "oneDNN", "oneapi/dnnl/": "oneDNN",
                       "prometheus/": "Prometheus"},
@@ -49,18 +49,27 @@ RULES = {
     # The engine is usable without the server: tools/, bench/ and the training parity test load
     # models with it directly, so it knows no RPC types, no queueing and no metrics backend.
     "engine": {
-        "may_include": {"engine"},
+        "may_include": {"engine", "base"},
         "libraries": {"grpc/": "gRPC", "grpcpp/": "gRPC", "grpc++/": "gRPC",
                       "google/protobuf/": "protobuf", "prometheus/": "Prometheus"},
         "why": "the engine is usable without the server or the batcher (no RPC types, queueing or "
                "metrics backend)",
+    },
+    # Header-only helpers below every layer (base/status_macros.h: RETURN_IF_ERROR, ASSIGN_OR_RETURN,
+    # WithPrefix), so every folder may include base/, and base/ includes nothing of ours but itself.
+    "base": {
+        "may_include": {"base"},
+        "libraries": {"grpc/": "gRPC", "grpcpp/": "gRPC", "grpc++/": "gRPC",
+                      "google/protobuf/": "protobuf", "dnnl": "oneDNN", "oneapi/dnnl/": "oneDNN",
+                      "prometheus/": "Prometheus"},
+        "why": "base/ is below every layer: only the standard library and absl",
     },
 }
 
 # The project's own top-level folders an include path can start with. Every top-level folder found
 # under --root is added, so a new folder is a project folder (and not allowed from engine/ or
 # batching/) until the table above says otherwise.
-PROJECT_FOLDERS = {"engine", "batching", "server", "proto", "tools", "bench", "tests", "fuzz",
+PROJECT_FOLDERS = {"base", "engine", "batching", "server", "proto", "tools", "bench", "tests", "fuzz",
                    "loadtest", "training"}
 # Include paths of the generated proto headers (besides proto/...): the protoc output root's
 # "topserve/" package folder, and a bare "*.pb.h" name.
@@ -162,23 +171,31 @@ SELFTEST_VIOLATIONS = [
     ("batching/bad.cc", '#include <google/protobuf/message.h>', "batching may not include protobuf"),
     ("server/bad.cc", '#include "tools/x.h"', "server may not include tools"),
     ("server/bad.cc", '#include "fuzz/fuzz_util.h"', "server may not include fuzz"),
+    ("base/bad.h", '#include "engine/tokenizer.h"', "base may not include engine"),
+    ("base/bad.h", '#include "batching/scheduler.h"', "base may not include batching"),
+    ("base/bad.h", '#include "server/service.h"', "base may not include server"),
+    ("base/bad.h", '#include "tests/util.h"', "base may not include tests"),
+    ("base/bad.h", '#include <grpcpp/grpcpp.h>', "base may not include gRPC"),
+    ("base/bad.h", '#include <dnnl.hpp>', "base may not include oneDNN"),
 ]
 
 # A tree that uses every allowed direction (and a commented-out include that must be ignored).
 SELFTEST_CLEAN = {
-    "engine/kernels.h": '#include <vector>\n#include "absl/status/status.h"\n',
+    "base/status_macros.h": '#include "absl/status/status.h"\n#include "base/other.h"\n#include "other.h"\n',
+    "base/other.h": '#include <string_view>\n',
+    "engine/kernels.h": '#include <vector>\n#include "absl/status/status.h"\n#include "base/status_macros.h"\n',
     "engine/ok.cc": ('#include "engine/kernels.h"\n#include "kernels.h"\n#include <dnnl.hpp>\n'
                      '#include "nlohmann/json.hpp"\n#include <yaml-cpp/yaml.h>\n'
                      '// #include "server/service.h"\n'),
     "batching/scheduler.h": '#include "absl/status/statusor.h"\n#include <mutex>\n',
-    "batching/ok.cc": '#include "batching/scheduler.h"\n#include "scheduler.h"\n',
+    "batching/ok.cc": '#include "batching/scheduler.h"\n#include "scheduler.h"\n#include "base/status_macros.h"\n',
     "server/ok.cc": ('#include "server/config.h"\n#include "batching/scheduler.h"\n'
                      '#include "engine/bert_model.h"\n#include "topserve/v1/inference.grpc.pb.h"\n'
                      '#include <grpcpp/grpcpp.h>\n#include <google/protobuf/util/json_util.h>\n'
-                     '#include <prometheus/counter.h>\n#include "CLI/CLI.hpp"\n'),
+                     '#include <prometheus/counter.h>\n#include "CLI/CLI.hpp"\n#include "base/status_macros.h"\n'),
     "tests/ok.cc": ('#include "server/service.h"\n#include "engine/qa.h"\n#include "batching/task.h"\n'
                     '#include "topserve/v1/inference.pb.h"\n#include "tests/util.h"\n#include "gtest/gtest.h"\n'),
-    "tools/ok.cc": '#include "server/wire.h"\n#include "engine/tokenizer.h"\n',
+    "tools/ok.cc": '#include "server/wire.h"\n#include "engine/tokenizer.h"\n#include "base/status_macros.h"\n',
     "bench/ok.cc": '#include "server/runtime.h"\n#include "batching/scheduler.h"\n',
     "fuzz/ok.cc": '#include "fuzz/fuzz_util.h"\n#include "server/config.h"\n',
     "loadtest/ok.cc": '#include "server/x.h"\n',
@@ -236,7 +253,7 @@ def selftest() -> int:
         empty.mkdir()
         rc, out = run(empty)
         if rc != 1:
-            failures.append(f"a root without engine/, batching/, server/ passed:\n{out}")
+            failures.append(f"a root without engine/, batching/, server/, base/ passed:\n{out}")
 
     for f in failures:
         print(f"selftest: {f}")
