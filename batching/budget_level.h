@@ -14,8 +14,8 @@
 namespace topserve::batching {
 
 struct BudgetLevelParams {
-  double alpha = 0;  // predicted seconds per batch, fixed part (x safety)
-  double beta = 0;   // predicted seconds per cost unit (x safety); <= 0: no prediction, level 1
+  double alpha = 0;    // predicted seconds per batch, fixed part (x safety)
+  double beta = 0;     // predicted seconds per cost unit (x safety); <= 0: no prediction, level 1
   double workers = 1;  // workers sharing the queue
   double backlog_seconds = 0;  // predicted seconds left in the batches now running (x safety)
   int64_t max_batch_size = 1;

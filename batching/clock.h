@@ -14,8 +14,8 @@
 
 namespace topserve::batching {
 
-// All times the scheduler handles (enqueue times, task deadlines, batch start and end) are absl::Time
-// values read from one Clock. Implementations are thread-safe.
+// All times the scheduler handles (enqueue times, task deadlines, batch start and end) are
+// absl::Time values read from one Clock. Implementations are thread-safe.
 class Clock {
  public:
   using ListenerId = int64_t;
@@ -39,7 +39,8 @@ class Clock {
   virtual void RemoveListener(ListenerId /*id*/) {}
 };
 
-// Wall time (absl::Now(), the timebase of gRPC deadlines); waits are measured on the monotonic clock.
+// Wall time (absl::Now(), the timebase of gRPC deadlines); waits are measured on the monotonic
+// clock.
 class RealClock final : public Clock {
  public:
   // The process-wide instance (stateless, never destroyed).

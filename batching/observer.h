@@ -12,7 +12,7 @@
 namespace topserve::batching {
 
 struct QueueDepth {
-  int64_t queued_tasks = 0;   // Accepted, not yet in a batch (includes not-yet-swept cancelled).
+  int64_t queued_tasks = 0;  // Accepted, not yet in a batch (includes not-yet-swept cancelled).
   int64_t queued_tokens = 0;
   int64_t in_flight_tasks = 0;  // In batches being run.
   int64_t in_flight_batches = 0;
@@ -29,8 +29,8 @@ struct BatchStats {
   absl::Duration max_queue_time{};
   absl::Duration mean_queue_time{};
   absl::Duration predicted_compute_time{};  // What the predictor expected when forming the batch.
-  absl::Duration compute_time{};          // Measured Run() time.
-  absl::Status status{};                  // What Run() returned.
+  absl::Duration compute_time{};            // Measured Run() time.
+  absl::Status status{};                    // What Run() returned.
 };
 
 // Per-model task counts since AddModel(). Every accepted task ends in exactly one of ok,
@@ -54,10 +54,10 @@ struct TaskCounts {
 
 // Why work was refused or dropped without compute (for a per-reason counter).
 enum class ShedReason {
-  kQueueFull,       // Schedule(): UNAVAILABLE, the queue's requests or tokens are at the limit.
-  kPredictedLate,   // Schedule(): UNAVAILABLE, predicted to finish after the deadline.
-  kLateInQueue,     // Queued: DEADLINE_EXCEEDED before the deadline, predicted to finish after it.
-  kExpired,         // Queued: DEADLINE_EXCEEDED, the deadline passed.
+  kQueueFull,      // Schedule(): UNAVAILABLE, the queue's requests or tokens are at the limit.
+  kPredictedLate,  // Schedule(): UNAVAILABLE, predicted to finish after the deadline.
+  kLateInQueue,    // Queued: DEADLINE_EXCEEDED before the deadline, predicted to finish after it.
+  kExpired,        // Queued: DEADLINE_EXCEEDED, the deadline passed.
 };
 inline constexpr int kNumShedReasons = 4;
 

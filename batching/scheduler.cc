@@ -42,7 +42,8 @@ absl::Status ValidateModelOptions(const ModelOptions& o) {
   if (o.max_queue_size < 1) return bad("max_queue_size", o.max_queue_size, ">= 1");
   if (o.max_queue_tokens < 1) return bad("max_queue_tokens", o.max_queue_tokens, ">= 1");
   if (o.max_queue_wait <= absl::ZeroDuration()) {
-    return bad("max_queue_wait", absl::FormatDuration(o.max_queue_wait), "> 0 (infinite = no limit)");
+    return bad("max_queue_wait", absl::FormatDuration(o.max_queue_wait),
+               "> 0 (infinite = no limit)");
   }
   if (o.grouping_window < 1) return bad("grouping_window", o.grouping_window, ">= 1");
   if (!(o.deadline_safety_factor >= 1) || !std::isfinite(o.deadline_safety_factor)) {
@@ -57,18 +58,16 @@ absl::Status ValidateTask(const Task& t, const ModelOptions& o) {
     return absl::InvalidArgumentError(absl::StrCat("task tokens = ", t.tokens, ", must be >= 1"));
   }
   if (!(t.budget > 0 && t.budget <= 1)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("budget = ", t.budget, ", must be in (0, 1]"));
+    return absl::InvalidArgumentError(absl::StrCat("budget = ", t.budget, ", must be in (0, 1]"));
   }
   if (t.min_budget && !(*t.min_budget > 0 && *t.min_budget <= t.budget)) {
-    return absl::InvalidArgumentError(absl::StrCat("min_budget = ", *t.min_budget,
-                                                   ", must be in (0, budget = ", t.budget, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_budget = ", *t.min_budget, ", must be in (0, budget = ", t.budget, "]"));
   }
   if (t.tokens > o.max_batch_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat("request has ", t.tokens,
-                                                     " tokens, more than max_batch_tokens = ",
-                                                     o.max_batch_tokens, " of model '", t.model,
-                                                     "'"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request has ", t.tokens, " tokens, more than max_batch_tokens = ", o.max_batch_tokens,
+        " of model '", t.model, "'"));
   }
   return absl::OkStatus();
 }
@@ -83,8 +82,8 @@ absl::Status RunExecutor(BatchExecutor& executor, const Batch& batch) {
   }
 }
 
-// When a sweep first finds a task of `alone` predicted seconds late (now + alone > deadline), or its
-// deadline, whichever is first. Strictly after the last instant it still fits, so that a worker
+// When a sweep first finds a task of `alone` predicted seconds late (now + alone > deadline), or
+// its deadline, whichever is first. Strictly after the last instant it still fits, so that a worker
 // woken then finds it late (and does not wake again and again at the same time).
 absl::Time SweepTime(absl::Time deadline, double alone) {
   return std::min(deadline, deadline - absl::Seconds(alone) + absl::Nanoseconds(1));
@@ -102,7 +101,8 @@ double PredictWaitSeconds(const AdmissionEstimate& e) {
   const int64_t batches_ahead = std::max(e.tasks_ahead / size, e.tokens_ahead / tokens);
   return (std::max(0.0, e.running_seconds) +
           e.overhead_seconds * static_cast<double>(batches_ahead) +
-          e.seconds_per_unit * std::max(0.0, e.cost_ahead)) / workers;
+          e.seconds_per_unit * std::max(0.0, e.cost_ahead)) /
+         workers;
 }
 
 double PredictFinishSeconds(const AdmissionEstimate& e) {
@@ -142,9 +142,9 @@ struct Scheduler::ModelQueue {
   // UNAVAILABLE for a call predicted to wait `wait` seconds, past max_queue_wait (e: the estimate
   // that predicted it).
   absl::Status WaitTooLong(const AdmissionEstimate& e, double wait) const {
-    return absl::UnavailableError(absl::StrCat("queue of model '", name, "' is full (", e.tasks_ahead,
-                                               " requests, predicted wait ", Ms(wait), ", limit ",
-                                               absl::FormatDuration(options.max_queue_wait), ")"));
+    return absl::UnavailableError(absl::StrCat(
+        "queue of model '", name, "' is full (", e.tasks_ahead, " requests, predicted wait ",
+        Ms(wait), ", limit ", absl::FormatDuration(options.max_queue_wait), ")"));
   }
   // The one queue-full test of admission (Schedule and PreAdmit): UNAVAILABLE when `tasks` more
   // sequences holding `tokens` more tokens would overflow max_queue_size or max_queue_tokens
@@ -223,11 +223,11 @@ struct Scheduler::Work {
 struct Scheduler::Worker {
   WorkerState state = WorkerState::kPlanning;
   uint64_t seen_epoch = 0;
-  uint64_t sleep_seq = 0;                          // When it last went to sleep.
+  uint64_t sleep_seq = 0;  // When it last went to sleep.
   // While sleeping: when it will look again (InfinitePast once notified).
   absl::Time wake = absl::InfiniteFuture();
-  absl::Time busy_until = absl::InfinitePast();    // Predicted end of the running batch.
-  std::condition_variable cv;                      // The worker waits here.
+  absl::Time busy_until = absl::InfinitePast();  // Predicted end of the running batch.
+  std::condition_variable cv;                    // The worker waits here.
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -423,10 +423,9 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
     const double cost_min = task.min_budget ? o.cost(task.tokens, *task.min_budget) : cost_full;
     if (!std::isfinite(cost_full) || !std::isfinite(cost_min) || cost_min < 0 ||
         cost_full < cost_min) {
-      return refuse(absl::InternalError(absl::StrCat("cost function of model '", q->name,
-                                                     "' returned ", cost_full, " at budget ",
-                                                     task.budget, " and ", cost_min,
-                                                     " at min_budget")));
+      return refuse(absl::InternalError(
+          absl::StrCat("cost function of model '", q->name, "' returned ", cost_full, " at budget ",
+                       task.budget, " and ", cost_min, " at min_budget")));
     }
     costs[i] = {cost_full, cost_min};
     group_tokens += task.tokens;
@@ -436,10 +435,11 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
   }
   // More than the whole queue holds can never be admitted: not the retryable UNAVAILABLE.
   if (n > o.max_queue_size || group_tokens > o.max_queue_tokens) {
-    return Reject(q, model, absl::ResourceExhaustedError(absl::StrCat(
-                                "the request needs ", n, " sequences and ", group_tokens,
-                                " tokens; the queue of model '", q->name, "' holds at most ",
-                                o.max_queue_size, " and ", o.max_queue_tokens)));
+    return Reject(q, model,
+                  absl::ResourceExhaustedError(
+                      absl::StrCat("the request needs ", n, " sequences and ", group_tokens,
+                                   " tokens; the queue of model '", q->name, "' holds at most ",
+                                   o.max_queue_size, " and ", o.max_queue_tokens)));
   }
   const absl::Time now = clock_->Now();
   for (size_t i = 0; i < tasks.size(); ++i) {
@@ -476,8 +476,8 @@ absl::Status Scheduler::ScheduleAll(std::span<std::unique_ptr<Task>> tasks, int*
     } else if (q->ShedsLate() && now + absl::Seconds(finish) > group_deadline) {
       // Late because of the work queued ahead: retryable (later, or on another replica).
       refused = absl::UnavailableError(absl::StrCat(
-          "model '", q->name, "' is overloaded: the request is predicted to finish in ",
-          Ms(finish), " (", e.tasks_ahead, " sequences queued ahead), after its deadline in ",
+          "model '", q->name, "' is overloaded: the request is predicted to finish in ", Ms(finish),
+          " (", e.tasks_ahead, " sequences queued ahead), after its deadline in ",
           Ms(Seconds(group_deadline - now))));
       shed = ShedReason::kPredictedLate;
       q->counts.shed_at_admission += n;
@@ -767,11 +767,11 @@ void Scheduler::SweepLocked(ModelQueue& q, absl::Time now, std::vector<Finished>
         ++q.counts.deadline_exceeded;
         shed = ShedReason::kExpired;
       } else if (alone > 0 && now + absl::Seconds(alone) > e.deadline) {
-        status = absl::DeadlineExceededError(absl::StrCat(
-            "deadline would be missed: computing the request takes about ", Ms(alone),
-            " and ", Ms(Seconds(e.deadline - now)), " are left after ",
-            absl::FormatDuration(now - e.enqueue_time), " in the queue of model '", q.name,
-            "'; not started"));
+        status = absl::DeadlineExceededError(
+            absl::StrCat("deadline would be missed: computing the request takes about ", Ms(alone),
+                         " and ", Ms(Seconds(e.deadline - now)), " are left after ",
+                         absl::FormatDuration(now - e.enqueue_time), " in the queue of model '",
+                         q.name, "'; not started"));
         ++q.counts.deadline_exceeded;
         ++q.counts.shed_in_queue;
         shed = ShedReason::kLateInQueue;
@@ -851,8 +851,8 @@ void Scheduler::FormBatchLocked(int worker, ModelQueue& q, absl::Time now, Work&
   batch.queue = &q;
   work.picked.clear();
   double cost = 0;
-  double cost_min = 0;                               // Of the tasks taken, at minimum budgets.
-  absl::Time earliest = absl::InfiniteFuture();      // Their earliest deadline.
+  double cost_min = 0;                           // Of the tasks taken, at minimum budgets.
+  absl::Time earliest = absl::InfiniteFuture();  // Their earliest deadline.
   for (const Candidate& c : candidates) {
     if (batch.tasks.size() >= static_cast<size_t>(o.max_batch_size)) break;
     Entry& e = *c.entry;
@@ -928,9 +928,9 @@ void Scheduler::FormBatchLocked(int worker, ModelQueue& q, absl::Time now, Work&
 // batch finishes before the earliest deadline in it, and (b) every queued task with a deadline
 // still finishes in time, assuming the queue is served in order at the same level by all workers
 // after the batches now running, in batches of max_batch_size/max_batch_tokens that each pay the
-// predictor's per-batch overhead; predicted times are inflated by deadline_safety_factor. Tasks that would miss even at their minimum budgets do not pull
-// the level down (they cannot be saved; the others can). Costs are interpolated linearly between a
-// task's minimum and requested budget.
+// predictor's per-batch overhead; predicted times are inflated by deadline_safety_factor. Tasks
+// that would miss even at their minimum budgets do not pull the level down (they cannot be saved;
+// the others can). Costs are interpolated linearly between a task's minimum and requested budget.
 double Scheduler::BudgetLevelLocked(const ModelQueue& q, const std::vector<Picked>& picked,
                                     absl::Time now) const {
   const double safety = q.options.deadline_safety_factor;
@@ -945,7 +945,8 @@ double Scheduler::BudgetLevelLocked(const ModelQueue& q, const std::vector<Picke
   BudgetLevelCalculator calc(params);
   for (const Picked& p : picked) calc.AddBatchTask(p.cost_min, p.cost_full, p.deadline);
   for (const auto& [priority, queue_level] : q.levels) {
-    for (const Entry& e : queue_level) calc.AddQueued(e.cost_min, e.cost_full, e.tokens, e.deadline);
+    for (const Entry& e : queue_level)
+      calc.AddQueued(e.cost_min, e.cost_full, e.tokens, e.deadline);
   }
   return calc.level();
 }

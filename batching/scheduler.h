@@ -42,8 +42,8 @@
 namespace topserve::batching {
 
 // Planned cost of one task of `tokens` tokens at `budget`, in arbitrary consistent units (the
-// engine's cost model returns FLOPs). Must be pure, thread-safe, finite, >= 0, and non-decreasing in
-// budget. The predictor assumes compute time is affine in the summed cost of a batch.
+// engine's cost model returns FLOPs). Must be pure, thread-safe, finite, >= 0, and non-decreasing
+// in budget. The predictor assumes compute time is affine in the summed cost of a batch.
 using CostFunction = std::function<double(int64_t tokens, double budget)>;
 
 // Per-model batching knobs (Triton's names in brackets). Defaults are filled in by AddModel().
@@ -53,7 +53,8 @@ struct ModelOptions {
   int64_t max_batch_tokens = 8192;
   // A batch holds at most this many tasks. [max_batch_size]
   int max_batch_size = 32;
-  // If > 0, a batch's planned cost at requested budgets stays under this (a single task always fits).
+  // If > 0, a batch's planned cost at requested budgets stays under this (a single task always
+  // fits).
   double max_batch_cost = 0;
   // How long the oldest queued task may wait for the batch to fill before a worker takes a partial
   // batch. Zero: dispatch as soon as a worker is free. [max_queue_delay_microseconds]
@@ -92,15 +93,15 @@ struct ModelOptions {
 
 // What admission knows when a task arrives (all times in seconds, costs in the model's units).
 struct AdmissionEstimate {
-  double overhead_seconds = 0;   // Predictor: seconds = overhead + per_unit * cost, per batch.
+  double overhead_seconds = 0;  // Predictor: seconds = overhead + per_unit * cost, per batch.
   double seconds_per_unit = 0;
   int workers = 1;
-  double running_seconds = 0;    // Predicted time left in the batches now running, summed.
-  int64_t tasks_ahead = 0;       // Queued tasks served before the new one (priority >= its own).
+  double running_seconds = 0;  // Predicted time left in the batches now running, summed.
+  int64_t tasks_ahead = 0;     // Queued tasks served before the new one (priority >= its own).
   int64_t tokens_ahead = 0;
-  double cost_ahead = 0;         // Their cost at minimum budgets.
-  double cost = 0;               // The new task's (or group's) cost at minimum budget.
-  int64_t tasks = 1;             // Tasks in the new group.
+  double cost_ahead = 0;  // Their cost at minimum budgets.
+  double cost = 0;        // The new task's (or group's) cost at minimum budget.
+  int64_t tasks = 1;      // Tasks in the new group.
   int64_t tokens = 0;
   int64_t max_batch_size = 1;
   int64_t max_batch_tokens = 1;
@@ -122,8 +123,8 @@ struct SchedulerOptions {
   // Intra-batch threads, passed to the executor in Batch::threads and to on_worker_start; the
   // scheduler itself never spawns them.
   int threads_per_worker = 1;
-  Clock* clock = nullptr;                  // Not owned; must outlive the scheduler. Null: RealClock.
-  SchedulerObserver* observer = nullptr;   // Not owned; must outlive the scheduler. May be null.
+  Clock* clock = nullptr;                 // Not owned; must outlive the scheduler. Null: RealClock.
+  SchedulerObserver* observer = nullptr;  // Not owned; must outlive the scheduler. May be null.
   // Runs first on each worker thread (e.g. omp_set_num_threads(threads), thread naming, pinning).
   std::function<void(int worker_index, int threads)> on_worker_start{};
   // Linux: added to each worker thread's nice value when it starts (before on_worker_start), so
@@ -202,8 +203,8 @@ class Scheduler {
 
   // The same for a derived task type: on refusal the task is handed back in *task.
   template <typename T>
-    requires(std::derived_from<T, Task> && !std::same_as<T, Task>)
-  absl::Status Schedule(std::unique_ptr<T>* task) {
+  requires(std::derived_from<T, Task> && !std::same_as<T, Task>) absl::Status
+      Schedule(std::unique_ptr<T>* task) {
     if (task == nullptr) return Schedule(static_cast<std::unique_ptr<Task>*>(nullptr));
     std::unique_ptr<Task> base = std::move(*task);
     absl::Status status = Schedule(&base);
@@ -282,7 +283,7 @@ class Scheduler {
   std::vector<ModelQueue*> queues_;
   std::vector<Worker> workers_;
   uint64_t next_seq_ = 0;
-  uint64_t epoch_ = 0;  // Bumped when every worker should look again (testing, clock jumps).
+  uint64_t epoch_ = 0;      // Bumped when every worker should look again (testing, clock jumps).
   uint64_t sleep_seq_ = 0;  // Orders sleeping workers: the most recent one is woken first.
   int idle_waiters_ = 0;
   int64_t queued_total_ = 0;

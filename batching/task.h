@@ -74,7 +74,7 @@ class Task {
   Task& operator=(const Task&) = delete;
 
   // ---- Inputs, set by the caller before Schedule(). ----
-  std::string model;  // Selects the model queue (Scheduler::AddModel()).
+  std::string model;   // Selects the model queue (Scheduler::AddModel()).
   int64_t tokens = 0;  // The task's size(): tokens after tokenization, >= 1.
   // Fraction of the unpruned FLOPs the request may use, in (0, 1].
   double budget = 1.0;

@@ -1,5 +1,6 @@
-// Scheduling overhead of the batcher: Schedule() -> done callback with a no-op executor, real clock,
-// max_queue_delay 0 (so any latency is the scheduler's own: locking, planning, thread hand-off).
+// Scheduling overhead of the batcher: Schedule() -> done callback with a no-op executor, real
+// clock, max_queue_delay 0 (so any latency is the scheduler's own: locking, planning, thread
+// hand-off).
 //
 //   build-batch/batching/batching_overhead_bench --benchmark_out=overhead.json
 //       --benchmark_out_format=json
@@ -12,12 +13,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <sys/resource.h>
@@ -90,7 +91,9 @@ void Report(benchmark::State& state, std::vector<double> us) {
   std::sort(us.begin(), us.end());
   double sum = 0;
   for (double v : us) sum += v;
-  auto pct = [&](double p) { return us[std::min(us.size() - 1, static_cast<size_t>(p * static_cast<double>(us.size())))]; };
+  auto pct = [&](double p) {
+    return us[std::min(us.size() - 1, static_cast<size_t>(p * static_cast<double>(us.size())))];
+  };
   state.counters["mean_us"] = sum / static_cast<double>(us.size());
   state.counters["p50_us"] = pct(0.50);
   state.counters["p99_us"] = pct(0.99);
@@ -116,19 +119,23 @@ void BM_Paced(benchmark::State& state) {
   for (auto _ : state) {
     const auto start = SteadyClock::now();
     for (int i = 0; i < kRequests; ++i) {
-      std::this_thread::sleep_until(
-          start + std::chrono::duration_cast<SteadyClock::duration>(
-                      std::chrono::duration<double>(i / rate)));
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<SteadyClock::duration>(
+                                                std::chrono::duration<double>(i / rate)));
       Submit(*scheduler, lat, 16 + i % 100);
     }
     expected += kRequests;
     lat.WaitFor(expected);
   }
-  state.counters["cpu_us_per_req"] = (ProcessCpuSeconds() - cpu0) * 1e6 / static_cast<double>(expected);
+  state.counters["cpu_us_per_req"] =
+      (ProcessCpuSeconds() - cpu0) * 1e6 / static_cast<double>(expected);
   state.SetItemsProcessed(static_cast<int64_t>(expected));
   Report(state, lat.micros);
 }
-BENCHMARK(BM_Paced)->Args({1000, 1})->Args({1000, 2})->Iterations(2)->Unit(benchmark::kMillisecond)
+BENCHMARK(BM_Paced)
+    ->Args({1000, 1})
+    ->Args({1000, 2})
+    ->Iterations(2)
+    ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 
 // The pacing loop alone (sleep_until + a task allocation, no scheduler): its CPU per request is
@@ -141,9 +148,8 @@ void BM_PacedBaseline(benchmark::State& state) {
   for (auto _ : state) {
     const auto start = SteadyClock::now();
     for (int i = 0; i < kRequests; ++i) {
-      std::this_thread::sleep_until(
-          start + std::chrono::duration_cast<SteadyClock::duration>(
-                      std::chrono::duration<double>(i / rate)));
+      std::this_thread::sleep_until(start + std::chrono::duration_cast<SteadyClock::duration>(
+                                                std::chrono::duration<double>(i / rate)));
       auto t = std::make_unique<BenchTask>();
       t->model = kModel;
       t->submitted = SteadyClock::now();
@@ -217,7 +223,8 @@ void BM_Overload(benchmark::State& state) {
     o.max_queue_delay = absl::Milliseconds(1);
     o.max_queue_size = 1024;
     if (safety_env != nullptr) o.deadline_safety_factor = std::atof(safety_env);
-    o.predictor = {.prior_overhead_seconds = 0.002, .prior_seconds_per_unit = 20e-6,
+    o.predictor = {.prior_overhead_seconds = 0.002,
+                   .prior_seconds_per_unit = 20e-6,
                    .prior_reference_units = 1000};
     if (!s.ok() || !(*s)->AddModel("m", o, std::make_shared<SleepExecutor>()).ok()) std::abort();
     Scheduler& scheduler = **s;
@@ -253,11 +260,19 @@ void BM_Overload(benchmark::State& state) {
   state.counters["late"] = static_cast<double>(late.load()) / static_cast<double>(total);
   state.counters["expired"] = static_cast<double>(expired.load()) / static_cast<double>(total);
   state.counters["refused"] = static_cast<double>(refused) / static_cast<double>(total);
-  state.counters["within_deadline"] = static_cast<double>(in_time.load()) / static_cast<double>(total);
-  state.counters["mean_budget"] = done.load() > 0 ? budget_sum.load() / static_cast<double>(done.load()) : 0;
+  state.counters["within_deadline"] =
+      static_cast<double>(in_time.load()) / static_cast<double>(total);
+  state.counters["mean_budget"] =
+      done.load() > 0 ? budget_sum.load() / static_cast<double>(done.load()) : 0;
 }
-BENCHMARK(BM_Overload)->ArgNames({"adaptive", "overload"})->Args({0, 3})->Args({1, 3})->Args({1, 1})
-    ->Iterations(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Overload)
+    ->ArgNames({"adaptive", "overload"})
+    ->Args({0, 3})
+    ->Args({1, 3})
+    ->Args({1, 1})
+    ->Iterations(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 }  // namespace
 }  // namespace topserve::batching

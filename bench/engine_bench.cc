@@ -6,15 +6,15 @@
 //
 // For each (workload, threads, budget) it runs the same batch `repeats` times after a warm-up and
 // reports the median wall time, the planned MACs (engine/cost_model.h, the same numbers the server
-// reports), the speedup against budget 1 and that speedup's ratio to the FLOPs reduction. Workloads:
-// `batch` sequences of each fixed length (random ids), and the SST-2 dev sentences as one batch of
-// real lengths. A "mixed" row runs all budgets' sequences in one batch and compares its time with
-// the sum of the single-budget batches (the groups' ideal cost).
+// reports), the speedup against budget 1 and that speedup's ratio to the FLOPs reduction.
+// Workloads: `batch` sequences of each fixed length (random ids), and the SST-2 dev sentences as
+// one batch of real lengths. A "mixed" row runs all budgets' sequences in one batch and compares
+// its time with the sum of the single-budget batches (the groups' ideal cost).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <iostream>
 #include <random>
@@ -136,7 +136,8 @@ nlohmann::json Profile(const BertModel& model, Workspace& ws,
   return j;
 }
 
-std::vector<std::vector<int32_t>> Sst2(const BertModel& model, const std::string& path, size_t limit) {
+std::vector<std::vector<int32_t>> Sst2(const BertModel& model, const std::string& path,
+                                       size_t limit) {
   std::ifstream in(path);
   std::string line;
   std::getline(in, line);  // header
@@ -179,13 +180,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"fp32", "int8", "bf16"}));
   bool profile = false, skip_accuracy = false;
   std::string bf16_s = "if-faster";
-  app.add_option("--bf16-kernels", bf16_s,
-                 "where the CPU has native bf16: if-faster (the server's way: Load measures), always, "
-                 "never")
+  app.add_option(
+         "--bf16-kernels", bf16_s,
+         "where the CPU has native bf16: if-faster (the server's way: Load measures), always, "
+         "never")
       ->check(CLI::IsMember({"if-faster", "always", "never"}));
   app.add_flag("--skip-accuracy", skip_accuracy,
                "do not compare a reduced precision's logits with fp32 (two more model loads)");
-  app.add_flag("--profile", profile, "print (and write to the JSON) the time of each op per budget");
+  app.add_flag("--profile", profile,
+               "print (and write to the JSON) the time of each op per budget");
   CLI11_PARSE(app, argc, argv);
   const Precision precision = *PrecisionFromName(precision_s);  // IsMember checked the name
   const Bf16Kernels bf16_kernels = bf16_s == "always"  ? Bf16Kernels::kAlways
@@ -232,16 +235,17 @@ int main(int argc, char** argv) {
   out["rows"] = nlohmann::json::array();
   for (int threads : ParseList<int>(threads_s)) {
     FlushDnnlPrimitiveCache();  // primitives made under another thread count must not be reused
-    auto mt = BertModel::Load(model_dir, {.num_threads = threads, .precision = precision,
-                                          .bf16_kernels = bf16_kernels});
+    auto mt = BertModel::Load(
+        model_dir, {.num_threads = threads, .precision = precision, .bf16_kernels = bf16_kernels});
     out["precision"] = std::string(PrecisionName((*mt)->precision()));  // after any fallback
     out["uses_bf16"] = (*mt)->uses_bf16();
     if (const auto& probe = (*mt)->bf16_probe(); probe.has_value()) {
       out["bf16_probe_ms"] = {{"fp32", probe->fp32_ms}, {"bf16", probe->bf16_ms}};
-      std::fprintf(stderr, "bf16 probe (128 x %lld x %lld, %d threads): fp32 %.2f ms, bf16 %.2f ms -> %s\n",
-                   static_cast<long long>((*mt)->config().hidden_size),
-                   static_cast<long long>((*mt)->config().intermediate_size), threads, probe->fp32_ms,
-                   probe->bf16_ms, (*mt)->uses_bf16() ? "bf16 kernels" : "fp32 kernels");
+      std::fprintf(
+          stderr, "bf16 probe (128 x %lld x %lld, %d threads): fp32 %.2f ms, bf16 %.2f ms -> %s\n",
+          static_cast<long long>((*mt)->config().hidden_size),
+          static_cast<long long>((*mt)->config().intermediate_size), threads, probe->fp32_ms,
+          probe->bf16_ms, (*mt)->uses_bf16() ? "bf16 kernels" : "fp32 kernels");
     }
     Workspace ws(**mt);
     for (const Workload& w : workloads) {
@@ -255,11 +259,16 @@ int main(int argc, char** argv) {
           base = t.seconds;
           base_macs = t.macs;
         }
-        nlohmann::json row = {{"workload", w.name}, {"threads", threads}, {"budget", b},
-                              {"sequences", w.ids.size()}, {"tokens", t.tokens},
-                              {"seconds", t.seconds}, {"gmacs", static_cast<double>(t.macs) / 1e9},
-                              {"flops_fraction", static_cast<double>(t.macs) / static_cast<double>(t.unpruned)},
-                              {"gflops_per_s", 2.0 * static_cast<double>(t.macs) / t.seconds / 1e9}};
+        nlohmann::json row = {
+            {"workload", w.name},
+            {"threads", threads},
+            {"budget", b},
+            {"sequences", w.ids.size()},
+            {"tokens", t.tokens},
+            {"seconds", t.seconds},
+            {"gmacs", static_cast<double>(t.macs) / 1e9},
+            {"flops_fraction", static_cast<double>(t.macs) / static_cast<double>(t.unpruned)},
+            {"gflops_per_s", 2.0 * static_cast<double>(t.macs) / t.seconds / 1e9}};
         if (base > 0) {
           const double speedup = base / t.seconds;
           const double reduction = static_cast<double>(base_macs) / static_cast<double>(t.macs);
@@ -273,7 +282,10 @@ int main(int argc, char** argv) {
                      w.name.c_str(), threads, b, t.seconds * 1e3,
                      static_cast<double>(t.macs) / static_cast<double>(t.unpruned),
                      2.0 * static_cast<double>(t.macs) / t.seconds / 1e9,
-                     base > 0 ? ("  speedup/reduction=" + std::to_string(row["speedup_over_reduction"].get<double>())).c_str() : "");
+                     base > 0 ? ("  speedup/reduction=" +
+                                 std::to_string(row["speedup_over_reduction"].get<double>()))
+                                    .c_str()
+                              : "");
       }
       // Mixed batch: sequence i gets budgets[i % n]; compare with the sum of its groups' times,
       // each group (the sequences of one budget) run as a batch of its own.
@@ -284,16 +296,22 @@ int main(int argc, char** argv) {
         for (size_t i = k; i < w.ids.size(); i += budgets.size()) group.push_back(w.ids[i]);
         for (size_t i = k; i < w.ids.size(); i += budgets.size()) mixed[i] = budgets[k];
         if (!group.empty()) {
-          sum_groups += RunBatch(**mt, ws, group, std::vector<double>(group.size(), budgets[k]), repeats).seconds;
+          sum_groups +=
+              RunBatch(**mt, ws, group, std::vector<double>(group.size(), budgets[k]), repeats)
+                  .seconds;
         }
       }
       Timed t = RunBatch(**mt, ws, w.ids, mixed, repeats);
-      out["rows"].push_back({{"workload", w.name}, {"threads", threads}, {"budget", "mixed"},
-                             {"sequences", w.ids.size()}, {"seconds", t.seconds},
+      out["rows"].push_back({{"workload", w.name},
+                             {"threads", threads},
+                             {"budget", "mixed"},
+                             {"sequences", w.ids.size()},
+                             {"seconds", t.seconds},
                              {"sum_of_groups_seconds", sum_groups},
                              {"mixed_over_groups", t.seconds / sum_groups}});
-      std::fprintf(stderr, "%-9s threads=%d mixed budgets %8.1f ms vs groups %.1f ms (ratio %.3f)\n",
-                   w.name.c_str(), threads, t.seconds * 1e3, sum_groups * 1e3, t.seconds / sum_groups);
+      std::fprintf(
+          stderr, "%-9s threads=%d mixed budgets %8.1f ms vs groups %.1f ms (ratio %.3f)\n",
+          w.name.c_str(), threads, t.seconds * 1e3, sum_groups * 1e3, t.seconds / sum_groups);
     }
   }
   // Accuracy of a reduced precision on this model: logits against the fp32 engine (itself within
@@ -301,8 +319,8 @@ int main(int argc, char** argv) {
   if (precision != Precision::kFloat32 && !workloads.empty() && !skip_accuracy) {
     FlushDnnlPrimitiveCache();
     auto ref = BertModel::Load(model_dir, {.num_threads = 2});
-    auto low = BertModel::Load(model_dir, {.num_threads = 2, .precision = precision,
-                                           .bf16_kernels = bf16_kernels});
+    auto low = BertModel::Load(
+        model_dir, {.num_threads = 2, .precision = precision, .bf16_kernels = bf16_kernels});
     Workspace ws_ref(**ref), ws_low(**low);
     const auto& ids = workloads.front().ids;
     std::vector<SequenceInput> in;

@@ -1,5 +1,6 @@
 // In-process serving benchmark: the batcher (batching/) driving the engine through the server's
-// executor, on a realistic length mix (SST-2 dev sentences plus SQuAD dev question+context windows).
+// executor, on a realistic length mix (SST-2 dev sentences plus SQuAD dev question+context
+// windows).
 //
 //   build-bench/bench/serving_bench --model DIR --shared ../shared [--sst2 192] [--squad 48]
 //        [--json out.json]
@@ -37,10 +38,12 @@ using Clock = std::chrono::steady_clock;
 // Pads every sequence of a batch to the batch's longest before running the real executor.
 class PaddingExecutor final : public batching::BatchExecutor {
  public:
-  explicit PaddingExecutor(std::shared_ptr<server::EngineExecutor> inner) : inner_(std::move(inner)) {}
+  explicit PaddingExecutor(std::shared_ptr<server::EngineExecutor> inner)
+      : inner_(std::move(inner)) {}
   absl::Status Run(const batching::Batch& batch) override {
     size_t longest = 0;
-    for (batching::Task* t : batch.tasks) longest = std::max(longest, batching::TaskAs<server::InferTask>(*t).ids.size());
+    for (batching::Task* t : batch.tasks)
+      longest = std::max(longest, batching::TaskAs<server::InferTask>(*t).ids.size());
     for (batching::Task* t : batch.tasks) {
       auto& task = batching::TaskAs<server::InferTask>(*t);
       task.ids.resize(longest, 0);
@@ -65,7 +68,8 @@ std::vector<Request> Workload(const engine::BertModel& model, const std::string&
   std::getline(sst, line);
   while (static_cast<int>(out.size()) < n_sst2 && std::getline(sst, line)) {
     auto enc = model.tokenizer().Encode(line.substr(0, line.rfind('\t')), std::nullopt,
-                                        static_cast<size_t>(model.max_length()), engine::Truncation::kLongestFirst);
+                                        static_cast<size_t>(model.max_length()),
+                                        engine::Truncation::kLongestFirst);
     if (enc.ok()) out.push_back({enc->ids, enc->type_ids});
   }
   std::ifstream squad_file(shared + "/data/squad/dev-v1.1.json");
@@ -76,8 +80,9 @@ std::vector<Request> Workload(const engine::BertModel& model, const std::string&
   for (const auto& article : squad["data"]) {
     for (const auto& para : article["paragraphs"]) {
       if (added >= n_squad) break;
-      auto windows = engine::BuildQaWindows(model.tokenizer(), para["qas"][0]["question"].get<std::string>(),
-                                            para["context"].get<std::string>(), qa);
+      auto windows =
+          engine::BuildQaWindows(model.tokenizer(), para["qas"][0]["question"].get<std::string>(),
+                                 para["context"].get<std::string>(), qa);
       if (!windows.ok()) continue;
       for (auto& w : *windows) out.push_back({w.ids, w.type_ids});
       ++added;
@@ -104,7 +109,9 @@ Outcome Drive(batching::Scheduler& sched, const std::vector<Request>& reqs, doub
   double budget_sum = 0;
   const auto start = Clock::now();
   for (size_t i = 0; i < reqs.size(); ++i) {
-    if (rate > 0) std::this_thread::sleep_until(start + std::chrono::duration<double>(static_cast<double>(i) / rate));
+    if (rate > 0)
+      std::this_thread::sleep_until(start +
+                                    std::chrono::duration<double>(static_cast<double>(i) / rate));
     auto task = std::make_unique<server::InferTask>();
     task->model = "m";
     task->ids = reqs[i].ids;
@@ -143,8 +150,8 @@ Outcome Drive(batching::Scheduler& sched, const std::vector<Request>& reqs, doub
 
 double g_safety_factor = batching::ModelOptions{}.deadline_safety_factor;  // --safety; set in main
 
-std::unique_ptr<batching::Scheduler> MakeScheduler(const engine::BertModel& model, int workers, int threads,
-                                                   bool padded) {
+std::unique_ptr<batching::Scheduler> MakeScheduler(const engine::BertModel& model, int workers,
+                                                   int threads, bool padded) {
   engine::FlushDnnlPrimitiveCache();  // each configuration creates its primitives for its threads
   batching::SchedulerOptions so;
   so.num_workers = workers;
@@ -190,7 +197,8 @@ int main(int argc, char** argv) {
   app.add_option("--cpus", cpus, "CPUs to use (default: available)");
   app.add_option("--overload-seconds", overload_seconds);
   app.add_option("--json", json_out);
-  app.add_option("--safety", g_safety_factor, "ModelOptions::deadline_safety_factor for the overload runs");
+  app.add_option("--safety", g_safety_factor,
+                 "ModelOptions::deadline_safety_factor for the overload runs");
   CLI11_PARSE(app, argc, argv);
   auto model = engine::BertModel::Load(model_dir);
   if (!model.ok()) {
@@ -218,7 +226,7 @@ int main(int argc, char** argv) {
     Outcome o = Drive(*sched, reqs, 0, 0, std::nullopt);
     sched->Shutdown();
     const double rps = static_cast<double>(o.ok) / o.seconds;
-    out["throughput"][name] = {{"workers", workers}, {"threads", threads}, {"padded", padded},
+    out["throughput"][name] = {{"workers", workers},   {"threads", threads},    {"padded", padded},
                                {"seconds", o.seconds}, {"requests_per_s", rps}, {"ok", o.ok}};
     std::cerr << name << ": " << o.seconds << " s, " << rps << " req/s\n";
     return rps;
@@ -239,12 +247,18 @@ int main(int argc, char** argv) {
   const double deadline = std::max(0.25, 4 * mean_batch);
   for (bool adaptive : {false, true}) {
     auto sched = MakeScheduler(m, 1, cpus, false);
-    Outcome o = Drive(*sched, stream, rate, deadline, adaptive ? std::optional<double>(0.2) : std::nullopt);
+    Outcome o =
+        Drive(*sched, stream, rate, deadline, adaptive ? std::optional<double>(0.2) : std::nullopt);
     sched->Shutdown();
-    const double share = static_cast<double>(o.within_deadline) / static_cast<double>(stream.size());
-    out["overload"][adaptive ? "adaptive" : "fixed"] = {
-        {"rate", rate}, {"requests", stream.size()}, {"deadline_s", deadline}, {"within_deadline", share},
-        {"deadline_exceeded", o.deadline_exceeded}, {"mean_budget", o.mean_budget}, {"other_errors", o.other}};
+    const double share =
+        static_cast<double>(o.within_deadline) / static_cast<double>(stream.size());
+    out["overload"][adaptive ? "adaptive" : "fixed"] = {{"rate", rate},
+                                                        {"requests", stream.size()},
+                                                        {"deadline_s", deadline},
+                                                        {"within_deadline", share},
+                                                        {"deadline_exceeded", o.deadline_exceeded},
+                                                        {"mean_budget", o.mean_budget},
+                                                        {"other_errors", o.other}};
     std::cerr << (adaptive ? "adaptive" : "fixed") << ": " << share * 100 << "% within " << deadline
               << " s, mean budget " << o.mean_budget << "\n";
   }

@@ -17,10 +17,7 @@
 #include "engine/safetensors.h"
 
 namespace topserve::engine {
-namespace {
-
-
-}  // namespace
+namespace {}  // namespace
 
 Workspace::Workspace(const BertModel& model) : Workspace(model, 0) {}
 
@@ -35,23 +32,25 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
   ASSIGN_OR_RETURN(m->tokenizer_config_, LoadTokenizerConfig(dir + "/tokenizer_config.json"));
   ASSIGN_OR_RETURN(m->tokenizer_, Tokenizer::LoadFromModelDir(dir, m->tokenizer_config_));
   if (static_cast<int64_t>(m->tokenizer_->vocab_size()) > m->config_.vocab_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        dir, ": the tokenizer has ", m->tokenizer_->vocab_size(), " tokens but config.json vocab_size is ",
-        m->config_.vocab_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": the tokenizer has ", m->tokenizer_->vocab_size(),
+                     " tokens but config.json vocab_size is ", m->config_.vocab_size));
   }
   // The weights back the config's sizes before anything is sized by them (the schedule, the
   // planner, the layers): a config claiming 1e9 layers stops here, at once.
-  ASSIGN_OR_RETURN(const std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(dir + "/model.safetensors"));
+  ASSIGN_OR_RETURN(const std::unique_ptr<SafetensorsFile> file,
+                   SafetensorsFile::Open(dir + "/model.safetensors"));
   RETURN_IF_ERROR(ValidateBertTensors(*file, m->config_));
   m->shape_ = ModelShape::FromConfig(m->config_);
   m->num_threads_ = options.num_threads > 0 ? options.num_threads : AvailableCpus();
   m->precision_ = options.precision;
   if (m->precision_ == Precision::kBfloat16 && !CpuHasNativeBf16()) {
     // Emulated bf16 would be slower than fp32 and less exact: run fp32, and say so once per load.
-    std::fprintf(stderr,
-                 "topserve: %s: precision bf16 needs a CPU with AVX512-BF16 or AMX (oneDNN sees %s); "
-                 "running fp32\n",
-                 dir.c_str(), std::string(DnnlIsaName()).c_str());
+    std::fprintf(
+        stderr,
+        "topserve: %s: precision bf16 needs a CPU with AVX512-BF16 or AMX (oneDNN sees %s); "
+        "running fp32\n",
+        dir.c_str(), std::string(DnnlIsaName()).c_str());
     m->precision_ = Precision::kFloat32;
   }
   if (m->precision_ != Precision::kFloat32 && CpuHasNativeBf16() &&
@@ -65,17 +64,20 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     }
   }
   if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_ && m->bf16_probe_.has_value()) {
-    std::fprintf(stderr,
-                 "topserve: %s: precision bf16: this CPU's bf16 matmul ran slower than fp32 (%.2f vs "
-                 "%.2f ms, oneDNN %s); running fp32\n",
-                 dir.c_str(), m->bf16_probe_->bf16_ms, m->bf16_probe_->fp32_ms,
-                 std::string(DnnlIsaName()).c_str());
+    std::fprintf(
+        stderr,
+        "topserve: %s: precision bf16: this CPU's bf16 matmul ran slower than fp32 (%.2f vs "
+        "%.2f ms, oneDNN %s); running fp32\n",
+        dir.c_str(), m->bf16_probe_->bf16_ms, m->bf16_probe_->fp32_ms,
+        std::string(DnnlIsaName()).c_str());
     m->precision_ = Precision::kFloat32;
   } else if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_) {
     m->precision_ = Precision::kFloat32;  // Bf16Kernels::kNever, asked for by the caller
   }
-  m->max_length_ = std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
-  ASSIGN_OR_RETURN(PruningSchedule schedule, PruningSchedule::ForModelDir(dir, m->config_.num_layers));
+  m->max_length_ =
+      std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);
+  ASSIGN_OR_RETURN(PruningSchedule schedule,
+                   PruningSchedule::ForModelDir(dir, m->config_.num_layers));
   m->planner_ = std::make_unique<BudgetPlanner>(m->shape_, std::move(schedule));
 
   const SafetensorsFile& st = *file;
@@ -133,7 +135,8 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
     w.ln2_gamma = read(p + "output.LayerNorm.weight", {d});
     w.ln2_beta = read(p + "output.LayerNorm.bias", {d});
     if (!status.ok()) break;
-    ASSIGN_OR_RETURN(EncoderLayer layer, EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_, m->uses_bf16_));
+    ASSIGN_OR_RETURN(EncoderLayer layer,
+                     EncoderLayer::Create(m->dnnl_, c, std::move(w), m->precision_, m->uses_bf16_));
     m->layers_.push_back(std::move(layer));
   }
   if (c.task == Task::kSequenceClassification) {
@@ -158,13 +161,13 @@ absl::Status BertModel::Validate(std::span<const SequenceInput> inputs) const {
                                                      c.max_position_embeddings));
     }
     if (!in.type_ids.empty() && in.type_ids.size() != in.ids.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": ", in.type_ids.size(),
-                                                     " type ids for ", n, " tokens"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence ", s, ": ", in.type_ids.size(), " type ids for ", n, " tokens"));
     }
     for (int64_t i = 0; i < n; ++i) {
       if (in.ids[i] < 0 || in.ids[i] >= c.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " token ", i, ": id ",
-                                                       in.ids[i], " outside [0, ", c.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "sequence ", s, " token ", i, ": id ", in.ids[i], " outside [0, ", c.vocab_size, ")"));
       }
       if (!in.type_ids.empty() && (in.type_ids[i] < 0 || in.type_ids[i] >= c.type_vocab_size)) {
         return absl::InvalidArgumentError(absl::StrCat("sequence ", s, " token ", i, ": type id ",
@@ -182,8 +185,8 @@ absl::Status BertModel::Validate(std::span<const SequenceInput> inputs) const {
       for (size_t l = 0; l < in.kept.size(); ++l) {
         if (in.kept[l] < 1 || in.kept[l] > prev) {
           return absl::InvalidArgumentError(absl::StrCat("sequence ", s, ": pruning plan keeps ",
-                                                         in.kept[l], " tokens at layer ", l,
-                                                         " of ", prev, " entering it"));
+                                                         in.kept[l], " tokens at layer ", l, " of ",
+                                                         prev, " entering it"));
         }
         prev = in.kept[l];
       }
@@ -242,7 +245,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     LayerNormRows(x, total_in, d, emb_ln_gamma_.data(), emb_ln_beta_.data(), eps);
   }
   if (run_options.record_kept) {
-    for (int64_t s = 0; s < batch; ++s) outputs[s].kept_positions.assign(static_cast<size_t>(c.num_layers), {});
+    for (int64_t s = 0; s < batch; ++s)
+      outputs[s].kept_positions.assign(static_cast<size_t>(c.num_layers), {});
   }
 
   std::vector<int64_t>& keep = ws.keep_;
@@ -297,7 +301,8 @@ absl::Status BertModel::Run(std::span<const SequenceInput> inputs,
     float* logits = Grow(ws.heads_out_, batch * nl);
     pooler_.Forward(ws.cache_, cls, batch, pooled);
     classifier_.Forward(ws.cache_, pooled, batch, logits);
-    for (int64_t s = 0; s < batch; ++s) outputs[s].logits.assign(logits + s * nl, logits + (s + 1) * nl);
+    for (int64_t s = 0; s < batch; ++s)
+      outputs[s].logits.assign(logits + s * nl, logits + (s + 1) * nl);
   } else {
     for (const PackedBatch::Seq& s : seqs) {
       for (int64_t i = 0; i < s.len; ++i) {

@@ -3,10 +3,10 @@
 // optional per-sequence token pruning.
 //
 // Layout: the sequences of a batch are stored back to back in one [total_tokens x hidden] matrix,
-// ordered by current length (longest first), so sequences of equal length are adjacent. Dense layers
-// run once over all tokens; attention runs as one batched GEMM per group of equal-length sequences.
-// There is no padding anywhere. When a sequence prunes at a layer, its survivors are gathered
-// (keeping their order) and the batch is re-sorted by remaining length in the same pass.
+// ordered by current length (longest first), so sequences of equal length are adjacent. Dense
+// layers run once over all tokens; attention runs as one batched GEMM per group of equal-length
+// sequences. There is no padding anywhere. When a sequence prunes at a layer, its survivors are
+// gathered (keeping their order) and the batch is re-sorted by remaining length in the same pass.
 //
 // Thread-safety: a loaded BertModel is immutable and may be shared by any number of threads; each
 // thread runs it with its own Workspace.
@@ -34,7 +34,8 @@ namespace topserve::engine {
 enum class Bf16Kernels { kIfFaster, kAlways, kNever };
 
 struct EngineOptions {
-  int num_threads = 0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
+  int num_threads =
+      0;  // threads per Run (OpenMP inside oneDNN and our kernels); 0 = AvailableCpus()
   // Arithmetic of the encoder's dense layers (engine/dnnl_ops.h). kFloat32 (default) matches the
   // reference to 1e-4; kInt8 and kBfloat16 trade that for speed (docs/benchmarks.md). Embeddings,
   // LayerNorm, softmax and the heads stay fp32 in every precision. kBfloat16 and kInt8 run the
@@ -45,7 +46,8 @@ struct EngineOptions {
   // it loses runs fp32 after one line on stderr, kInt8 keeps fp32 attention products.
   Precision precision = Precision::kFloat32;
   // kAlways skips that measurement and runs bf16 wherever the CPU has it natively, slower or not;
-  // kNever runs fp32 kernels instead (both for the tests of each path and benchmarks comparing them).
+  // kNever runs fp32 kernels instead (both for the tests of each path and benchmarks comparing
+  // them).
   Bf16Kernels bf16_kernels = Bf16Kernels::kIfFaster;
 };
 
@@ -61,8 +63,9 @@ struct SequenceOutput {
   std::vector<float> logits;        // classification: one per label
   std::vector<float> start_logits;  // QA: one per input token (dropped tokens included)
   std::vector<float> end_logits;
-  // Feature extraction (a headless BertModel): the last hidden state of every input token, row-major
-  // [tokens x hidden]; a token dropped by pruning carries its state from the layer that dropped it.
+  // Feature extraction (a headless BertModel): the last hidden state of every input token,
+  // row-major [tokens x hidden]; a token dropped by pruning carries its state from the layer that
+  // dropped it.
   std::vector<float> hidden;
   // With RunOptions::record_kept: for each layer, the positions (into the input) still present
   // after that layer's pruning point, ascending.
@@ -70,7 +73,8 @@ struct SequenceOutput {
 };
 
 struct RunOptions {
-  Placement placement = Placement::kAfterMha;  // where pruned tokens leave (the model's schedule says)
+  Placement placement =
+      Placement::kAfterMha;  // where pruned tokens leave (the model's schedule says)
   bool record_kept = false;
 };
 
@@ -100,8 +104,8 @@ class Workspace {
 
 class BertModel {
  public:
-  // Loads config.json, model.safetensors, the tokenizer (vocab.txt, or tokenizer.json when there is no
-  // vocab.txt: Tokenizer::LoadFromModelDir) and tokenizer_config.json from `dir`.
+  // Loads config.json, model.safetensors, the tokenizer (vocab.txt, or tokenizer.json when there is
+  // no vocab.txt: Tokenizer::LoadFromModelDir) and tokenizer_config.json from `dir`.
   static absl::StatusOr<std::unique_ptr<BertModel>> Load(const std::string& dir,
                                                          const EngineOptions& options = {});
 

@@ -19,9 +19,9 @@ int64_t LayerMacs(const ModelShape& shape, int64_t n, int64_t n_kept, Placement 
   const int64_t d = shape.hidden;
   const int64_t f = shape.ffn;
   const int64_t ffn_tokens = placement == Placement::kAfterMha ? n_kept : n;
-  return 3 * n * d * d          // Q, K, V projections
-         + 2 * n * n * d        // scores (Q K^T) and context (P V)
-         + n * d * d            // attention output projection
+  return 3 * n * d * d              // Q, K, V projections
+         + 2 * n * n * d            // scores (Q K^T) and context (P V)
+         + n * d * d                // attention output projection
          + 2 * ffn_tokens * d * f;  // FFN up and down
 }
 

@@ -1,8 +1,8 @@
 // The one place where the service's compute figures are defined: multiply-accumulates (MACs) of the
 // BERT encoder and heads as a function of tokens entering and kept per layer. FLOPs = 2 x MACs.
-// Everything the service reports (FLOPs used, unpruned FLOPs, their ratio) and everything the budget
-// planner decides comes from these functions. training/cost.py implements the same formula and a test
-// keeps them equal.
+// Everything the service reports (FLOPs used, unpruned FLOPs, their ratio) and everything the
+// budget planner decides comes from these functions. training/cost.py implements the same formula
+// and a test keeps them equal.
 #pragma once
 
 #include <cstdint>
@@ -15,17 +15,17 @@ namespace topserve::engine {
 
 // Where pruned tokens leave a layer.
 enum class Placement {
-  kAfterMha,       // layer l's attention scores decide; layer l's FFN already runs on the kept tokens
+  kAfterMha,  // layer l's attention scores decide; layer l's FFN already runs on the kept tokens
   kBetweenLayers,  // layer l's attention scores decide; the tokens leave after layer l's output
 };
 
 struct ModelShape {
-  int64_t hidden = 0;        // d
-  int64_t ffn = 0;           // f
+  int64_t hidden = 0;  // d
+  int64_t ffn = 0;     // f
   int64_t layers = 0;
-  int64_t num_labels = 0;    // classification head width (0 for QA and feature extraction)
+  int64_t num_labels = 0;  // classification head width (0 for QA and feature extraction)
   bool qa = false;
-  bool headless = false;     // feature extraction: the last hidden states are the output, no head
+  bool headless = false;  // feature extraction: the last hidden states are the output, no head
 
   static ModelShape FromConfig(const BertConfig& config);
 };

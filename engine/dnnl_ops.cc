@@ -1,9 +1,9 @@
 #include "engine/dnnl_ops.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <chrono>
 #include <cstring>
 #include <new>
 #include <string>
@@ -38,16 +38,20 @@ PrimitiveCache::PrimitiveCache(const DnnlContext& ctx)
 namespace {
 
 std::shared_ptr<float> AllocFloats(int64_t n) {
-  auto* p = static_cast<float*>(::operator new[](static_cast<size_t>(n) * sizeof(float),
-                                                 std::align_val_t(64)));
+  auto* p = static_cast<float*>(
+      ::operator new[](static_cast<size_t>(n) * sizeof(float), std::align_val_t(64)));
   return std::shared_ptr<float>(p, [](float* q) { ::operator delete[](q, std::align_val_t(64)); });
 }
 
 void AppendEpilogue(dnnl::post_ops& ops, Epilogue epilogue) {
   switch (epilogue) {
     case Epilogue::kNone: break;
-    case Epilogue::kGeluErf: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0, 0); break;
-    case Epilogue::kGeluTanh: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0, 0); break;
+    case Epilogue::kGeluErf:
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0, 0);
+      break;
+    case Epilogue::kGeluTanh:
+      ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_tanh, 0, 0);
+      break;
     case Epilogue::kRelu: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0, 0); break;
     case Epilogue::kTanh: ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0, 0); break;
   }
@@ -92,7 +96,8 @@ dnnl::matmul::primitive_desc Int8LinearDesc(const dnnl::engine& eng, int64_t m, 
 // 2 x 255 x 63 below 32767 (ONNX Runtime's reduce_range does the same).
 int Int8WeightMax() {
   const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
-  const bool vnni = isa == dnnl::cpu_isa::avx512_core_vnni || isa == dnnl::cpu_isa::avx512_core_bf16 ||
+  const bool vnni = isa == dnnl::cpu_isa::avx512_core_vnni ||
+                    isa == dnnl::cpu_isa::avx512_core_bf16 ||
                     isa == dnnl::cpu_isa::avx512_core_amx || isa == dnnl::cpu_isa::avx2_vnni;
   return vnni ? 127 : 63;
 }
@@ -102,7 +107,8 @@ int Int8WeightMax() {
 absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weight,
                                       const float* bias, int64_t n, int64_t k, Epilogue epilogue,
                                       bool accumulate, Precision precision) {
-  if (n <= 0 || k <= 0) return absl::InvalidArgumentError(absl::StrCat("bad linear shape ", n, "x", k));
+  if (n <= 0 || k <= 0)
+    return absl::InvalidArgumentError(absl::StrCat("bad linear shape ", n, "x", k));
   Linear lin;
   lin.n_ = n;
   lin.k_ = k;
@@ -117,8 +123,8 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
     dnnl::memory::desc src_desc({k, n}, dt::f32, dims{1, k});
     void* src_data = const_cast<float*>(weight);
     if (precision == Precision::kInt8) {
-      // Per output channel j: scale_j = max |w_j| / wmax, w_q = round(w / scale_j). wc_j = scale_j x
-      // the sum of the quantized column, for the activations' zero point.
+      // Per output channel j: scale_j = max |w_j| / wmax, w_q = round(w / scale_j). wc_j = scale_j
+      // x the sum of the quantized column, for the activations' zero point.
       const int wmax = Int8WeightMax();
       lin.w_scale_ = AllocFloats(n);
       lin.w_colsum_ = AllocFloats(n);
@@ -139,7 +145,8 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
         lin.w_colsum_.get()[j] = scale * static_cast<float>(sum);
       }
       dnnl::memory::desc any({k, n}, dt::s8, tag::any);
-      lin.packed_desc_ = Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get()).weights_desc();
+      lin.packed_desc_ =
+          Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get()).weights_desc();
       src_desc = dnnl::memory::desc({k, n}, dt::s8, dims{1, k});
       src_data = q.data();
     } else if (precision == Precision::kBfloat16) {
@@ -149,7 +156,8 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
           LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate, dt::bf16).weights_desc();
     } else {
       dnnl::memory::desc any({k, n}, dt::f32, tag::any);
-      lin.packed_desc_ = LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate).weights_desc();
+      lin.packed_desc_ =
+          LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate).weights_desc();
       lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
     }
     lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
@@ -167,7 +175,8 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
     }
   } catch (const dnnl::error& e) {
     return absl::InternalError(absl::StrCat("oneDNN could not pack a ", n, "x", k, " ",
-                                            std::string(PrecisionName(precision)), " weight: ", e.what()));
+                                            std::string(PrecisionName(precision)),
+                                            " weight: ", e.what()));
   }
   return lin;
 }
@@ -211,7 +220,6 @@ std::string_view DnnlIsaName() {
 }
 
 namespace {
-
 
 dnnl::algorithm EltwiseOf(Epilogue e) {
   switch (e) {
@@ -278,14 +286,18 @@ void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
 
 // GCC 12's AVX-512 intrinsics pass _mm512_undefined_ps() as the unused merge source, which its own
 // -Wmaybe-uninitialized then reports (GCC bug 105593); nothing here reads an undefined lane.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 // The same two on AVX-512, chosen at run time (the baseline is x86-64-v3): 16 lanes, and the codes
 // narrowed by one saturating vpmovusdb instead of two packs and a permute. Same arithmetic as the
 // AVX2 code (fma, nearest even, clamp), so a row's codes do not depend on which one ran.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx512(const float* x, int64_t k,
-                                                                                 float& lo, float& hi) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx512(const float* x,
+                                                                                  int64_t k,
+                                                                                  float& lo,
+                                                                                  float& hi) {
   __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
   int64_t c = 0;
   for (; c + 16 <= k; c += 16) {
@@ -295,7 +307,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx51
   }
   if (c < k) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (k - c)) - 1);
-    const __m512 v = _mm512_maskz_loadu_ps(tail, x + c);  // zeros elsewhere: the range includes 0 anyway
+    const __m512 v =
+        _mm512_maskz_loadu_ps(tail, x + c);  // zeros elsewhere: the range includes 0 anyway
     vlo = _mm512_min_ps(vlo, v);
     vhi = _mm512_max_ps(vhi, v);
   }
@@ -310,22 +323,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx51
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void QuantizeRowAvx512(const float* x, int64_t k,
-                                                                                    float inv, float z,
-                                                                                    uint8_t* q) {
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void QuantizeRowAvx512(
+    const float* x, int64_t k, float inv, float z, uint8_t* q) {
   const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z);
   const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
   int64_t c = 0;
   for (; c + 16 <= k; c += 16) {
     __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), vinv, vz);
     v = _mm512_min_ps(_mm512_max_ps(v, v0), v255);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c), _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c),
+                     _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
   }
   for (; c < k; ++c) {
     q[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(std::fma(x[c], inv, z)), 0.0f, 255.0f));
   }
 }
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 }  // namespace
 
@@ -487,7 +502,8 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
       });
       dnnl::memory src({{rows, k}, dt::u8, tag::ab}, eng, in.q + begin * k);
       dnnl::memory dst({{rows, n}, dt::f32, tag::ab}, eng, d);
-      prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
+      prim.execute(cache.stream(),
+                   {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
       cache.stream().wait();
     }
     // v = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
@@ -532,11 +548,12 @@ void Linear::ApplyEpilogue(PrimitiveCache& cache, float* y, int64_t m) const {
   ScopedOp timed(cache.profile(), Op::kActivation);
   // The same oneDNN activation the fp32 matmul's post-op applies, in place.
   dnnl::memory::desc md({m * n_}, dt::f32, tag::a);
-  const auto& act = cache.Get(PrimitiveCache::Shared::kActivation, {m * n_, static_cast<int64_t>(epilogue_)}, [&] {
-    dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_), md,
-                                     0.0f, 0.0f);
-    return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
-  });
+  const auto& act = cache.Get(
+      PrimitiveCache::Shared::kActivation, {m * n_, static_cast<int64_t>(epilogue_)}, [&] {
+        dnnl::eltwise_forward::desc desc(dnnl::prop_kind::forward_inference, EltwiseOf(epilogue_),
+                                         md, 0.0f, 0.0f);
+        return dnnl::eltwise_forward(dnnl::eltwise_forward::primitive_desc(desc, cache.engine()));
+      });
   dnnl::memory mem(md, cache.engine(), y);
   act.execute(cache.stream(), {{DNNL_ARG_SRC, mem}, {DNNL_ARG_DST, mem}});
   cache.stream().wait();
@@ -563,8 +580,9 @@ void Linear::RunMatmul(PrimitiveCache& cache, const void* x, bool bf16, int64_t 
   dnnl::memory w(packed_desc_, eng, packed_.get());
   dnnl::memory b({{1, n_}, dt::f32, tag::ab}, eng, bias_.get());
   dnnl::memory dst({{m, n_}, dt::f32, tag::ab}, eng, y);
-  prim.execute(cache.stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b},
-                                {DNNL_ARG_DST, dst}});
+  prim.execute(
+      cache.stream(),
+      {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_BIAS, b}, {DNNL_ARG_DST, dst}});
   cache.stream().wait();
 }
 
@@ -581,7 +599,6 @@ void Linear::Forward(PrimitiveCache& cache, const float* x, int64_t m, float* y)
 }
 
 namespace {
-
 
 // Q (or V) of a group as a 4-D view [G, H, L, dh] of rows `row_stride` apart.
 dnnl::memory::desc HeadView(const AttentionShape& s, const HeadRows& r, int64_t groups,
@@ -605,19 +622,25 @@ Bf16Probe ProbeBf16Matmul(const DnnlContext& ctx, int64_t m, int64_t k, int64_t 
   // Values of BERT-like magnitude; what they are does not change the time.
   std::vector<float> w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n), 0.0f),
       x(static_cast<size_t>(m * k)), y(static_cast<size_t>(m * n));
-  for (size_t i = 0; i < w.size(); ++i) w[i] = 0.02f * static_cast<float>(static_cast<int>(i % 17) - 8);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 13) - 6) * 0.1f;
-  auto fp32 = Linear::Create(ctx, w.data(), b.data(), n, k, Epilogue::kNone, false, Precision::kFloat32);
-  auto bf16 = Linear::Create(ctx, w.data(), b.data(), n, k, Epilogue::kNone, false, Precision::kBfloat16);
+  for (size_t i = 0; i < w.size(); ++i)
+    w[i] = 0.02f * static_cast<float>(static_cast<int>(i % 17) - 8);
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = static_cast<float>(static_cast<int>(i % 13) - 6) * 0.1f;
+  auto fp32 =
+      Linear::Create(ctx, w.data(), b.data(), n, k, Epilogue::kNone, false, Precision::kFloat32);
+  auto bf16 =
+      Linear::Create(ctx, w.data(), b.data(), n, k, Epilogue::kNone, false, Precision::kBfloat16);
   Bf16Probe probe;
-  if (!fp32.ok() || !bf16.ok()) return probe;  // unreachable for valid shapes; reads as "not faster"
+  if (!fp32.ok() || !bf16.ok())
+    return probe;  // unreachable for valid shapes; reads as "not faster"
   const int saved_threads = omp_get_max_threads();
   omp_set_num_threads(threads);
   PrimitiveCache cache(ctx);
   auto time = [&](const Linear& lin) {
     const auto start = std::chrono::steady_clock::now();
     lin.Forward(cache, x.data(), m, y.data());
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+        .count();
   };
   time(*fp32);
   time(*bf16);  // warm-up: primitive creation, first touch
@@ -657,9 +680,11 @@ void AttentionScores(PrimitiveCache& cache, const AttentionShape& s, const HeadR
   dnnl::memory::desc out({groups, s.heads, length, length}, dt::f32, tag::abcd);
   // No output scale: with one, oneDNN 2.6's bf16 gemm:jit ran 6x slower on a Sapphire Rapids (4.1
   // vs 0.67 ms at 8 x 12 x 128 x 64), so EncoderLayer folds 1/sqrt(dh) into W_q and b_q instead.
-  const auto& prim = cache.Get(PrimitiveCache::Shared::kScores, AttentionKey(s, r, groups, length), [&] {
-    return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, kt, out), cache.engine()));
-  });
+  const auto& prim =
+      cache.Get(PrimitiveCache::Shared::kScores, AttentionKey(s, r, groups, length), [&] {
+        return dnnl::matmul(
+            dnnl::matmul::primitive_desc(dnnl::matmul::desc(q, kt, out), cache.engine()));
+      });
   const auto& eng = cache.engine();
   dnnl::memory mq(q, eng, Mutable(r.q)), mk(kt, eng, Mutable(r.k)), mo(out, eng, scores);
   prim.execute(cache.stream(), {{DNNL_ARG_SRC, mq}, {DNNL_ARG_WEIGHTS, mk}, {DNNL_ARG_DST, mo}});
@@ -673,9 +698,11 @@ void AttentionContext(PrimitiveCache& cache, const AttentionShape& s, const void
   dnnl::memory::desc v = HeadView(s, r, groups, length);
   dnnl::memory::desc out({groups, s.heads, length, s.head_dim}, dt::f32,
                          dims{length * d, s.head_dim, d, 1});
-  const auto& prim = cache.Get(PrimitiveCache::Shared::kContext, AttentionKey(s, r, groups, length), [&] {
-    return dnnl::matmul(dnnl::matmul::primitive_desc(dnnl::matmul::desc(p, v, out), cache.engine()));
-  });
+  const auto& prim =
+      cache.Get(PrimitiveCache::Shared::kContext, AttentionKey(s, r, groups, length), [&] {
+        return dnnl::matmul(
+            dnnl::matmul::primitive_desc(dnnl::matmul::desc(p, v, out), cache.engine()));
+      });
   const auto& eng = cache.engine();
   dnnl::memory mp(p, eng, Mutable(probs)), mv(v, eng, Mutable(r.v)), mo(out, eng, ctx);
   prim.execute(cache.stream(), {{DNNL_ARG_SRC, mp}, {DNNL_ARG_WEIGHTS, mv}, {DNNL_ARG_DST, mo}});

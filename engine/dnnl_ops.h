@@ -54,8 +54,8 @@ enum class Precision { kFloat32, kInt8, kBfloat16 };
 // True when oneDNN runs bf16 matmuls natively here (avx512_core_bf16 or AMX), not emulated.
 bool CpuHasNativeBf16();
 // bf16 against fp32 matmul speed on this CPU, measured rather than assumed: oneDNN 2.6 runs bf16
-// natively wherever AVX512-BF16 exists, but without AMX that is not always faster. On a Zen 4 it ran
-// our bert-base layers 2x faster than fp32; on an Intel Xeon (family 6 model 207) whose AMX the
+// natively wherever AVX512-BF16 exists, but without AMX that is not always faster. On a Zen 4 it
+// ran our bert-base layers 2x faster than fp32; on an Intel Xeon (family 6 model 207) whose AMX the
 // hypervisor hides, its avx512_core_bf16 kernels ran them at 0.56x fp32's speed (VDPBF16PS issues
 // on one port there, fp32 FMAs on two).
 struct Bf16Probe {
@@ -129,7 +129,8 @@ class PrimitiveCache {
   struct KeyHash {
     size_t operator()(const Key& k) const {
       size_t h = std::hash<const void*>()(k.owner) ^ static_cast<size_t>(k.kind);
-      for (int64_t v : k.ints) h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+      for (int64_t v : k.ints)
+        h ^= std::hash<int64_t>()(v) + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
       return h;
     }
   };
@@ -143,10 +144,10 @@ class PrimitiveCache {
 };
 
 // int8 activations of M rows of K values: row i is s_i (q[i, :] - z_i), q in [0, 255], with
-// scale[i] = s_i and shift[i] = s_i z_i. Made by QuantizeRows or by a Linear's fused epilogue, so the
-// next int8 layer reads them without another pass over fp32 memory.
+// scale[i] = s_i and shift[i] = s_i z_i. Made by QuantizeRows or by a Linear's fused epilogue, so
+// the next int8 layer reads them without another pass over fp32 memory.
 struct QuantizedRows {
-  uint8_t* q = nullptr;   // [M x K]
+  uint8_t* q = nullptr;    // [M x K]
   float* scale = nullptr;  // [M]
   float* shift = nullptr;  // [M]
 };
@@ -168,8 +169,8 @@ struct ResidualNorm {
 // quantized (the next int8 layer's input) while it is in L1: the int32 -> fp32 matmul output is the
 // only whole-matrix pass (oneDNN 2.6 cannot apply per-row scales itself).
 struct Int8Output {
-  float* y = nullptr;                        // [m x n] fp32, or null
-  uint16_t* bf16 = nullptr;                  // [m x n] bf16 (nearest even), or null
+  float* y = nullptr;        // [m x n] fp32, or null
+  uint16_t* bf16 = nullptr;  // [m x n] bf16 (nearest even), or null
   // bf16 as this many planes [m x n/planes] side by side in memory (column block p of row i at
   // bf16 + (p m + i) n/planes): Q, K and V apart, so attention reads them as dense matrices.
   int64_t bf16_planes = 1;

@@ -26,8 +26,8 @@ Epilogue ActivationEpilogue(Activation a) {
 
 // Slot `slot` of the int8 scratch: room for `rows` quantized rows of `width` values. Slot 0 holds
 // the input of the projection about to run (Q|K|V's, written by the previous layer's FeedForward,
-// then the attention output's), slot 1 Attention's output (the FFN's input), slot 2 the FFN's hidden
-// rows.
+// then the attention output's), slot 1 Attention's output (the FFN's input), slot 2 the FFN's
+// hidden rows.
 QuantizedRows QuantizedSlot(LayerScratch& scratch, int slot, int64_t rows, int64_t width) {
   auto& codes = scratch.q_codes[static_cast<size_t>(slot)];
   auto& scales = scratch.q_scales[static_cast<size_t>(slot)];
@@ -60,22 +60,24 @@ absl::StatusOr<EncoderLayer> EncoderLayer::Create(const DnnlContext& ctx, const 
   layer.eps_ = static_cast<float>(c.layer_norm_eps);
   layer.precision_ = precision;
   layer.bf16_attention_ = CpuHasNativeBf16() && (precision == Precision::kBfloat16 ||
-                                                  (precision == Precision::kInt8 && bf16_attention));
-  // Attention's 1/sqrt(dh) goes into Q's weights and bias, so the scores need no scaling pass (exact
-  // when dh is a power of 4, as in every BERT: 64 gives 1/8).
+                                                 (precision == Precision::kInt8 && bf16_attention));
+  // Attention's 1/sqrt(dh) goes into Q's weights and bias, so the scores need no scaling pass
+  // (exact when dh is a power of 4, as in every BERT: 64 gives 1/8).
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
   for (int64_t i = 0; i < d * d; ++i) w.wqkv[static_cast<size_t>(i)] *= scale;
   for (int64_t i = 0; i < d; ++i) w.bqkv[static_cast<size_t>(i)] *= scale;
   // The residual sums happen in LayerNormResidualRows, so the output projections write x W + b.
   auto make = [&](const std::vector<float>& weight, const std::vector<float>& bias, int64_t out,
                   int64_t in, Epilogue epilogue, Linear& dst) -> absl::Status {
-    ASSIGN_OR_RETURN(dst, Linear::Create(ctx, weight.data(), bias.data(), out, in, epilogue, false, precision));
+    ASSIGN_OR_RETURN(
+        dst, Linear::Create(ctx, weight.data(), bias.data(), out, in, epilogue, false, precision));
     return absl::OkStatus();
   };
-  for (auto st : {make(w.wqkv, w.bqkv, 3 * d, d, Epilogue::kNone, layer.qkv_),
-                  make(w.w_attn_out, w.b_attn_out, d, d, Epilogue::kNone, layer.attn_out_),
-                  make(w.w_ffn_in, w.b_ffn_in, f, d, ActivationEpilogue(c.activation), layer.ffn_in_),
-                  make(w.w_ffn_out, w.b_ffn_out, d, f, Epilogue::kNone, layer.ffn_out_)}) {
+  for (auto st :
+       {make(w.wqkv, w.bqkv, 3 * d, d, Epilogue::kNone, layer.qkv_),
+        make(w.w_attn_out, w.b_attn_out, d, d, Epilogue::kNone, layer.attn_out_),
+        make(w.w_ffn_in, w.b_ffn_in, f, d, ActivationEpilogue(c.activation), layer.ffn_in_),
+        make(w.w_ffn_out, w.b_ffn_out, d, f, Epilogue::kNone, layer.ffn_out_)}) {
     RETURN_IF_ERROR(st);
   }
   layer.ln1_gamma_ = std::move(w.ln1_gamma);
@@ -102,9 +104,9 @@ void EncoderLayer::Attention(PrimitiveCache& cache, LayerScratch& scratch,
     float* f32 = Grow(scratch.qkv, rows * 3 * d);  // the output, or the pass's scratch
     if (!bf16_attention_) qkv = f32;
     ScopedOp timed(prof, Op::kQkvGemm);
-    qkv_.ForwardQuantized(cache, qx, rows, f32,
-                          bf16_attention_ ? Int8Output{.bf16 = qkv_bf16, .bf16_planes = 3}
-                                          : Int8Output{.y = qkv});
+    qkv_.ForwardQuantized(
+        cache, qx, rows, f32,
+        bf16_attention_ ? Int8Output{.bf16 = qkv_bf16, .bf16_planes = 3} : Int8Output{.y = qkv});
   } else {
     qkv = Grow(scratch.qkv, rows * 3 * d);
     {

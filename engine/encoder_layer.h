@@ -47,9 +47,9 @@ class EncoderLayer {
                                              bool bf16_attention);
 
   // y = LayerNorm(x + SelfAttention(x)) over `rows` rows, attention within each group. With
-  // `importance` set, also importance[r] = the attention row r's token receives (mean over heads and
-  // query rows of its sequence), which pruning ranks tokens by. `x_from_feed_forward`: x is exactly
-  // what the previous layer's FeedForward wrote (no rows removed since), so int8 reuses the
+  // `importance` set, also importance[r] = the attention row r's token receives (mean over heads
+  // and query rows of its sequence), which pruning ranks tokens by. `x_from_feed_forward`: x is
+  // exactly what the previous layer's FeedForward wrote (no rows removed since), so int8 reuses the
   // quantized form that FeedForward's last pass made.
   void Attention(PrimitiveCache& cache, LayerScratch& scratch, std::span<const LengthGroup> groups,
                  const float* x, int64_t rows, float* y, double* importance,

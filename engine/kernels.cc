@@ -4,8 +4,8 @@
 
 namespace topserve::engine {
 
-// One row: v = LayerNorm(v + r) (r may be null). Two passes in float: the sum for the mean, then the
-// centred squares, each a SIMD reduction (omp simd reassociates the sums across lanes).
+// One row: v = LayerNorm(v + r) (r may be null). Two passes in float: the sum for the mean, then
+// the centred squares, each a SIMD reduction (omp simd reassociates the sums across lanes).
 __attribute__((target_clones("arch=x86-64-v4", "default"))) void LayerNormRow(
     float* v, const float* r, int64_t width, const float* gamma, const float* beta, float eps) {
   float sum = 0.0f;

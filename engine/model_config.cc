@@ -13,8 +13,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "base/status_macros.h"
-#include "nlohmann/json.hpp"
 #include "engine/json_describe.h"
+#include "nlohmann/json.hpp"
 
 namespace topserve::engine {
 namespace {
@@ -23,8 +23,7 @@ using Json = nlohmann::json;
 
 constexpr size_t kMaxJsonFileBytes = 16 << 20;
 constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();  // any size field is below 2^31
-constexpr int64_t kDefaultLabelCount = 2;                         // Hugging Face's default num_labels
-
+constexpr int64_t kDefaultLabelCount = 2;  // Hugging Face's default num_labels
 
 absl::Status FieldError(absl::string_view origin, absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(origin, ": ", field, " ", what));
@@ -41,9 +40,9 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path) {
   }
   if (static_cast<uint64_t>(st.st_size) > kMaxJsonFileBytes) {
     ::close(fd);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": ", st.st_size, " bytes is too large for a JSON config (limit ",
-                     kMaxJsonFileBytes, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.st_size,
+                                                   " bytes is too large for a JSON config (limit ",
+                                                   kMaxJsonFileBytes, ")"));
   }
   std::string text;
   char buffer[65536];
@@ -73,7 +72,8 @@ absl::StatusOr<Json> ParseObject(const std::string& text, absl::string_view orig
   } catch (const std::exception&) {
     json = Json(Json::value_t::discarded);
   }
-  if (json.is_discarded()) return absl::InvalidArgumentError(absl::StrCat(origin, ": not valid JSON"));
+  if (json.is_discarded())
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": not valid JSON"));
   if (!json.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(origin, ": not a JSON object (it is a JSON ", json.type_name(), ")"));
@@ -93,23 +93,28 @@ absl::StatusOr<int64_t> IntField(const Json& obj, absl::string_view origin, cons
   std::optional<int64_t> value;
   if (it->is_number_unsigned()) {
     const auto v = it->get<uint64_t>();
-    if (v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) value = static_cast<int64_t>(v);
+    if (v <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      value = static_cast<int64_t>(v);
   } else if (it->is_number_integer()) {
     value = it->get<int64_t>();
   }
   if (!value || *value < min_value || *value > max_value) {
-    const std::string range = min_value == 1 ? std::string("a positive integer")
-                                             : absl::StrCat("an integer in [", min_value, ", ", max_value, "]");
-    const std::string limit = min_value == 1 ? absl::StrCat(" (at most ", max_value, ")") : std::string();
+    const std::string range =
+        min_value == 1 ? std::string("a positive integer")
+                       : absl::StrCat("an integer in [", min_value, ", ", max_value, "]");
+    const std::string limit =
+        min_value == 1 ? absl::StrCat(" (at most ", max_value, ")") : std::string();
     return FieldError(origin, key, absl::StrCat("must be ", range, limit, ", got ", Describe(*it)));
   }
   return *value;
 }
 
-absl::StatusOr<bool> BoolField(const Json& obj, absl::string_view origin, const char* key, bool fallback) {
+absl::StatusOr<bool> BoolField(const Json& obj, absl::string_view origin, const char* key,
+                               bool fallback) {
   const auto it = obj.find(key);
   if (it == obj.end()) return fallback;
-  if (!it->is_boolean()) return FieldError(origin, key, absl::StrCat("must be true or false, got ", Describe(*it)));
+  if (!it->is_boolean())
+    return FieldError(origin, key, absl::StrCat("must be true or false, got ", Describe(*it)));
   return it->get<bool>();
 }
 
@@ -126,13 +131,15 @@ absl::Status ParseLabels(const Json& obj, absl::string_view origin, BertConfig& 
     return absl::OkStatus();
   }
   if (!it->is_object() || it->empty()) {
-    return FieldError(origin, "id2label", absl::StrCat("must be a non-empty object {\"0\": label, ...}, got ",
-                                                       Describe(*it)));
+    return FieldError(
+        origin, "id2label",
+        absl::StrCat("must be a non-empty object {\"0\": label, ...}, got ", Describe(*it)));
   }
   const size_t n = it->size();
   std::vector<std::optional<std::string>> labels(n);
   for (const auto& [key, value] : it->items()) {
-    // A class id: decimal digits, no sign, no leading zero (so "0" and "00" cannot both name class 0).
+    // A class id: decimal digits, no sign, no leading zero (so "0" and "00" cannot both name class
+    // 0).
     size_t id = 0;
     bool ok = !key.empty() && key.size() <= 9 && (key == "0" || key[0] != '0');
     for (char c : key) {
@@ -144,12 +151,13 @@ absl::Status ParseLabels(const Json& obj, absl::string_view origin, BertConfig& 
     }
     if (!ok || id >= n) {
       return FieldError(origin, "id2label",
-                        absl::StrCat("key ", Describe(Json(key)), " is not a class id in 0..", n - 1,
-                                     " (the keys must be 0..n-1, each once)"));
+                        absl::StrCat("key ", Describe(Json(key)), " is not a class id in 0..",
+                                     n - 1, " (the keys must be 0..n-1, each once)"));
     }
     if (!value.is_string()) {
-      return FieldError(origin, "id2label",
-                        absl::StrCat("label of class ", key, " must be a string, got ", Describe(value)));
+      return FieldError(
+          origin, "id2label",
+          absl::StrCat("label of class ", key, " must be a string, got ", Describe(value)));
     }
     labels[id] = value.get<std::string>();
   }
@@ -160,8 +168,8 @@ absl::Status ParseLabels(const Json& obj, absl::string_view origin, BertConfig& 
     config.labels.push_back(*labels[i]);
   }
   if (num_labels && *num_labels != static_cast<int64_t>(n)) {
-    return FieldError(origin, "num_labels", absl::StrCat("is ", *num_labels, " but id2label has ", n,
-                                                         " labels"));
+    return FieldError(origin, "num_labels",
+                      absl::StrCat("is ", *num_labels, " but id2label has ", n, " labels"));
   }
   return absl::OkStatus();
 }
@@ -174,14 +182,15 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
                       "[\"BertForQuestionAnswering\"] or [\"BertModel\"])");
   }
   if (!it->is_array() || it->empty()) {
-    return FieldError(origin, "architectures", absl::StrCat("must be a non-empty array of names, got ",
-                                                            Describe(*it)));
+    return FieldError(origin, "architectures",
+                      absl::StrCat("must be a non-empty array of names, got ", Describe(*it)));
   }
   std::optional<Task> task;
   bool bare = false;
   for (const Json& name : *it) {
     if (!name.is_string()) {
-      return FieldError(origin, "architectures", absl::StrCat("must hold strings, got ", Describe(name)));
+      return FieldError(origin, "architectures",
+                        absl::StrCat("must hold strings, got ", Describe(name)));
     }
     std::optional<Task> this_task;
     if (name == "BertForSequenceClassification") this_task = Task::kSequenceClassification;
@@ -189,14 +198,16 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
     // The bare encoder is what every task model contains: a head named next to it decides.
     if (name == "BertModel") bare = true;
     if (this_task && task && *task != *this_task) {
-      return FieldError(origin, "architectures", absl::StrCat("names two different tasks: ", Describe(*it)));
+      return FieldError(origin, "architectures",
+                        absl::StrCat("names two different tasks: ", Describe(*it)));
     }
     if (this_task) task = this_task;
   }
   if (!task && bare) task = Task::kFeatureExtraction;
   if (!task) {
     return FieldError(origin, "architectures",
-                      absl::StrCat(Describe(*it), " names no supported architecture (supported: "
+                      absl::StrCat(Describe(*it),
+                                   " names no supported architecture (supported: "
                                    "BertForSequenceClassification, BertForQuestionAnswering, "
                                    "BertModel)"));
   }
@@ -205,7 +216,8 @@ absl::StatusOr<Task> ParseTask(const Json& obj, absl::string_view origin) {
 
 }  // namespace
 
-absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const std::string& origin) {
+absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text,
+                                           const std::string& origin) {
   ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
   BertConfig config;
 
@@ -213,20 +225,26 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
     return FieldError(origin, "model_type", absl::StrCat("must be \"bert\", got ", Describe(*it)));
   }
   if (const auto it = obj.find("position_embedding_type"); it != obj.end() && *it != "absolute") {
-    return FieldError(origin, "position_embedding_type",
-                      absl::StrCat("must be \"absolute\" (the only kind supported), got ", Describe(*it)));
+    return FieldError(
+        origin, "position_embedding_type",
+        absl::StrCat("must be \"absolute\" (the only kind supported), got ", Describe(*it)));
   }
   ASSIGN_OR_RETURN(config.task, ParseTask(obj, origin));
 
-  ASSIGN_OR_RETURN(config.vocab_size, IntField(obj, origin, "vocab_size", std::nullopt, 1, kMaxSize));
-  ASSIGN_OR_RETURN(config.hidden_size, IntField(obj, origin, "hidden_size", std::nullopt, 1, kMaxSize));
-  ASSIGN_OR_RETURN(config.num_layers, IntField(obj, origin, "num_hidden_layers", std::nullopt, 1, kMaxSize));
-  ASSIGN_OR_RETURN(config.num_heads, IntField(obj, origin, "num_attention_heads", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.vocab_size,
+                   IntField(obj, origin, "vocab_size", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.hidden_size,
+                   IntField(obj, origin, "hidden_size", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.num_layers,
+                   IntField(obj, origin, "num_hidden_layers", std::nullopt, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.num_heads,
+                   IntField(obj, origin, "num_attention_heads", std::nullopt, 1, kMaxSize));
   ASSIGN_OR_RETURN(config.intermediate_size,
                    IntField(obj, origin, "intermediate_size", std::nullopt, 1, kMaxSize));
   ASSIGN_OR_RETURN(config.max_position_embeddings,
                    IntField(obj, origin, "max_position_embeddings", 512, 1, kMaxSize));
-  ASSIGN_OR_RETURN(config.type_vocab_size, IntField(obj, origin, "type_vocab_size", 2, 1, kMaxSize));
+  ASSIGN_OR_RETURN(config.type_vocab_size,
+                   IntField(obj, origin, "type_vocab_size", 2, 1, kMaxSize));
   if (config.hidden_size % config.num_heads != 0) {
     return FieldError(origin, "hidden_size",
                       absl::StrCat(config.hidden_size, " is not divisible by num_attention_heads ",
@@ -235,7 +253,8 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
 
   if (const auto it = obj.find("hidden_act"); it != obj.end()) {
     if (!it->is_string()) {
-      return FieldError(origin, "hidden_act", absl::StrCat("must be a string, got ", Describe(*it)));
+      return FieldError(origin, "hidden_act",
+                        absl::StrCat("must be a string, got ", Describe(*it)));
     }
     const std::string& act = it->get_ref<const std::string&>();
     if (act == "gelu" || act == "gelu_python") {
@@ -246,7 +265,8 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
       config.activation = Activation::kRelu;
     } else {
       return FieldError(origin, "hidden_act",
-                        absl::StrCat(Describe(*it), " is not supported (supported: gelu, gelu_python, "
+                        absl::StrCat(Describe(*it),
+                                     " is not supported (supported: gelu, gelu_python, "
                                      "gelu_new, gelu_pytorch_tanh, relu)"));
     }
   }
@@ -254,13 +274,15 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
   if (const auto it = obj.find("layer_norm_eps"); it != obj.end()) {
     const double eps = it->is_number() ? it->get<double>() : std::nan("");
     if (!(eps > 0) || !std::isfinite(eps)) {
-      return FieldError(origin, "layer_norm_eps", absl::StrCat("must be a positive number, got ", Describe(*it)));
+      return FieldError(origin, "layer_norm_eps",
+                        absl::StrCat("must be a positive number, got ", Describe(*it)));
     }
     config.layer_norm_eps = eps;
   }
 
   if (const auto it = obj.find("pad_token_id"); it != obj.end() && !it->is_null()) {
-    ASSIGN_OR_RETURN(config.pad_token_id, IntField(obj, origin, "pad_token_id", 0, 0, config.vocab_size - 1));
+    ASSIGN_OR_RETURN(config.pad_token_id,
+                     IntField(obj, origin, "pad_token_id", 0, 0, config.vocab_size - 1));
   }
 
   RETURN_IF_ERROR(ParseLabels(obj, origin, config));
@@ -281,7 +303,8 @@ absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_tex
                                                      const std::string& origin) {
   ASSIGN_OR_RETURN(const Json obj, ParseObject(json_text, origin));
   TokenizerConfig config;
-  ASSIGN_OR_RETURN(config.do_lower_case, BoolField(obj, origin, "do_lower_case", config.do_lower_case));
+  ASSIGN_OR_RETURN(config.do_lower_case,
+                   BoolField(obj, origin, "do_lower_case", config.do_lower_case));
   ASSIGN_OR_RETURN(config.tokenize_chinese_chars,
                    BoolField(obj, origin, "tokenize_chinese_chars", config.tokenize_chinese_chars));
   if (const auto it = obj.find("strip_accents"); it != obj.end() && !it->is_null()) {
@@ -360,15 +383,15 @@ absl::Status CheckTensorCount(const SafetensorsFile& weights, const BertConfig& 
   // The config's sizes are not trusted before the file backs them: a num_hidden_layers of 1e9
   // would otherwise build a billion specs (and, later, per-layer state) before any check.
   const int64_t head = config.task == Task::kSequenceClassification ? 4
-                       : config.task == Task::kQuestionAnswering  ? 2
-                                                                  : 0;
+                       : config.task == Task::kQuestionAnswering    ? 2
+                                                                    : 0;
   // (Near misses, a layer or two off, get the per-tensor list below, which says more.)
   const int64_t needed = 5 + 16 * config.num_layers + head;
   const int64_t held = static_cast<int64_t>(weights.tensors().size());
   if (needed > 2 * held + 64) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        weights.path(), ": holds ", held, " tensors, far fewer than the ", needed,
-        " that config.json's num_hidden_layers ", config.num_layers, " needs"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(weights.path(), ": holds ", held, " tensors, far fewer than the ", needed,
+                     " that config.json's num_hidden_layers ", config.num_layers, " needs"));
   }
   return absl::OkStatus();
 }
@@ -387,8 +410,8 @@ absl::Status ValidateBertTensors(const SafetensorsFile& weights, const BertConfi
       problem = absl::StrCat("tensor '", spec.name, "' has shape ", ShapeToString(view->shape),
                              ", expected ", ShapeToString(spec.shape));
     } else if (!IsFloatDType(view->dtype)) {
-      problem = absl::StrCat("tensor '", spec.name, "' has dtype ", std::string(DTypeName(view->dtype)),
-                             ", expected F32, F16 or BF16");
+      problem = absl::StrCat("tensor '", spec.name, "' has dtype ",
+                             std::string(DTypeName(view->dtype)), ", expected F32, F16 or BF16");
     }
     if (problem.empty()) continue;
     ++count;
@@ -416,18 +439,21 @@ absl::StatusOr<ModelDir> LoadModelDir(const std::string& dir) {
   if (::stat(dir.c_str(), &st) != 0) {
     return absl::ErrnoToStatus(errno, absl::StrCat(dir, ": model directory"));
   }
-  if (!S_ISDIR(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat(dir, ": not a directory"));
+  if (!S_ISDIR(st.st_mode))
+    return absl::InvalidArgumentError(absl::StrCat(dir, ": not a directory"));
 
   ASSIGN_OR_RETURN(model.config, LoadBertConfig(model.config_path));
   ASSIGN_OR_RETURN(model.tokenizer, LoadTokenizerConfig(model.tokenizer_config_path));
-  // The tokenizer: vocab.txt when present (as always), otherwise tokenizer.json (Tokenizer::LoadFromModelDir).
+  // The tokenizer: vocab.txt when present (as always), otherwise tokenizer.json
+  // (Tokenizer::LoadFromModelDir).
   model.tokenizer_path = model.vocab_path;
   if (::stat(model.vocab_path.c_str(), &st) != 0) {
     const int vocab_errno = errno;
     const std::string json_path = prefix + "tokenizer.json";
     if (::stat(json_path.c_str(), &st) != 0) {
-      return absl::ErrnoToStatus(vocab_errno, absl::StrCat(model.vocab_path, ": cannot open (and there is no ",
-                                                           json_path, " either)"));
+      return absl::ErrnoToStatus(
+          vocab_errno,
+          absl::StrCat(model.vocab_path, ": cannot open (and there is no ", json_path, " either)"));
     }
     model.tokenizer_path = json_path;
   }

@@ -53,18 +53,20 @@ struct TokenizerConfig {
 //   - architectures holds BertForSequenceClassification, BertForQuestionAnswering or BertModel (a
 //     headless encoder: kFeatureExtraction, unless a head is also named) (the first known entry
 //     decides; two different heads are an error; unknown ones are named in the error);
-//   - vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size are required
-//     integers in [1, 2^31); max_position_embeddings (512) and type_vocab_size (2) are optional, same
-//     range; hidden_size % num_attention_heads == 0;
-//   - hidden_act (default "gelu"): gelu / gelu_python (erf) -> kGelu, gelu_new / gelu_pytorch_tanh ->
+//   - vocab_size, hidden_size, num_hidden_layers, num_attention_heads, intermediate_size are
+//   required
+//     integers in [1, 2^31); max_position_embeddings (512) and type_vocab_size (2) are optional,
+//     same range; hidden_size % num_attention_heads == 0;
+//   - hidden_act (default "gelu"): gelu / gelu_python (erf) -> kGelu, gelu_new / gelu_pytorch_tanh
+//   ->
 //     kGeluTanh, relu -> kRelu; anything else is an error naming the value;
 //   - layer_norm_eps (default 1e-12) is a number > 0; pad_token_id (default 0, null allowed) is in
 //     [0, vocab_size);
 //   - id2label: object with keys "0".."n-1" (each once, contiguous) and string values; num_labels,
 //     when also present, equals n. Without id2label the labels are LABEL_0..LABEL_{num_labels-1}
-//     (num_labels defaults to 2). Question answering needs exactly 2 labels (start, end), as Hugging
-//     Face's qa_outputs has num_labels outputs. label2id is ignored (Hugging Face does not keep it
-//     consistent either);
+//     (num_labels defaults to 2). Question answering needs exactly 2 labels (start, end), as
+//     Hugging Face's qa_outputs has num_labels outputs. label2id is ignored (Hugging Face does not
+//     keep it consistent either);
 //   - other keys (transformers_version, torch_dtype, dropout probabilities, ...) are ignored.
 absl::StatusOr<BertConfig> LoadBertConfig(const std::string& path);
 absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const std::string& origin);
@@ -72,8 +74,8 @@ absl::StatusOr<BertConfig> ParseBertConfig(const std::string& json_text, const s
 // A missing file gives the defaults; a malformed one is an error naming the file and the field.
 // Fields read: do_lower_case, strip_accents (bool or null), tokenize_chinese_chars (bools) and
 // model_max_length (positive integer; Hugging Face's "no limit" placeholder, any value >= 1e18 or
-// written as a float that large, keeps the default 512). Other keys (tokenizer_class, special tokens)
-// are ignored.
+// written as a float that large, keeps the default 512). Other keys (tokenizer_class, special
+// tokens) are ignored.
 absl::StatusOr<TokenizerConfig> LoadTokenizerConfig(const std::string& path);
 absl::StatusOr<TokenizerConfig> ParseTokenizerConfig(const std::string& json_text,
                                                      const std::string& origin);
@@ -87,10 +89,12 @@ struct TensorSpec {
 // Every tensor a BertForSequenceClassification / BertForQuestionAnswering / BertModel checkpoint
 // must hold for `config`, in the checkpoint's usual order (embeddings, layers, pooler for
 // classification only, then classifier.* or qa_outputs.*; a BertModel's names have no "bert."
-// prefix and no head, as Hugging Face saves them). Names: bert.embeddings.{word,position,token_type}_embeddings.weight,
+// prefix and no head, as Hugging Face saves them). Names:
+// bert.embeddings.{word,position,token_type}_embeddings.weight,
 // bert.embeddings.LayerNorm.{weight,bias}, bert.encoder.layer.N.attention.self.{query,key,value}.*,
-// bert.encoder.layer.N.attention.output.{dense,LayerNorm}.*, bert.encoder.layer.N.intermediate.dense.*,
-// bert.encoder.layer.N.output.{dense,LayerNorm}.*, bert.pooler.dense.*, classifier.* / qa_outputs.*.
+// bert.encoder.layer.N.attention.output.{dense,LayerNorm}.*,
+// bert.encoder.layer.N.intermediate.dense.*, bert.encoder.layer.N.output.{dense,LayerNorm}.*,
+// bert.pooler.dense.*, classifier.* / qa_outputs.*.
 std::vector<TensorSpec> ExpectedBertTensors(const BertConfig& config);
 
 // Checks that `weights` holds every expected tensor with the expected shape and a float dtype,
@@ -106,9 +110,9 @@ absl::Status CheckTensorCount(const SafetensorsFile& weights, const BertConfig& 
 // A Hugging Face BERT model directory, opened and validated.
 struct ModelDir {
   std::string dir;
-  std::string config_path;     // dir/config.json
-  std::string weights_path;    // dir/model.safetensors
-  std::string vocab_path;      // dir/vocab.txt
+  std::string config_path;   // dir/config.json
+  std::string weights_path;  // dir/model.safetensors
+  std::string vocab_path;    // dir/vocab.txt
   // The tokenizer's file: dir/vocab.txt when it exists, otherwise dir/tokenizer.json (existence
   // checked, contents are the tokenizer's job; see Tokenizer::LoadFromModelDir).
   std::string tokenizer_path;

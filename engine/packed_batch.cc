@@ -12,7 +12,8 @@ void PackedBatch::Reset(std::span<const int64_t> lengths) {
   for (size_t s = 0; s < lengths.size(); ++s) {
     seqs_[s] = {static_cast<int32_t>(s), lengths[s], 0, 0};
   }
-  std::stable_sort(seqs_.begin(), seqs_.end(), [](const Seq& a, const Seq& b) { return a.len > b.len; });
+  std::stable_sort(seqs_.begin(), seqs_.end(),
+                   [](const Seq& a, const Seq& b) { return a.len > b.len; });
   int64_t total = 0;
   for (Seq& s : seqs_) {
     s.offset = s.orig_offset = total;
@@ -21,7 +22,8 @@ void PackedBatch::Reset(std::span<const int64_t> lengths) {
   rows_ = rows_in_ = total;
   pos_.resize(static_cast<size_t>(total));
   for (const Seq& s : seqs_) {
-    for (int64_t i = 0; i < s.len; ++i) pos_[static_cast<size_t>(s.offset + i)] = static_cast<int32_t>(i);
+    for (int64_t i = 0; i < s.len; ++i)
+      pos_[static_cast<size_t>(s.offset + i)] = static_cast<int32_t>(i);
   }
   Group();
 }
@@ -55,7 +57,9 @@ void PackedBatch::Prune(std::span<const int64_t> keep, const double* importance,
       const double* imp = importance + s.offset;
       auto first = sel.begin() + static_cast<std::ptrdiff_t>(base) + 1;  // [CLS] stays
       auto last = sel.begin() + static_cast<std::ptrdiff_t>(base + static_cast<size_t>(s.len));
-      auto better = [imp](int32_t a, int32_t b) { return imp[a] > imp[b] || (imp[a] == imp[b] && a < b); };
+      auto better = [imp](int32_t a, int32_t b) {
+        return imp[a] > imp[b] || (imp[a] == imp[b] && a < b);
+      };
       std::nth_element(first, first + (k - 1), last, better);
       std::sort(first, first + (k - 1));
       sel.resize(base + static_cast<size_t>(k));
@@ -83,7 +87,8 @@ void PackedBatch::Prune(std::span<const int64_t> keep, const double* importance,
           continue;
         }
         CopyRow(carried + (s.offset + i) * width,
-                final_rows + (s.orig_offset + pos_[static_cast<size_t>(s.offset + i)]) * width, width);
+                final_rows + (s.orig_offset + pos_[static_cast<size_t>(s.offset + i)]) * width,
+                width);
       }
     }
     for (int64_t j = 0; j < k; ++j) {

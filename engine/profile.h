@@ -1,5 +1,5 @@
-// Per-op wall time of engine runs, for `engine_bench --profile`. A Workspace with a profile attached
-// records every op of its runs; without one (the server), a ScopedOp costs one branch.
+// Per-op wall time of engine runs, for `engine_bench --profile`. A Workspace with a profile
+// attached records every op of its runs; without one (the server), a ScopedOp costs one branch.
 //
 // Times are exclusive: an op timed inside another (the int8 quantization inside a GEMM's Linear)
 // is subtracted from the outer one, so the ops add up to the run's time.
@@ -14,21 +14,21 @@ namespace topserve::engine {
 
 enum class Op {
   kEmbeddings,
-  kQkvGemm,        // Q, K, V projections (one fused GEMM)
-  kAttnOutGemm,    // attention output projection (+ residual)
-  kFfnInGemm,      // FFN up projection (+ its activation when fused into the GEMM)
-  kFfnOutGemm,     // FFN down projection (+ residual)
-  kAttnScores,     // Q K^T per equal-length group
+  kQkvGemm,      // Q, K, V projections (one fused GEMM)
+  kAttnOutGemm,  // attention output projection (+ residual)
+  kFfnInGemm,    // FFN up projection (+ its activation when fused into the GEMM)
+  kFfnOutGemm,   // FFN down projection (+ residual)
+  kAttnScores,   // Q K^T per equal-length group
   kSoftmax,
-  kAttnContext,    // P V
-  kImportance,     // attention received per token (pruning layers only)
+  kAttnContext,  // P V
+  kImportance,   // attention received per token (pruning layers only)
   kLayerNorm,
-  kActivation,     // GELU / ReLU / tanh run as a pass of their own
-  kQuantize,       // int8: activations to u8 per token
-  kDequantize,     // int8: scales, zero point, bias, residual
-  kConvert,        // bf16: activations to bf16
-  kPruneGather,    // pruning: top-k and the gather that regroups the batch
-  kHeads,          // pooler + classifier, or the QA projection
+  kActivation,   // GELU / ReLU / tanh run as a pass of their own
+  kQuantize,     // int8: activations to u8 per token
+  kDequantize,   // int8: scales, zero point, bias, residual
+  kConvert,      // bf16: activations to bf16
+  kPruneGather,  // pruning: top-k and the gather that regroups the batch
+  kHeads,        // pooler + classifier, or the QA projection
   kOther,
   kCount,
 };
@@ -74,7 +74,8 @@ class ScopedOp {
   }
   ~ScopedOp() {
     if (profile_ == nullptr) return;
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
     profile_->seconds_[static_cast<size_t>(op_)] += s;
     profile_->calls_[static_cast<size_t>(op_)] += 1;
     if (parent_timed_) profile_->seconds_[static_cast<size_t>(parent_)] -= s;

@@ -37,8 +37,8 @@ absl::StatusOr<PruningSchedule> PruningSchedule::Load(const std::string& path, i
     return fail(absl::StrCat("not valid YAML: ", e.what()));
   }
   if (!root.IsMap()) return fail("expected a mapping at the top level");
-  static const std::set<std::string> kKeys = {"version", "placement", "keep_ratios",
-                                              "target_flops", "method", "notes"};
+  static const std::set<std::string> kKeys = {"version",      "placement", "keep_ratios",
+                                              "target_flops", "method",    "notes"};
   PruningSchedule s;
   s.source = path;
   try {
@@ -72,7 +72,8 @@ absl::StatusOr<PruningSchedule> PruningSchedule::Load(const std::string& path, i
     }
     if (root["target_flops"]) {
       const double t = root["target_flops"].as<double>();
-      if (!(t > 0.0 && t <= 1.0)) return fail(absl::StrCat("'target_flops' ", t, " is outside (0, 1]"));
+      if (!(t > 0.0 && t <= 1.0))
+        return fail(absl::StrCat("'target_flops' ", t, " is outside (0, 1]"));
       s.target_flops = t;
     }
     if (root["method"]) s.method = root["method"].as<std::string>();
@@ -101,14 +102,11 @@ std::vector<int32_t> KeptTokens(int64_t length, const std::vector<double>& ratio
   return kept;
 }
 
-bool PruneReport::pruned() const {
-  return !kept.empty() && kept.back() < tokens_in;
-}
+bool PruneReport::pruned() const { return !kept.empty() && kept.back() < tokens_in; }
 
 absl::Status ValidateBudget(double budget) {
   if (std::isnan(budget) || budget <= 0.0 || budget > 1.0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("budget must be in (0, 1], got ", budget));
+    return absl::InvalidArgumentError(absl::StrCat("budget must be in (0, 1], got ", budget));
   }
   return absl::OkStatus();
 }
@@ -128,7 +126,8 @@ BudgetPlanner::BudgetPlanner(ModelShape shape, PruningSchedule schedule, size_t 
 
 // u in [0, 2]: for u <= 1 the learned pruned fractions are scaled by u x full_multiplier_ (the
 // schedule's shape, from unpruned at u = 0 to every learned pruning layer keeping only [CLS] at
-// u = 1); for u > 1 every layer's ratio then falls linearly to 0 (only [CLS] from layer 0 on at u = 2).
+// u = 1); for u > 1 every layer's ratio then falls linearly to 0 (only [CLS] from layer 0 on at u =
+// 2).
 std::vector<double> BudgetPlanner::Ratios(double u) const {
   std::vector<double> r = schedule_.keep_ratios;
   const double m = std::min(u, 1.0) * full_multiplier_;

@@ -1,10 +1,11 @@
 // Token-pruning schedules and the per-request budget planner.
 //
 // A schedule (pruning.yaml next to the weights, written by training/) gives each layer's keep ratio
-// r_l: a sequence keeps max(1, ceil(r_l x tokens entering layer l)) tokens at layer l's pruning point.
-// A request's budget b in (0, 1] is the fraction of the unpruned model's MACs at the request's own
-// length that it may use. The planner turns (length, budget) into tokens kept per layer, shaped like
-// the schedule, with planned MACs <= b x unpruned MACs. Every figure comes from engine/cost_model.h.
+// r_l: a sequence keeps max(1, ceil(r_l x tokens entering layer l)) tokens at layer l's pruning
+// point. A request's budget b in (0, 1] is the fraction of the unpruned model's MACs at the
+// request's own length that it may use. The planner turns (length, budget) into tokens kept per
+// layer, shaped like the schedule, with planned MACs <= b x unpruned MACs. Every figure comes from
+// engine/cost_model.h.
 #pragma once
 
 #include <cstdint>
@@ -22,7 +23,7 @@ namespace topserve::engine {
 
 struct PruningSchedule {
   Placement placement = Placement::kAfterMha;
-  std::vector<double> keep_ratios;    // one per layer, each in (0, 1]
+  std::vector<double> keep_ratios;     // one per layer, each in (0, 1]
   std::optional<double> target_flops;  // training's target, informational
   std::string method = "default";      // top | topk-untrained | gates-no-ranking | default
   std::string source;                  // file it came from, or "built-in default"
@@ -44,11 +45,11 @@ std::vector<int32_t> KeptTokens(int64_t length, const std::vector<double>& ratio
 // What was (or will be) done to one sequence.
 struct PruneReport {
   int64_t tokens_in = 0;
-  std::vector<int32_t> kept;     // per layer, after its pruning point
-  int64_t macs = 0;              // planned = executed MACs
-  int64_t unpruned_macs = 0;     // same length, no pruning
-  double budget = 1.0;           // the budget the plan was made for
-  bool over_budget = false;      // only when nothing but [CLS] is kept and that still costs more
+  std::vector<int32_t> kept;  // per layer, after its pruning point
+  int64_t macs = 0;           // planned = executed MACs
+  int64_t unpruned_macs = 0;  // same length, no pruning
+  double budget = 1.0;        // the budget the plan was made for
+  bool over_budget = false;   // only when nothing but [CLS] is kept and that still costs more
 
   double flops_fraction() const {
     return unpruned_macs > 0 ? static_cast<double>(macs) / static_cast<double>(unpruned_macs) : 1.0;

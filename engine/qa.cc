@@ -31,12 +31,12 @@ namespace {
 absl::StatusOr<int64_t> ContextRoom(const QaPieces& pieces, const QaOptions& options) {
   const int64_t room = options.max_length - 3 - static_cast<int64_t>(pieces.question.size());
   if (room < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_length ", options.max_length,
-                                                   " leaves no room for the context"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_length ", options.max_length, " leaves no room for the context"));
   }
   if (options.doc_stride < 0 || options.doc_stride >= room) {
-    return absl::InvalidArgumentError(absl::StrCat("doc_stride ", options.doc_stride,
-                                                   " must be in [0, ", room, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("doc_stride ", options.doc_stride, " must be in [0, ", room, ")"));
   }
   return room;
 }
@@ -69,8 +69,9 @@ absl::StatusOr<std::vector<Encoding>> BuildQaWindows(const Tokenizer& tokenizer,
   while (true) {
     const int64_t len = std::min(room, n - start);
     std::vector<Piece> part(all.begin() + start, all.begin() + start + len);
-    ASSIGN_OR_RETURN(Encoding enc, tokenizer.Build(pieces.question, &part, static_cast<size_t>(options.max_length),
-                                                   Truncation::kNone));
+    ASSIGN_OR_RETURN(Encoding enc,
+                     tokenizer.Build(pieces.question, &part,
+                                     static_cast<size_t>(options.max_length), Truncation::kNone));
     windows.push_back(std::move(enc));
     if (start + len >= n) break;
     start += room - options.doc_stride;
@@ -110,7 +111,9 @@ std::vector<AnswerSpan> BestSpans(std::string_view context, std::span<const Enco
       std::iota(idx.begin(), idx.end(), 0);
       const size_t k = std::min(top, idx.size());
       std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
-                        [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+                        [&](int32_t a, int32_t b) {
+                          return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                        });
       idx.resize(k);
       return idx;
     };

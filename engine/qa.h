@@ -14,8 +14,8 @@
 namespace topserve::engine {
 
 struct QaOptions {
-  int64_t max_length = 384;     // tokens per window, specials included
-  int64_t doc_stride = 128;     // tokens shared by consecutive windows (Hugging Face's `stride`)
+  int64_t max_length = 384;       // tokens per window, specials included
+  int64_t doc_stride = 128;       // tokens shared by consecutive windows (Hugging Face's `stride`)
   int64_t max_query_tokens = 64;  // longer questions are truncated to this many pieces
   int64_t max_answer_tokens = 30;
   int64_t n_best = 1;
@@ -50,7 +50,7 @@ struct AnswerSpan {
   std::string text;
   int32_t begin = 0;  // byte offsets into the context
   int32_t end = 0;
-  double score = 0;   // start logit + end logit
+  double score = 0;  // start logit + end logit
   int32_t window = 0;
 };
 

@@ -17,8 +17,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "nlohmann/json.hpp"
 #include "engine/json_describe.h"
+#include "nlohmann/json.hpp"
 
 namespace topserve::engine {
 namespace {
@@ -83,7 +83,6 @@ std::string Quote(std::string_view name) {
   return out;
 }
 
-
 // A JSON value that must be a non-negative integer.
 std::optional<uint64_t> NonNegativeInt(const Json& value) {
   if (value.is_number_unsigned()) return value.get<uint64_t>();
@@ -111,9 +110,7 @@ ParsedHeader ParseHeaderJson(std::string_view text) {
   std::vector<std::set<std::string>> open_objects;
   auto callback = [&](int /*depth*/, Json::parse_event_t event, Json& parsed) {
     switch (event) {
-      case Json::parse_event_t::object_start:
-        open_objects.emplace_back();
-        break;
+      case Json::parse_event_t::object_start: open_objects.emplace_back(); break;
       case Json::parse_event_t::object_end:
         if (!open_objects.empty()) open_objects.pop_back();
         break;
@@ -125,8 +122,7 @@ ParsedHeader ParseHeaderJson(std::string_view text) {
           }
         }
         break;
-      default:
-        break;
+      default: break;
     }
     return true;
   };
@@ -238,9 +234,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 
   const uint64_t header_len = ReadLittleEndian64(bytes);
   if (header_len > file_size - 8) {
-    return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the file (",
-                                      file_size, " bytes; at most ", file_size - 8,
-                                      " header bytes available): truncated or not a safetensors file"));
+    return Invalid(path,
+                   absl::StrCat("header length ", header_len, " runs past the end of the file (",
+                                file_size, " bytes; at most ", file_size - 8,
+                                " header bytes available): truncated or not a safetensors file"));
   }
   if (header_len > kMaxHeaderBytes) {
     return Invalid(path, absl::StrCat("header length ", header_len, " exceeds the limit of ",
@@ -260,7 +257,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                       parsed.json.type_name(), ")"));
   }
   if (!parsed.duplicate_key.empty()) {
-    return Invalid(path, absl::StrCat("header has the key ", Quote(parsed.duplicate_key), " twice"));
+    return Invalid(path,
+                   absl::StrCat("header has the key ", Quote(parsed.duplicate_key), " twice"));
   }
 
   struct Extent {
@@ -271,8 +269,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   for (const auto& [name, entry] : parsed.json.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) {
-        return Invalid(path, absl::StrCat("__metadata__ must be an object of strings, got ",
-                                          Describe(entry)));
+        return Invalid(
+            path, absl::StrCat("__metadata__ must be an object of strings, got ", Describe(entry)));
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
@@ -284,7 +282,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       continue;
     }
     if (!entry.is_object()) {
-      return TensorError(path, name, absl::StrCat("entry must be an object, got ", Describe(entry)));
+      return TensorError(path, name,
+                         absl::StrCat("entry must be an object, got ", Describe(entry)));
     }
     TensorView view;
     view.name = name;
@@ -292,20 +291,23 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     const auto dtype_it = entry.find("dtype");
     if (dtype_it == entry.end()) return TensorError(path, name, "\"dtype\" is missing");
     if (!dtype_it->is_string()) {
-      return TensorError(path, name, absl::StrCat("\"dtype\" must be a string, got ", Describe(*dtype_it)));
+      return TensorError(path, name,
+                         absl::StrCat("\"dtype\" must be a string, got ", Describe(*dtype_it)));
     }
     const std::string& dtype_name = dtype_it->get_ref<const std::string&>();
     const std::optional<DType> dtype = ParseDType(dtype_name);
     if (!dtype) {
-      return TensorError(path, name, absl::StrCat("unknown dtype ", Quote(dtype_name),
-                                                  " (not a safetensors dtype)"));
+      return TensorError(
+          path, name,
+          absl::StrCat("unknown dtype ", Quote(dtype_name), " (not a safetensors dtype)"));
     }
     view.dtype = *dtype;
 
     const auto shape_it = entry.find("shape");
     if (shape_it == entry.end()) return TensorError(path, name, "\"shape\" is missing");
     if (!shape_it->is_array()) {
-      return TensorError(path, name, absl::StrCat("\"shape\" must be an array, got ", Describe(*shape_it)));
+      return TensorError(path, name,
+                         absl::StrCat("\"shape\" must be an array, got ", Describe(*shape_it)));
     }
     uint64_t numel = 1;
     bool has_zero = false;
@@ -313,8 +315,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     for (const Json& dim : *shape_it) {
       const std::optional<uint64_t> d = NonNegativeInt(dim);
       if (!d || *d > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return TensorError(path, name, absl::StrCat("\"shape\" must hold non-negative integers, got ",
-                                                    Describe(*shape_it)));
+        return TensorError(
+            path, name,
+            absl::StrCat("\"shape\" must hold non-negative integers, got ", Describe(*shape_it)));
       }
       view.shape.push_back(static_cast<int64_t>(*d));
       if (*d == 0) has_zero = true;
@@ -323,8 +326,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (has_zero) {
       numel = 0;
     } else if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-      return TensorError(path, name, absl::StrCat("shape ", ShapeToString(view.shape),
-                                                  " has too many elements"));
+      return TensorError(
+          path, name, absl::StrCat("shape ", ShapeToString(view.shape), " has too many elements"));
     }
 
     const auto offsets_it = entry.find("data_offsets");
@@ -335,25 +338,30 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       end = NonNegativeInt((*offsets_it)[1]);
     }
     if (!begin || !end) {
-      return TensorError(path, name, absl::StrCat("\"data_offsets\" must be [begin, end] with "
-                                                  "non-negative integers, got ", Describe(*offsets_it)));
+      return TensorError(path, name,
+                         absl::StrCat("\"data_offsets\" must be [begin, end] with "
+                                      "non-negative integers, got ",
+                                      Describe(*offsets_it)));
     }
     if (*begin > *end) {
-      return TensorError(path, name, absl::StrCat("data_offsets [", *begin, ", ", *end,
-                                                  "]: begin is after end"));
+      return TensorError(
+          path, name, absl::StrCat("data_offsets [", *begin, ", ", *end, "]: begin is after end"));
     }
     if (*end > data_size) {
-      return TensorError(path, name, absl::StrCat("data_offsets [", *begin, ", ", *end,
-                                                  "] run past the end of the data section (", data_size,
-                                                  " bytes): the file may be truncated"));
+      return TensorError(path, name,
+                         absl::StrCat("data_offsets [", *begin, ", ", *end,
+                                      "] run past the end of the data section (", data_size,
+                                      " bytes): the file may be truncated"));
     }
     uint64_t expected_bytes = 0;
-    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(view.dtype)), &expected_bytes) ||
+    if (__builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(view.dtype)),
+                               &expected_bytes) ||
         expected_bytes != *end - *begin) {
-      return TensorError(path, name,
-                         absl::StrCat("data_offsets [", *begin, ", ", *end, "] hold ", *end - *begin,
-                                      " bytes but shape ", ShapeToString(view.shape), " of ", dtype_name,
-                                      " needs ", numel, " x ", DTypeSize(view.dtype), " bytes"));
+      return TensorError(
+          path, name,
+          absl::StrCat("data_offsets [", *begin, ", ", *end, "] hold ", *end - *begin,
+                       " bytes but shape ", ShapeToString(view.shape), " of ", dtype_name,
+                       " needs ", numel, " x ", DTypeSize(view.dtype), " bytes"));
     }
     view.data = data + *begin;
     view.nbytes = static_cast<size_t>(*end - *begin);
@@ -371,10 +379,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (previous != nullptr && extent.begin < previous->end) {
       const TensorView& a = file->tensors_[previous->index];
       const TensorView& b = file->tensors_[extent.index];
-      return Invalid(path, absl::StrCat("tensors ", Quote(a.name), " (data_offsets [", previous->begin,
-                                        ", ", previous->end, "]) and ", Quote(b.name),
-                                        " (data_offsets [", extent.begin, ", ", extent.end,
-                                        "]) overlap"));
+      return Invalid(
+          path, absl::StrCat("tensors ", Quote(a.name), " (data_offsets [", previous->begin, ", ",
+                             previous->end, "]) and ", Quote(b.name), " (data_offsets [",
+                             extent.begin, ", ", extent.end, "]) overlap"));
     }
     if (previous == nullptr || extent.end > previous->end) previous = &extent;
   }
@@ -385,8 +393,9 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 }
 
 const TensorView* SafetensorsFile::Find(std::string_view name) const {
-  const auto it = std::lower_bound(tensors_.begin(), tensors_.end(), name,
-                                   [](const TensorView& t, std::string_view n) { return t.name < n; });
+  const auto it =
+      std::lower_bound(tensors_.begin(), tensors_.end(), name,
+                       [](const TensorView& t, std::string_view n) { return t.name < n; });
   if (it == tensors_.end() || it->name != name) return nullptr;
   return &*it;
 }
@@ -403,17 +412,15 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadF32(
                                                    ShapeToString(expected_shape)));
   }
   if (!IsFloatDType(view->dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat(path_, ": tensor ", Quote(name), " has dtype ",
-                                                   std::string(DTypeName(view->dtype)),
-                                                   "; only F32, F16 and BF16 can be read as float32"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        path_, ": tensor ", Quote(name), " has dtype ", std::string(DTypeName(view->dtype)),
+        "; only F32, F16 and BF16 can be read as float32"));
   }
   const size_t count = view->nbytes / DTypeSize(view->dtype);
   std::vector<float> out(count);
   if (count == 0) return out;
   switch (view->dtype) {
-    case DType::kF32:
-      std::memcpy(out.data(), view->data, count * sizeof(float));
-      break;
+    case DType::kF32: std::memcpy(out.data(), view->data, count * sizeof(float)); break;
     case DType::kF16:
     case DType::kBF16: {
       const bool is_half = view->dtype == DType::kF16;
@@ -424,8 +431,7 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadF32(
       }
       break;
     }
-    default:
-      break;  // excluded above
+    default: break;  // excluded above
   }
   return out;
 }

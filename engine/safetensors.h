@@ -1,24 +1,26 @@
 // Memory-mapped safetensors reader with full header validation.
 //
-// Ownership: SafetensorsFile owns the mapping; TensorView pointers stay valid for the file's lifetime.
-// Every defect (short file, header length past the end, bad JSON, unknown dtype, offsets out of bounds
-// or overlapping, byte size not matching the shape) is reported as an error naming the file and the
-// tensor, never a crash.
+// Ownership: SafetensorsFile owns the mapping; TensorView pointers stay valid for the file's
+// lifetime. Every defect (short file, header length past the end, bad JSON, unknown dtype, offsets
+// out of bounds or overlapping, byte size not matching the shape) is reported as an error naming
+// the file and the tensor, never a crash.
 //
-// Validation done by Open (each failure is INVALID_ARGUMENT "<path>: <what>", naming the tensor/field):
+// Validation done by Open (each failure is INVALID_ARGUMENT "<path>: <what>", naming the
+// tensor/field):
 //   - the file is a regular file of at least 8 bytes; the 8-byte little-endian header length N is
 //     at most 100 MB (kMaxHeaderBytes) and 8 + N <= file size;
 //   - the header is a JSON object without duplicate keys; the optional "__metadata__" entry is an
 //     object of string -> string; every other entry is an object with "dtype" (a safetensors dtype
 //     name), "shape" (array of non-negative integers) and "data_offsets" ([begin, end], integers,
 //     begin <= end <= size of the data section), end - begin == numel * dtype size, and no two
-//     non-empty tensors share a byte. Gaps between tensors are allowed; unknown extra keys of an entry
-//     are ignored.
-//   - every dtype of the safetensors format is accepted and listed (BERT checkpoints may carry the I64
+//     non-empty tensors share a byte. Gaps between tensors are allowed; unknown extra keys of an
+//     entry are ignored.
+//   - every dtype of the safetensors format is accepted and listed (BERT checkpoints may carry the
+//   I64
 //     buffer "bert.embeddings.position_ids"), but only F32, F16 and BF16 can be read with ReadF32;
 //     a dtype name outside the format (e.g. "F33", "Q4_0") is an error at Open.
-// The mapping is private and read-only. Like any mmap reader, truncating the file on disk while it is
-// mapped is undefined (SIGBUS); model files are expected to be immutable while served.
+// The mapping is private and read-only. Like any mmap reader, truncating the file on disk while it
+// is mapped is undefined (SIGBUS); model files are expected to be immutable while served.
 #pragma once
 
 #include <cstddef>
@@ -35,8 +37,23 @@
 namespace topserve::engine {
 
 // The three float dtypes come first; the others are only listed (ReadF32 rejects them).
-enum class DType { kF32, kF16, kBF16, kF64, kI64, kI32, kI16, kI8, kU64, kU32, kU16, kU8, kBool,
-                   kF8E4M3, kF8E5M2 };
+enum class DType {
+  kF32,
+  kF16,
+  kBF16,
+  kF64,
+  kI64,
+  kI32,
+  kI16,
+  kI8,
+  kU64,
+  kU32,
+  kU16,
+  kU8,
+  kBool,
+  kF8E4M3,
+  kF8E5M2
+};
 
 std::string_view DTypeName(DType dtype);  // the safetensors spelling: "F32", "BF16", "I64", ...
 size_t DTypeSize(DType dtype);
@@ -75,7 +92,8 @@ class SafetensorsFile {
   const TensorView* Find(std::string_view name) const;
 
   // Reads a tensor converted to float32 after checking its shape. Errors name the file and tensor:
-  // missing tensor -> NOT_FOUND "<path>: tensor '<name>' is missing", wrong shape -> INVALID_ARGUMENT
+  // missing tensor -> NOT_FOUND "<path>: tensor '<name>' is missing", wrong shape ->
+  // INVALID_ARGUMENT
   // "<path>: tensor '<name>' has shape [a, b], expected [c, d]", a dtype other than F32/F16/BF16 ->
   // INVALID_ARGUMENT naming the dtype. F16 and BF16 are converted exactly.
   absl::StatusOr<std::vector<float>> ReadF32(std::string_view name,

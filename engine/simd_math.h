@@ -2,9 +2,9 @@
 // extensions: 16 floats, which the x86-64-v4 clone of a caller runs as one AVX-512 register and the
 // AVX2 baseline as two. oneDNN has the same functions, but only as a pass of their own over memory;
 // these run on a row while it is in registers. Accuracy (checked in tests/dnnl_ops_test.cc against
-// std::erf / std::tanh): Exp within 3e-7 relative on [-87, 0], Erf within 6e-7 absolute, so GELU differs
-// from the exact one by < 1e-6 relative to |x|. Everything is always_inline: a call between a v4
-// clone and a baseline function would pass 64-byte vectors under two different ABIs.
+// std::erf / std::tanh): Exp within 3e-7 relative on [-87, 0], Erf within 6e-7 absolute, so GELU
+// differs from the exact one by < 1e-6 relative to |x|. Everything is always_inline: a call between
+// a v4 clone and a baseline function would pass 64-byte vectors under two different ABIs.
 #pragma once
 
 #include <cstdint>
@@ -24,7 +24,9 @@ using I16 = int32_t __attribute__((vector_size(64)));
 
 [[gnu::always_inline]] inline F16 Min(F16 a, F16 b) { return a < b ? a : b; }
 [[gnu::always_inline]] inline F16 Max(F16 a, F16 b) { return a > b ? a : b; }
-[[gnu::always_inline]] inline F16 Abs(F16 a) { return reinterpret_cast<F16>(reinterpret_cast<I16>(a) & 0x7fffffff); }
+[[gnu::always_inline]] inline F16 Abs(F16 a) {
+  return reinterpret_cast<F16>(reinterpret_cast<I16>(a) & 0x7fffffff);
+}
 
 // e^x for x <= 0 (clamped below at -87.3, where it underflows to ~1e-38), Cephes expf's reduction
 // and polynomial: x = n ln2 + r, |r| <= ln2 / 2. n = round(x / ln2) by adding 1.5 x 2^23, which
@@ -69,7 +71,9 @@ using I16 = int32_t __attribute__((vector_size(64)));
   return reinterpret_cast<F16>(reinterpret_cast<I16>(y) | sign);
 }
 
-[[gnu::always_inline]] inline F16 GeluErf(F16 x) { return 0.5f * x * (1.0f + Erf(x * 0.70710678118654752f)); }
+[[gnu::always_inline]] inline F16 GeluErf(F16 x) {
+  return 0.5f * x * (1.0f + Erf(x * 0.70710678118654752f));
+}
 [[gnu::always_inline]] inline F16 GeluTanh(F16 x) {
   return 0.5f * x * (1.0f + Tanh(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }

@@ -10,8 +10,8 @@ namespace {
 constexpr int64_t kBlockCols = 64;  // oneDNN's inner N block ("64b")
 constexpr int64_t kBlockRows = 16;  // oneDNN's inner K block ("16a")
 
-constexpr int64_t kChunk = 64;      // K rows per pass over the row groups (16 KB of weights: L1)
-constexpr int kGroupRows = 6;       // rows per register block: 6 x 4 accumulators + 4 weights
+constexpr int64_t kChunk = 64;         // K rows per pass over the row groups (16 KB of weights: L1)
+constexpr int kGroupRows = 6;          // rows per register block: 6 x 4 accumulators + 4 weights
 constexpr int64_t kPrefetchRows = 16;  // software prefetch distance, in weight rows (4 KB)
 
 // acc[r][0..63] += sum over kk < k_len of x[r][kk] * w[kk][0..63], for kRows rows of x (row stride
@@ -68,8 +68,9 @@ void Block(const float* w_block, const float* bias, const float* x, int64_t rows
     const int64_t k_len = std::min(kChunk, k - k0);
     for (int64_t r0 = 0; r0 < rows; r0 += kGroupRows) {
       const int group = static_cast<int>(std::min<int64_t>(kGroupRows, rows - r0));
-      (r0 == 0 ? AccumulateRows<true> : AccumulateRows<false>)(
-          group, w_block + k0 * kBlockCols, x + r0 * k + k0, k, k_len, acc_buf + r0 * kBlockCols);
+      (r0 == 0 ? AccumulateRows<true> : AccumulateRows<false>)(group, w_block + k0 * kBlockCols,
+                                                               x + r0 * k + k0, k, k_len,
+                                                               acc_buf + r0 * kBlockCols);
     }
   }
   const int64_t width = std::min(kBlockCols, n_cols - col);

@@ -2,10 +2,10 @@
 //
 // With M <= kSmallGemmMaxRows rows (for example only the [CLS] tokens of a batch at a tight
 // budget), a dense layer is bound by reading its weights from memory, not by arithmetic: a
-// bert-base layer streams 28 MB for a few hundred MFLOP. oneDNN's brgemm reaches about 30 GB/s there
-// on this 2-core machine; two threads can read about 48 GB/s. This kernel streams each weight byte
-// once, split across the OpenMP team by 64-column blocks, and keeps every row's partial sums in
-// registers.
+// bert-base layer streams 28 MB for a few hundred MFLOP. oneDNN's brgemm reaches about 30 GB/s
+// there on this 2-core machine; two threads can read about 48 GB/s. This kernel streams each weight
+// byte once, split across the OpenMP team by 64-column blocks, and keeps every row's partial sums
+// in registers.
 //
 // It reads oneDNN's own packed layout (BA16a64b for fp32 on AVX-512: for every block of 64 output
 // columns, all K rows of 64 floats contiguous), so no second copy of the weights exists. Use is

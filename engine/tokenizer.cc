@@ -1,18 +1,21 @@
-// The tokenizer: the vocab.txt BERT tokenizer (BertVocabTokenizer), the WordPiece trie it shares with
-// the tokenizer.json pipeline (tokenizer_json.cc), and Tokenizer, which lays out the model input from
-// the pieces. See tokenizer.h for the behaviour; tools/ref_tokenizer.py is the Python reference the
-// vocab.txt tests compare against (ids and byte offsets, SQuAD dev and every code point).
+// The tokenizer: the vocab.txt BERT tokenizer (BertVocabTokenizer), the WordPiece trie it shares
+// with the tokenizer.json pipeline (tokenizer_json.cc), and Tokenizer, which lays out the model
+// input from the pieces. See tokenizer.h for the behaviour; tools/ref_tokenizer.py is the Python
+// reference the vocab.txt tests compare against (ids and byte offsets, SQuAD dev and every code
+// point).
 //
 // vocab.txt pipeline for one text, in a single pass over the bytes:
 //   1. decode UTF-8 (strictly: no overlong forms, surrogates, or values above U+10FFFF);
 //   2. a literal special token ("[CLS]", ...) becomes its piece;
-//   3. dropped characters are skipped, separators end the current word, a CJK ideograph is a word of
+//   3. dropped characters are skipped, separators end the current word, a CJK ideograph is a word
+//   of
 //      its own, anything else is appended to the word as (code point, byte span of the original);
-//   4. each word: lower-case, NFD + drop Mn (or NFC), split off punctuation, greedy WordPiece over a
+//   4. each word: lower-case, NFD + drop Mn (or NFC), split off punctuation, greedy WordPiece over
+//   a
 //      code-point trie of the vocab. A normalised character keeps the span of the character it came
 //      from, so every piece maps back to the original bytes.
-// ASCII words skip the Unicode steps. Words are built in thread-local scratch buffers, so steady-state
-// tokenization allocates only the output vector.
+// ASCII words skip the Unicode steps. Words are built in thread-local scratch buffers, so
+// steady-state tokenization allocates only the output vector.
 #include "engine/tokenizer.h"
 
 #include <sys/stat.h>
@@ -76,7 +79,9 @@ int DecodeUtf8(const unsigned char* p, size_t avail, char32_t* cp, const char** 
       return 0;
     }
     if (i == 1 && (p[1] < lo || p[1] > hi)) {
-      *why = b0 == 0xED ? "UTF-16 surrogate" : b0 == 0xF4 ? "code point above U+10FFFF" : "overlong encoding";
+      *why = b0 == 0xED   ? "UTF-16 surrogate"
+             : b0 == 0xF4 ? "code point above U+10FFFF"
+                          : "overlong encoding";
       return 0;
     }
     value = (value << 6) | (p[i] & 0x3F);
@@ -96,7 +101,8 @@ bool DecodeAll(std::string_view text, std::vector<char32_t>& out) {
   for (size_t i = 0; i < text.size();) {
     char32_t cp;
     const char* why = nullptr;
-    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(text.data()) + i, text.size() - i, &cp, &why);
+    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(text.data()) + i,
+                               text.size() - i, &cp, &why);
     if (len == 0) return false;
     out.push_back(cp);
     i += static_cast<size_t>(len);
@@ -126,7 +132,8 @@ void Nfd(const std::vector<CharSpan>& in, std::vector<CharSpan>& out) {
       out.push_back(c);
       continue;
     }
-    for (utf8proc_ssize_t i = 0; i < n; ++i) out.push_back({static_cast<char32_t>(buf[i]), c.b, c.e});
+    for (utf8proc_ssize_t i = 0; i < n; ++i)
+      out.push_back({static_cast<char32_t>(buf[i]), c.b, c.e});
   }
   for (size_t i = 0; i < out.size();) {
     if (CombiningClass(out[i].cp) == 0) {
@@ -136,8 +143,10 @@ void Nfd(const std::vector<CharSpan>& in, std::vector<CharSpan>& out) {
     size_t j = i;
     while (j < out.size() && CombiningClass(out[j].cp) != 0) ++j;
     if (j - i > 1) {
-      std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
-                       [](const auto& x, const auto& y) { return CombiningClass(x.cp) < CombiningClass(y.cp); });
+      std::stable_sort(
+          out.begin() + static_cast<std::ptrdiff_t>(i),
+          out.begin() + static_cast<std::ptrdiff_t>(j),
+          [](const auto& x, const auto& y) { return CombiningClass(x.cp) < CombiningClass(y.cp); });
     }
     i = j;
   }
@@ -148,8 +157,9 @@ void Nfd(const std::vector<CharSpan>& in, std::vector<CharSpan>& out) {
 
 void WordPieceTrie::Build(const std::vector<std::pair<std::vector<char32_t>, int32_t>>& entries,
                           std::u32string_view continuation) {
-  // Insert the tokens in sorted order, so a node's children arrive sorted and a prefix shared with the
-  // previous token is found by following each node's last child. Equal tokens: the later entry wins.
+  // Insert the tokens in sorted order, so a node's children arrive sorted and a prefix shared with
+  // the previous token is found by following each node's last child. Equal tokens: the later entry
+  // wins.
   std::vector<size_t> order(entries.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(),
@@ -223,7 +233,8 @@ int32_t WordPieceTrie::Find(std::string_view token) const {
   for (size_t i = 0; i < token.size();) {
     char32_t cp;
     const char* why = nullptr;
-    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(token.data()) + i, token.size() - i, &cp, &why);
+    const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(token.data()) + i,
+                               token.size() - i, &cp, &why);
     if (len == 0) return -1;
     node = Child(node, cp);
     if (node < 0) return -1;
@@ -232,8 +243,8 @@ int32_t WordPieceTrie::Find(std::string_view token) const {
   return nodes_[static_cast<size_t>(node)].token;
 }
 
-void WordPieceTrie::Greedy(const CharSpan* w, size_t begin, size_t end, int32_t unk, size_t max_chars,
-                           std::vector<Piece>& out) const {
+void WordPieceTrie::Greedy(const CharSpan* w, size_t begin, size_t end, int32_t unk,
+                           size_t max_chars, std::vector<Piece>& out) const {
   auto span = [&](size_t from, size_t to) {
     int32_t b = w[from].b, e = w[from].e;
     for (size_t k = from + 1; k < to; ++k) {
@@ -268,12 +279,11 @@ void WordPieceTrie::Greedy(const CharSpan* w, size_t begin, size_t end, int32_t 
   out.push_back({unk, b, e});
 }
 
-
 namespace {
 
 constexpr size_t kMaxCharsPerWord = 100;  // HF WordpieceTokenizer.max_input_chars_per_word
-constexpr std::array<std::string_view, 5> kSpecialTokens = {"[UNK]", "[SEP]", "[PAD]", "[CLS]", "[MASK]"};
-
+constexpr std::array<std::string_view, 5> kSpecialTokens = {"[UNK]", "[SEP]", "[PAD]", "[CLS]",
+                                                            "[MASK]"};
 
 // ---------------------------------------------------------------------------------------------------
 // Character classes (HF tokenization_bert.py: _is_whitespace, _is_control, _is_punctuation,
@@ -287,31 +297,34 @@ enum CharClass : uint8_t {
   kCjk = 4,
 };
 
-// Code points assigned by the Unicode 15.0 data in utf8proc but unassigned (Cn) in Unicode 14.0, the
-// version of Python 3.11's unicodedata, which the reference uses: HF drops Cn characters as control.
-// From comparing utf8proc 2.8 with unicodedata 14.0 over all code points; the test TokenizerCodepoints
-// re-checks every code point of planes 0-3 and 14 against the reference.
+// Code points assigned by the Unicode 15.0 data in utf8proc but unassigned (Cn) in Unicode 14.0,
+// the version of Python 3.11's unicodedata, which the reference uses: HF drops Cn characters as
+// control. From comparing utf8proc 2.8 with unicodedata 14.0 over all code points; the test
+// TokenizerCodepoints re-checks every code point of planes 0-3 and 14 against the reference.
 constexpr std::array<std::pair<char32_t, char32_t>, 32> kUnassignedInReference = {{
-    {0xCF3, 0xCF3},     {0xECE, 0xECE},     {0x10EFD, 0x10EFF}, {0x1123F, 0x11241}, {0x11B00, 0x11B09},
-    {0x11F00, 0x11F10}, {0x11F12, 0x11F3A}, {0x11F3E, 0x11F59}, {0x1342F, 0x1342F}, {0x13439, 0x13455},
-    {0x1B132, 0x1B132}, {0x1B155, 0x1B155}, {0x1D2C0, 0x1D2D3}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D},
-    {0x1E08F, 0x1E08F}, {0x1E4D0, 0x1E4F9}, {0x1F6DC, 0x1F6DC}, {0x1F774, 0x1F776}, {0x1F77B, 0x1F77F},
-    {0x1F7D9, 0x1F7D9}, {0x1FA75, 0x1FA77}, {0x1FA87, 0x1FA88}, {0x1FAAD, 0x1FAAF}, {0x1FABB, 0x1FABD},
-    {0x1FABF, 0x1FABF}, {0x1FACE, 0x1FACF}, {0x1FADA, 0x1FADB}, {0x1FAE8, 0x1FAE8}, {0x1FAF7, 0x1FAF8},
-    {0x2B739, 0x2B739}, {0x31350, 0x323AF},
+    {0xCF3, 0xCF3},     {0xECE, 0xECE},     {0x10EFD, 0x10EFF}, {0x1123F, 0x11241},
+    {0x11B00, 0x11B09}, {0x11F00, 0x11F10}, {0x11F12, 0x11F3A}, {0x11F3E, 0x11F59},
+    {0x1342F, 0x1342F}, {0x13439, 0x13455}, {0x1B132, 0x1B132}, {0x1B155, 0x1B155},
+    {0x1D2C0, 0x1D2D3}, {0x1DF25, 0x1DF2A}, {0x1E030, 0x1E06D}, {0x1E08F, 0x1E08F},
+    {0x1E4D0, 0x1E4F9}, {0x1F6DC, 0x1F6DC}, {0x1F774, 0x1F776}, {0x1F77B, 0x1F77F},
+    {0x1F7D9, 0x1F7D9}, {0x1FA75, 0x1FA77}, {0x1FA87, 0x1FA88}, {0x1FAAD, 0x1FAAF},
+    {0x1FABB, 0x1FABD}, {0x1FABF, 0x1FABF}, {0x1FACE, 0x1FACF}, {0x1FADA, 0x1FADB},
+    {0x1FAE8, 0x1FAE8}, {0x1FAF7, 0x1FAF8}, {0x2B739, 0x2B739}, {0x31350, 0x323AF},
 }};
 
 bool UnassignedInReference(char32_t cp) {
   if (cp < kUnassignedInReference.front().first) return false;
-  auto it = std::upper_bound(kUnassignedInReference.begin(), kUnassignedInReference.end(), cp,
-                             [](char32_t c, const std::pair<char32_t, char32_t>& r) { return c < r.first; });
+  auto it = std::upper_bound(
+      kUnassignedInReference.begin(), kUnassignedInReference.end(), cp,
+      [](char32_t c, const std::pair<char32_t, char32_t>& r) { return c < r.first; });
   return it != kUnassignedInReference.begin() && cp <= std::prev(it)->second;
 }
 
 bool IsChineseChar(char32_t cp) {
-  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
-         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) ||
-         (cp >= 0x2B820 && cp <= 0x2CEAF) || (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
+  return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) ||
+         (cp >= 0x20000 && cp <= 0x2A6DF) || (cp >= 0x2A700 && cp <= 0x2B73F) ||
+         (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
+         (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
 }
 
 constexpr std::array<uint8_t, 128> MakeAsciiClasses() {
@@ -319,7 +332,8 @@ constexpr std::array<uint8_t, 128> MakeAsciiClasses() {
   for (int c = 0; c < 128; ++c) {
     if (c < 32 || c == 127) t[c] = kDrop;
     if (c == ' ' || c == '\t' || c == '\n' || c == '\r') t[c] = kSpace;
-    if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) || (c >= 123 && c <= 126)) {
+    if ((c >= 33 && c <= 47) || (c >= 58 && c <= 64) || (c >= 91 && c <= 96) ||
+        (c >= 123 && c <= 126)) {
       t[c] = kPunct;
     }
   }
@@ -336,22 +350,18 @@ CharClass ClassOf(char32_t cp) {
     case UTF8PROC_CATEGORY_CF:
     case UTF8PROC_CATEGORY_CS:
     case UTF8PROC_CATEGORY_CO:
-    case UTF8PROC_CATEGORY_CN:
-      return kDrop;
+    case UTF8PROC_CATEGORY_CN: return kDrop;
     case UTF8PROC_CATEGORY_ZS:
     case UTF8PROC_CATEGORY_ZL:
-    case UTF8PROC_CATEGORY_ZP:
-      return kSpace;
+    case UTF8PROC_CATEGORY_ZP: return kSpace;
     case UTF8PROC_CATEGORY_PC:
     case UTF8PROC_CATEGORY_PD:
     case UTF8PROC_CATEGORY_PS:
     case UTF8PROC_CATEGORY_PE:
     case UTF8PROC_CATEGORY_PI:
     case UTF8PROC_CATEGORY_PF:
-    case UTF8PROC_CATEGORY_PO:
-      return kPunct;
-    default:
-      return IsChineseChar(cp) ? kCjk : kOther;
+    case UTF8PROC_CATEGORY_PO: return kPunct;
+    default: return IsChineseChar(cp) ? kCjk : kOther;
   }
 }
 
@@ -362,9 +372,9 @@ bool IsPunctuation(char32_t cp) {
 }
 
 bool IsNonspacingMark(char32_t cp) {
-  return cp >= 0x300 && utf8proc_category(static_cast<utf8proc_int32_t>(cp)) == UTF8PROC_CATEGORY_MN;
+  return cp >= 0x300 &&
+         utf8proc_category(static_cast<utf8proc_int32_t>(cp)) == UTF8PROC_CATEGORY_MN;
 }
-
 
 // ---------------------------------------------------------------------------------------------------
 // A word being normalised: code points with the byte span [b, e) of the original they came from.
@@ -386,9 +396,8 @@ struct Word {
   }
 };
 
-
-// Python's str.lower() for one code point: the simple mapping, except U+0130 (the only unconditional
-// multi-character lower-case mapping in SpecialCasing.txt).
+// Python's str.lower() for one code point: the simple mapping, except U+0130 (the only
+// unconditional multi-character lower-case mapping in SpecialCasing.txt).
 template <typename Out>
 void LowerInto(char32_t cp, int32_t b, int32_t e, Out& out) {
   if (cp < 0x80) {
@@ -397,19 +406,23 @@ void LowerInto(char32_t cp, int32_t b, int32_t e, Out& out) {
     out.push_back({U'i', b, e});
     out.push_back({0x307, b, e});
   } else {
-    out.push_back({static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))), b, e});
+    out.push_back(
+        {static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(cp))), b, e});
   }
 }
 // The primary composite of starter + c, or 0.
 char32_t ComposePair(char32_t starter, char32_t c) {
-  utf8proc_int32_t buf[2] = {static_cast<utf8proc_int32_t>(starter), static_cast<utf8proc_int32_t>(c)};
-  const utf8proc_ssize_t n = utf8proc_normalize_utf32(buf, 2, static_cast<utf8proc_option_t>(UTF8PROC_COMPOSE | UTF8PROC_STABLE));
+  utf8proc_int32_t buf[2] = {static_cast<utf8proc_int32_t>(starter),
+                             static_cast<utf8proc_int32_t>(c)};
+  const utf8proc_ssize_t n = utf8proc_normalize_utf32(
+      buf, 2, static_cast<utf8proc_option_t>(UTF8PROC_COMPOSE | UTF8PROC_STABLE));
   return n == 1 ? static_cast<char32_t>(buf[0]) : 0;
 }
 
-// NFC of in into out (via `scratch`): NFD, then the canonical composition algorithm. A composite gets
-// the union of the spans of the characters it was composed from.
-void Nfc(const std::vector<CharSpan>& in, std::vector<CharSpan>& out, std::vector<CharSpan>& scratch) {
+// NFC of in into out (via `scratch`): NFD, then the canonical composition algorithm. A composite
+// gets the union of the spans of the characters it was composed from.
+void Nfc(const std::vector<CharSpan>& in, std::vector<CharSpan>& out,
+         std::vector<CharSpan>& scratch) {
   Nfd(in, scratch);
   out.clear();
   ptrdiff_t starter = -1;
@@ -470,7 +483,8 @@ int32_t BertVocabTokenizer::MatchSpecial(const std::vector<WordChar>& chars) con
   for (const auto& [name, id] : specials_) {
     if (name.size() != chars.size()) continue;
     bool same = true;
-    for (size_t i = 0; i < name.size() && same; ++i) same = chars[i].cp == static_cast<char32_t>(name[i]);
+    for (size_t i = 0; i < name.size() && same; ++i)
+      same = chars[i].cp == static_cast<char32_t>(name[i]);
     if (same) return id;
   }
   return -1;
@@ -478,10 +492,10 @@ int32_t BertVocabTokenizer::MatchSpecial(const std::vector<WordChar>& chars) con
 
 void BertVocabTokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
   if (word.chars.empty()) return;
-  // BasicTokenizer's never_split: a whole word equal to a special token stays that token. It is checked
-  // after HF's lower-casing pre-pass and NFC, so with do_lower_case it never matches (literal special
-  // tokens are split off before, in Tokenize); without, it catches e.g. "[CLS]" with a control
-  // character inside.
+  // BasicTokenizer's never_split: a whole word equal to a special token stays that token. It is
+  // checked after HF's lower-casing pre-pass and NFC, so with do_lower_case it never matches
+  // (literal special tokens are split off before, in Tokenize); without, it catches e.g. "[CLS]"
+  // with a control character inside.
   const bool check_special = !config_.do_lower_case && !specials_.empty();
   const auto special = [&](int32_t id) {
     int32_t b = word.chars.front().b, e = word.chars.front().e;
@@ -519,8 +533,8 @@ void BertVocabTokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
       if (const int32_t id = MatchSpecial(word.chars); id >= 0) return special(id);
     }
     if (strip_accents_) {  // NFD(NFC(x)) == NFD(x): HF's NFC step needs no work here
-      // A dropped mark's span joins the character before it (if any): a decomposed "e" + U+0301 maps to
-      // all of its bytes, like a precomposed "é" does.
+      // A dropped mark's span joins the character before it (if any): a decomposed "e" + U+0301
+      // maps to all of its bytes, like a precomposed "é" does.
       Nfd(word.chars, word.tmp);
       word.chars.clear();
       for (const auto& c : word.tmp) {
@@ -550,7 +564,8 @@ void BertVocabTokenizer::WordPieces(Word& word, std::vector<Piece>& out) const {
 
 absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view text) const {
   if (text.size() > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    return absl::InvalidArgumentError(absl::StrCat("text of ", text.size(), " bytes is too long (limit 2 GiB)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("text of ", text.size(), " bytes is too long (limit 2 GiB)"));
   }
   thread_local Word word;
   word.Clear();
@@ -564,9 +579,7 @@ absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view
     const unsigned char c = bytes[pos];
     if (c < 0x80) {  // ASCII fast path
       switch (kAsciiClass[c]) {
-        case kOther:
-          word.Add(c, pos, pos + 1);
-          break;
+        case kOther: word.Add(c, pos, pos + 1); break;
         case kSpace:
           WordPieces(word, out);
           word.Clear();
@@ -578,7 +591,8 @@ absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view
               if (text.compare(pos, name.size(), name) == 0) {
                 WordPieces(word, out);
                 word.Clear();
-                out.push_back({id, static_cast<int32_t>(pos), static_cast<int32_t>(pos + name.size())});
+                out.push_back(
+                    {id, static_cast<int32_t>(pos), static_cast<int32_t>(pos + name.size())});
                 pos += name.size();
                 matched = true;
                 break;
@@ -601,9 +615,7 @@ absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view
     const size_t next = pos + static_cast<size_t>(len);
     switch (ClassOf(cp)) {
       case kOther:
-      case kPunct:
-        word.Add(cp, pos, next);
-        break;
+      case kPunct: word.Add(cp, pos, next); break;
       case kSpace:
         WordPieces(word, out);
         word.Clear();
@@ -619,8 +631,7 @@ absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view
           word.Add(cp, pos, next);
         }
         break;
-      case kDrop:
-        break;
+      case kDrop: break;
     }
     pos = next;
   }
@@ -633,7 +644,6 @@ absl::StatusOr<std::vector<Piece>> BertVocabTokenizer::Tokenize(std::string_view
   return out;
 }
 
-
 }  // namespace
 }  // namespace tokenizer_internal
 
@@ -645,7 +655,8 @@ namespace {
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
   std::ifstream file(path, std::ios::binary);
   if (!file) {
-    return absl::NotFoundError(absl::StrCat("cannot open ", what, " '", path, "': ", std::strerror(errno)));
+    return absl::NotFoundError(
+        absl::StrCat("cannot open ", what, " '", path, "': ", std::strerror(errno)));
   }
   std::string data((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
   if (file.bad()) return absl::DataLossError(absl::StrCat("error reading ", what, " '", path, "'"));
@@ -672,7 +683,7 @@ Tokenizer::Tokenizer() = default;
 Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vocab_path,
-                                                            const TokenizerConfig& config) {
+                                                           const TokenizerConfig& config) {
   using tokenizer_internal::DecodeUtf8;
   ASSIGN_OR_RETURN(const std::string data, ReadFile(vocab_path, "vocab file"));
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
@@ -694,16 +705,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vo
     for (size_t i = 0; i < line.size();) {
       char32_t cp;
       const char* why = nullptr;
-      const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(line.data()) + i, line.size() - i, &cp, &why);
+      const int len = DecodeUtf8(reinterpret_cast<const unsigned char*>(line.data()) + i,
+                                 line.size() - i, &cp, &why);
       if (len == 0) {
-        return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' line %d: invalid UTF-8 (%s)", vocab_path,
-                                                          tok->id_to_token_.size() + 1, why));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("vocab file '%s' line %d: invalid UTF-8 (%s)", vocab_path,
+                            tok->id_to_token_.size() + 1, why));
       }
       cps.push_back(cp);
       i += static_cast<size_t>(len);
     }
     if (tok->id_to_token_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-      return absl::InvalidArgumentError(absl::StrCat("vocab file '", vocab_path, "' has too many lines"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("vocab file '", vocab_path, "' has too many lines"));
     }
     entries.emplace_back(std::move(cps), static_cast<int32_t>(tok->id_to_token_.size()));
     tok->id_to_token_.emplace_back(line);
@@ -729,19 +743,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Load(const std::string& vo
                                  {"[CLS]", tok->cls_id_},
                                  {"[SEP]", tok->sep_id_}}) {
     if (id < 0) {
-      return absl::InvalidArgumentError(absl::StrFormat("vocab file '%s' (%d tokens) has no %s token", vocab_path,
-                                                        tok->id_to_token_.size(), name));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("vocab file '%s' (%d tokens) has no %s token", vocab_path,
+                          tok->id_to_token_.size(), name));
     }
   }
   tok->post_ = BertTemplate(tok->cls_id_, tok->sep_id_);
-  tok->impl_ = std::make_unique<tokenizer_internal::BertVocabTokenizer>(config, std::move(trie), std::move(specials),
-                                                                        tok->unk_id_);
+  tok->impl_ = std::make_unique<tokenizer_internal::BertVocabTokenizer>(
+      config, std::move(trie), std::move(specials), tok->unk_id_);
   return tok;
 }
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadJson(const std::string& json_path) {
   ASSIGN_OR_RETURN(const std::string text, ReadFile(json_path, "tokenizer file"));
-  ASSIGN_OR_RETURN(tokenizer_internal::LoadedTokenizer loaded, tokenizer_internal::ParseTokenizerJson(text, json_path));
+  ASSIGN_OR_RETURN(tokenizer_internal::LoadedTokenizer loaded,
+                   tokenizer_internal::ParseTokenizerJson(text, json_path));
   std::unique_ptr<Tokenizer> tok(new Tokenizer());
   tok->impl_ = std::move(loaded.impl);
   tok->id_to_token_ = std::move(loaded.id_to_token);
@@ -756,13 +772,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadJson(const std::string
   return tok;
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromModelDir(const std::string& dir,
-                                                                        const TokenizerConfig& config) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::LoadFromModelDir(
+    const std::string& dir, const TokenizerConfig& config) {
   const std::string prefix = (!dir.empty() && dir.back() == '/') ? dir : dir + "/";
   struct stat st {};
   if (::stat((prefix + "vocab.txt").c_str(), &st) == 0) return Load(prefix + "vocab.txt", config);
-  if (::stat((prefix + "tokenizer.json").c_str(), &st) == 0) return LoadJson(prefix + "tokenizer.json");
-  return absl::NotFoundError(absl::StrCat(dir, ": no tokenizer: neither vocab.txt nor tokenizer.json exists"));
+  if (::stat((prefix + "tokenizer.json").c_str(), &st) == 0)
+    return LoadJson(prefix + "tokenizer.json");
+  return absl::NotFoundError(
+      absl::StrCat(dir, ": no tokenizer: neither vocab.txt nor tokenizer.json exists"));
 }
 
 int32_t Tokenizer::token_id(std::string_view token) const { return lookup_->Find(token); }
@@ -778,9 +796,9 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
                                           size_t max_length, Truncation truncation) const {
   const size_t specials = post_.num_special_tokens(b != nullptr);
   if (max_length < specials) {
-    return absl::InvalidArgumentError(absl::StrFormat(
-        "max_length %d is smaller than the %d special tokens of a %s", max_length, specials,
-        b != nullptr ? "sentence pair" : "single sequence"));
+    return absl::InvalidArgumentError(
+        absl::StrFormat("max_length %d is smaller than the %d special tokens of a %s", max_length,
+                        specials, b != nullptr ? "sentence pair" : "single sequence"));
   }
   size_t la = a.size();
   size_t lb = b != nullptr ? b->size() : 0;
@@ -788,22 +806,25 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
   if (total > max_length) {
     size_t remove = total - max_length;
     const auto cannot = [&](const char* which, size_t len) {
-      return absl::InvalidArgumentError(absl::StrFormat(
-          "cannot truncate to max_length %d: %d tokens must go but the %s sequence has only %d (the "
-          "truncation strategy may not remove a whole sequence)",
-          max_length, remove, which, len));
+      return absl::InvalidArgumentError(
+          absl::StrFormat("cannot truncate to max_length %d: %d tokens must go but the %s sequence "
+                          "has only %d (the "
+                          "truncation strategy may not remove a whole sequence)",
+                          max_length, remove, which, len));
     };
     switch (truncation) {
       case Truncation::kNone:
-        return absl::InvalidArgumentError(absl::StrFormat(
-            "input has %d tokens including %d special tokens, more than max_length %d, and truncation is off", total,
-            specials, max_length));
+        return absl::InvalidArgumentError(
+            absl::StrFormat("input has %d tokens including %d special tokens, more than max_length "
+                            "%d, and truncation is off",
+                            total, specials, max_length));
       case Truncation::kLongestFirst:
         if (b == nullptr) {
           if (la <= remove) return cannot("first", la);
           la -= remove;
         } else {
-          // Equivalent to removing one token at a time from the longer sequence (the second when equal).
+          // Equivalent to removing one token at a time from the longer sequence (the second when
+          // equal).
           if (la > lb) {
             const size_t d = std::min(remove, la - lb);
             la -= d;
@@ -823,9 +844,10 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
         break;
       case Truncation::kOnlySecond:
         if (b == nullptr) {
-          return absl::InvalidArgumentError(absl::StrFormat(
-              "input has %d tokens, more than max_length %d, and only_second truncation needs a second sequence",
-              total, max_length));
+          return absl::InvalidArgumentError(
+              absl::StrFormat("input has %d tokens, more than max_length %d, and only_second "
+                              "truncation needs a second sequence",
+                              total, max_length));
         }
         if (lb <= remove) return cannot("second", lb);
         lb -= remove;
@@ -854,7 +876,8 @@ absl::StatusOr<Encoding> Tokenizer::Build(const std::vector<Piece>& a, const std
     }
     const std::vector<Piece>& seq = item.sequence == 0 ? a : *b;
     const size_t len = item.sequence == 0 ? la : lb;
-    for (size_t i = 0; i < len; ++i) add(seq[i].id, item.type_id, seq[i].begin, seq[i].end, item.sequence);
+    for (size_t i = 0; i < len; ++i)
+      add(seq[i].id, item.type_id, seq[i].begin, seq[i].end, item.sequence);
   }
   return enc;
 }

@@ -2,10 +2,12 @@
 // vocab.txt tokenizer and the tokenizer.json pipeline are built from. Not part of the engine's API.
 //
 // A tokenizer turns one text into pieces through an implementation of TextTokenizer:
-//   - BertVocabTokenizer (tokenizer.cc): vocab.txt, Hugging Face's slow BertTokenizer in one fused pass;
-//   - JsonPipeline (tokenizer_json.cc): a tokenizer.json as Hugging Face's tokenizers library runs it:
-//     added tokens split off the original text, then per remaining span a Normalizer, a PreTokenizer
-//     and a Model (each an interface below, one class per component type of the file).
+//   - BertVocabTokenizer (tokenizer.cc): vocab.txt, Hugging Face's slow BertTokenizer in one fused
+//   pass;
+//   - JsonPipeline (tokenizer_json.cc): a tokenizer.json as Hugging Face's tokenizers library runs
+//   it:
+//     added tokens split off the original text, then per remaining span a Normalizer, a
+//     PreTokenizer and a Model (each an interface below, one class per component type of the file).
 // Tokenizer (tokenizer.h) owns one TextTokenizer and a PostTemplate and builds the model input.
 #pragma once
 
@@ -31,21 +33,21 @@ struct CharSpan {
   int32_t b, e;
 };
 
-// Decodes the UTF-8 sequence at p[0..avail) strictly (no overlong forms, surrogates, or values above
-// U+10FFFF). Returns its length (1-4), or 0 and a reason in *why.
+// Decodes the UTF-8 sequence at p[0..avail) strictly (no overlong forms, surrogates, or values
+// above U+10FFFF). Returns its length (1-4), or 0 and a reason in *why.
 int DecodeUtf8(const unsigned char* p, size_t avail, char32_t* cp, const char** why);
 // INVALID_ARGUMENT "invalid UTF-8 at byte <pos> of <size>: <why> (byte 0x..)".
 absl::Status InvalidUtf8(std::string_view text, size_t pos, const char* why);
 // The code points of valid UTF-8 text; false on invalid UTF-8.
 bool DecodeAll(std::string_view text, std::vector<char32_t>& out);
 
-// Canonical decomposition (NFD) of in into out: full decomposition, then canonical ordering (a stable
-// sort of each run of non-starters by combining class). Spans follow their characters.
+// Canonical decomposition (NFD) of in into out: full decomposition, then canonical ordering (a
+// stable sort of each run of non-starters by combining class). Spans follow their characters.
 void Nfd(const std::vector<CharSpan>& in, std::vector<CharSpan>& out);
 int CombiningClass(char32_t cp);
 
-// Greedy longest-match-first WordPiece over a code-point trie of the vocabulary (the algorithm of both
-// BertTokenizer's WordpieceTokenizer and the tokenizers library's WordPiece model).
+// Greedy longest-match-first WordPiece over a code-point trie of the vocabulary (the algorithm of
+// both BertTokenizer's WordpieceTokenizer and the tokenizers library's WordPiece model).
 class WordPieceTrie {
  public:
   // entries: (token code points, id); when two entries spell the same token, the later one wins.
@@ -54,8 +56,8 @@ class WordPieceTrie {
              std::u32string_view continuation);
   // Id of a token, or -1.
   int32_t Find(std::string_view utf8) const;
-  // Appends the pieces of the word w[begin, end): longest vocabulary match first, later pieces with the
-  // continuation prefix. A word of more than max_chars characters, or one with a part no token
+  // Appends the pieces of the word w[begin, end): longest vocabulary match first, later pieces with
+  // the continuation prefix. A word of more than max_chars characters, or one with a part no token
   // matches, becomes one `unk` piece spanning the whole word.
   void Greedy(const CharSpan* w, size_t begin, size_t end, int32_t unk, size_t max_chars,
               std::vector<Piece>& out) const;
@@ -65,8 +67,9 @@ class WordPieceTrie {
   int32_t Child(int32_t node, char32_t cp) const;
 
   struct Node {
-    int32_t token = -1;       // id of the token ending here, -1 if none
-    uint32_t first_edge = 0;  // children: edge_cp_/edge_to_[first_edge, first_edge + num_edges), sorted
+    int32_t token = -1;  // id of the token ending here, -1 if none
+    uint32_t first_edge =
+        0;  // children: edge_cp_/edge_to_[first_edge, first_edge + num_edges), sorted
     uint32_t num_edges = 0;
     int32_t dense = -1;  // row of dense_ for ASCII children (nodes with many children), or -1
   };
@@ -90,13 +93,14 @@ class TextTokenizer {
 struct LoadedTokenizer {
   std::unique_ptr<const TextTokenizer> impl;
   std::vector<std::string> id_to_token;  // "" for ids no token has
-  WordPieceTrie lookup;                  // token -> id over every token (model vocabulary and added)
+  WordPieceTrie lookup;  // token -> id over every token (model vocabulary and added)
   PostTemplate post;
   int32_t unk_id = -1;
 };
 
 // Parses a tokenizer.json (see docs/models.md for what is honoured and what is refused). Errors are
 // INVALID_ARGUMENT "<origin>: ..." naming the component or field.
-absl::StatusOr<LoadedTokenizer> ParseTokenizerJson(const std::string& json_text, const std::string& origin);
+absl::StatusOr<LoadedTokenizer> ParseTokenizerJson(const std::string& json_text,
+                                                   const std::string& origin);
 
 }  // namespace topserve::engine::tokenizer_internal

@@ -5,8 +5,9 @@
 // counting and building, scheduling on a real batcher and the tiny models' engine, and response
 // assembly (then serialization).
 //
-// Models: TOPSERVE_FUZZ_CLS_MODEL and TOPSERVE_FUZZ_QA_MODEL (tiny model directories; scripts/fuzz.sh
-// generates them with tools/gen_model.py), else the paths compiled in (TOPSERVE_FUZZ_MODELS/cls, /qa).
+// Models: TOPSERVE_FUZZ_CLS_MODEL and TOPSERVE_FUZZ_QA_MODEL (tiny model directories;
+// scripts/fuzz.sh generates them with tools/gen_model.py), else the paths compiled in
+// (TOPSERVE_FUZZ_MODELS/cls, /qa).
 //
 // Checked (besides no crash / ASan / UBSan / hang):
 //   - a body that does not parse is INVALID_ARGUMENT with a message; one that parses is also clean
@@ -80,7 +81,8 @@ World* MakeWorld() {
   // A small queue so that "can never fit" (RESOURCE_EXHAUSTED) is reachable too.
   config.models[1].batching.max_queue_size = 16;
   auto die = [](const absl::Status& s) {
-    std::fprintf(stderr, "fuzz_request: set-up failed: %s\n(set TOPSERVE_FUZZ_CLS_MODEL and "
+    std::fprintf(stderr,
+                 "fuzz_request: set-up failed: %s\n(set TOPSERVE_FUZZ_CLS_MODEL and "
                  "TOPSERVE_FUZZ_QA_MODEL to tiny model dirs; scripts/fuzz.sh makes them)\n",
                  s.ToString().c_str());
     std::abort();
@@ -129,8 +131,8 @@ absl::Status RunCall(Start start) {
     result->cv.notify_all();
   });
   std::unique_lock<std::mutex> lock(result->mu);
-  const bool done = result->cv.wait_for(lock, std::chrono::seconds(20),
-                                        [&] { return result->calls > 0; });
+  const bool done =
+      result->cv.wait_for(lock, std::chrono::seconds(20), [&] { return result->calls > 0; });
   FUZZ_CHECK(done, "the call never completed");
   FUZZ_CHECK(result->calls == 1, "done called %d times", result->calls);
   return result->status;
@@ -196,8 +198,8 @@ void Answer(server::Runtime& rt, const v1::AnswerRequest& req) {
     FUZZ_CHECK(a.text() == context.substr(static_cast<size_t>(a.byte_start()),
                                           static_cast<size_t>(a.byte_end() - a.byte_start())),
                "span text differs from the context bytes it names");
-    FUZZ_CHECK(a.window() >= 0 && a.window() < resp.windows_size(), "window %d of %d",
-               a.window(), resp.windows_size());
+    FUZZ_CHECK(a.window() >= 0 && a.window() < resp.windows_size(), "window %d of %d", a.window(),
+               resp.windows_size());
     FUZZ_CHECK(server::IsValidUtf8(a.text()), "answer text is not UTF-8");
   }
   CheckSerializes(resp);

@@ -1,11 +1,13 @@
-// libFuzzer target: arbitrary bytes, written to a per-process scratch file -> SafetensorsFile::Open,
-// then Find and ReadF32 on every listed tensor (with its own shape, a wrong shape and a missing name).
+// libFuzzer target: arbitrary bytes, written to a per-process scratch file ->
+// SafetensorsFile::Open, then Find and ReadF32 on every listed tensor (with its own shape, a wrong
+// shape and a missing name).
 //
-// Checked (besides no crash / ASan / UBSan): errors are INVALID_ARGUMENT (Open) / NOT_FOUND (missing
-// tensor); on success the tensors are sorted by unique name, nbytes == elements x dtype size, every
-// non-empty tensor lies inside the data section of the mapped file (its bytes equal the input's bytes
-// at that offset; checked when the input fits one page, so the page-aligned mapping's start is known),
-// no two non-empty tensors overlap, and ReadF32 returns the converted values of exactly those bytes.
+// Checked (besides no crash / ASan / UBSan): errors are INVALID_ARGUMENT (Open) / NOT_FOUND
+// (missing tensor); on success the tensors are sorted by unique name, nbytes == elements x dtype
+// size, every non-empty tensor lies inside the data section of the mapped file (its bytes equal the
+// input's bytes at that offset; checked when the input fits one page, so the page-aligned mapping's
+// start is known), no two non-empty tensors overlap, and ReadF32 returns the converted values of
+// exactly those bytes.
 #include <unistd.h>
 
 #include <algorithm>
@@ -41,27 +43,32 @@ void CheckFile(const SafetensorsFile& file, const uint8_t* input, size_t size) {
   std::vector<std::pair<const uint8_t*, const uint8_t*>> extents;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const TensorView& t = tensors[i];
-    if (i > 0) FUZZ_CHECK(tensors[i - 1].name < t.name, "tensors not sorted by unique name at %zu", i);
-    FUZZ_CHECK(file.Find(t.name) == &t, "Find('%s') does not return the listed tensor", t.name.c_str());
+    if (i > 0)
+      FUZZ_CHECK(tensors[i - 1].name < t.name, "tensors not sorted by unique name at %zu", i);
+    FUZZ_CHECK(file.Find(t.name) == &t, "Find('%s') does not return the listed tensor",
+               t.name.c_str());
     int64_t numel = 1;
     for (const int64_t d : t.shape) {
       FUZZ_CHECK(d >= 0, "negative dimension");
       FUZZ_CHECK(!__builtin_mul_overflow(numel, d, &numel), "element count overflows");
     }
-    FUZZ_CHECK(numel == t.NumElements(), "NumElements %lld != %lld", static_cast<long long>(t.NumElements()),
-               static_cast<long long>(numel));
+    FUZZ_CHECK(numel == t.NumElements(), "NumElements %lld != %lld",
+               static_cast<long long>(t.NumElements()), static_cast<long long>(numel));
     const size_t elem = topserve::engine::DTypeSize(t.dtype);
-    FUZZ_CHECK(static_cast<uint64_t>(numel) * elem == t.nbytes, "tensor '%s': %zu bytes for %lld x %zu",
-               t.name.c_str(), t.nbytes, static_cast<long long>(numel), elem);
+    FUZZ_CHECK(static_cast<uint64_t>(numel) * elem == t.nbytes,
+               "tensor '%s': %zu bytes for %lld x %zu", t.name.c_str(), t.nbytes,
+               static_cast<long long>(numel), elem);
     FUZZ_CHECK(t.nbytes <= size - data_start, "tensor '%s': %zu bytes but the data section has %zu",
                t.name.c_str(), t.nbytes, size - data_start);
     if (t.nbytes == 0) continue;
     if (know_base) {
-      const auto base = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(t.data) & ~(page - 1));
+      const auto base =
+          reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(t.data) & ~(page - 1));
       const auto offset = static_cast<size_t>(t.data - base);
-      FUZZ_CHECK(offset >= data_start && offset + t.nbytes <= size,
-                 "tensor '%s': bytes [%zu, %zu) of the file are outside the data section [%zu, %zu)",
-                 t.name.c_str(), offset, offset + t.nbytes, data_start, size);
+      FUZZ_CHECK(
+          offset >= data_start && offset + t.nbytes <= size,
+          "tensor '%s': bytes [%zu, %zu) of the file are outside the data section [%zu, %zu)",
+          t.name.c_str(), offset, offset + t.nbytes, data_start, size);
       FUZZ_CHECK(std::memcmp(t.data, input + offset, t.nbytes) == 0,
                  "tensor '%s' does not point into the mapped file", t.name.c_str());
     }
@@ -76,13 +83,16 @@ void CheckFile(const SafetensorsFile& file, const uint8_t* input, size_t size) {
     auto values = file.ReadF32(t.name, t.shape);
     if (!topserve::engine::IsFloatDType(t.dtype)) {
       FUZZ_CHECK(!values.ok() && values.status().code() == absl::StatusCode::kInvalidArgument,
-                 "ReadF32 of a %s tensor: %s", std::string(topserve::engine::DTypeName(t.dtype)).c_str(),
+                 "ReadF32 of a %s tensor: %s",
+                 std::string(topserve::engine::DTypeName(t.dtype)).c_str(),
                  values.status().ToString().c_str());
       continue;
     }
-    FUZZ_CHECK(values.ok(), "ReadF32('%s') failed: %s", t.name.c_str(), values.status().ToString().c_str());
-    FUZZ_CHECK(static_cast<int64_t>(values->size()) == t.NumElements(), "ReadF32('%s'): %zu values for %lld",
-               t.name.c_str(), values->size(), static_cast<long long>(t.NumElements()));
+    FUZZ_CHECK(values.ok(), "ReadF32('%s') failed: %s", t.name.c_str(),
+               values.status().ToString().c_str());
+    FUZZ_CHECK(static_cast<int64_t>(values->size()) == t.NumElements(),
+               "ReadF32('%s'): %zu values for %lld", t.name.c_str(), values->size(),
+               static_cast<long long>(t.NumElements()));
     for (size_t i = 0; i < values->size(); ++i) {
       float expected;
       if (t.dtype == DType::kF32) {
@@ -93,7 +103,8 @@ void CheckFile(const SafetensorsFile& file, const uint8_t* input, size_t size) {
         expected = t.dtype == DType::kF16 ? topserve::engine::HalfToFloat(bits)
                                           : topserve::engine::BFloat16ToFloat(bits);
       }
-      FUZZ_CHECK(SameBits((*values)[i], expected), "ReadF32('%s')[%zu] differs from the file", t.name.c_str(), i);
+      FUZZ_CHECK(SameBits((*values)[i], expected), "ReadF32('%s')[%zu] differs from the file",
+                 t.name.c_str(), i);
     }
     // A wrong shape is refused, not read.
     std::vector<int64_t> wrong = t.shape;
@@ -115,8 +126,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string& path = scratch.Write(data, size);
   auto file = SafetensorsFile::Open(path);
   if (!file.ok()) {
-    FUZZ_CHECK(file.status().code() == absl::StatusCode::kInvalidArgument, "Open error with code %s",
-               file.status().ToString().c_str());
+    FUZZ_CHECK(file.status().code() == absl::StatusCode::kInvalidArgument,
+               "Open error with code %s", file.status().ToString().c_str());
     return 0;
   }
   CheckFile(**file, data, size);

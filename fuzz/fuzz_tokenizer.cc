@@ -1,24 +1,26 @@
 // libFuzzer target: arbitrary bytes -> Tokenizer::Tokenize and Tokenizer::Encode with the real
-// bert-base-uncased vocab (TOPSERVE_FUZZ_VOCAB, compile-time default or environment variable), loaded
-// from vocab.txt and, as a tokenizer.json (BertNormalizer + BertPreTokenizer + WordPiece + template)
-// written from the same vocab at start-up, through the tokenizer.json pipeline.
+// bert-base-uncased vocab (TOPSERVE_FUZZ_VOCAB, compile-time default or environment variable),
+// loaded from vocab.txt and, as a tokenizer.json (BertNormalizer + BertPreTokenizer + WordPiece +
+// template) written from the same vocab at start-up, through the tokenizer.json pipeline.
 //
 // Input layout (missing header bytes read as 0):
 //   byte 0: bits 0-1 truncation (none, longest_first, only_first, only_second), bit 2 pair,
 //           bits 3-7 tokenizer (index mod 24: 0-11 vocab.txt, 12-23 tokenizer.json; index mod 12:
-//           do_lower_case x strip_accents x chinese chars, as the normalizer's options for tokenizer.json)
+//           do_lower_case x strip_accents x chinese chars, as the normalizer's options for
+//           tokenizer.json)
 //   byte 1: max_length (0..255)
 //   bytes 2-3: split point (little-endian, mod text size + 1): a = text[:split], b = text[split:]
 //   rest: the text
 //
 // Checked (besides no crash / ASan / UBSan):
 //   Tokenize: succeeds iff the text is valid UTF-8 (an independent strict validator); otherwise
-//     INVALID_ARGUMENT naming the first bad byte; each piece has an id in [0, vocab) and a non-empty
-//     byte span inside the text that starts and ends on a character boundary; deterministic.
+//     INVALID_ARGUMENT naming the first bad byte; each piece has an id in [0, vocab) and a
+//     non-empty byte span inside the text that starts and ends on a character boundary;
+//     deterministic.
 //   Encode: succeeds exactly when the documented truncation rules allow it, else INVALID_ARGUMENT;
-//     [CLS] a [SEP] (b [SEP]) with the pieces of Tokenize (truncated from the end, longest_first one
-//     token at a time from the longer part, the second when equal), length <= max_length, offsets in
-//     the text each token came from, (0, 0) for specials, type ids 0/1.
+//     [CLS] a [SEP] (b [SEP]) with the pieces of Tokenize (truncated from the end, longest_first
+//     one token at a time from the longer part, the second when equal), length <= max_length,
+//     offsets in the text each token came from, (0, 0) for specials, type ids 0/1.
 #include <unistd.h>
 
 #include <cstdint>
@@ -78,8 +80,13 @@ std::string WriteTokenizerJson(const TokenizerConfig& config) {
   nlohmann::json added = nlohmann::json::array();
   for (const char* token : {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"}) {
     if (!vocab.contains(token)) continue;
-    added.push_back({{"id", id_of(token)}, {"content", token}, {"single_word", false}, {"lstrip", false},
-                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+    added.push_back({{"id", id_of(token)},
+                     {"content", token},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", true}});
   }
   const auto special = [](const char* name, int type) {
     return nlohmann::json{{"SpecialToken", {{"id", name}, {"type_id", type}}}};
@@ -94,13 +101,16 @@ std::string WriteTokenizerJson(const TokenizerConfig& config) {
        {{"type", "BertNormalizer"},
         {"clean_text", true},
         {"handle_chinese_chars", config.tokenize_chinese_chars},
-        {"strip_accents", config.strip_accents.has_value() ? nlohmann::json(*config.strip_accents) : nlohmann::json()},
+        {"strip_accents", config.strip_accents.has_value() ? nlohmann::json(*config.strip_accents)
+                                                           : nlohmann::json()},
         {"lowercase", config.do_lower_case}}},
       {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
       {"post_processor",
        {{"type", "TemplateProcessing"},
         {"single", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0)}},
-        {"pair", {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0), sequence("B", 1), special("[SEP]", 1)}},
+        {"pair",
+         {special("[CLS]", 0), sequence("A", 0), special("[SEP]", 0), sequence("B", 1),
+          special("[SEP]", 1)}},
         {"special_tokens",
          {{"[CLS]", {{"id", "[CLS]"}, {"ids", {id_of("[CLS]")}}, {"tokens", {"[CLS]"}}}},
           {"[SEP]", {{"id", "[SEP]"}, {"ids", {id_of("[SEP]")}}, {"tokens", {"[SEP]"}}}}}}}},
@@ -206,7 +216,8 @@ std::optional<std::vector<Piece>> CheckedTokenize(const Tokenizer& tok, std::str
   const size_t bad = FirstInvalidUtf8(text);
   auto pieces = tok.Tokenize(text);
   if (bad != std::string_view::npos) {
-    FUZZ_CHECK(!pieces.ok(), "invalid UTF-8 at byte %zu accepted: \"%s\"", bad, Printable(text).c_str());
+    FUZZ_CHECK(!pieces.ok(), "invalid UTF-8 at byte %zu accepted: \"%s\"", bad,
+               Printable(text).c_str());
     FUZZ_CHECK(pieces.status().code() == absl::StatusCode::kInvalidArgument, "wrong code: %s",
                pieces.status().ToString().c_str());
     FUZZ_CHECK(absl::StrContains(pieces.status().message(), absl::StrCat("at byte ", bad, " of")),
@@ -231,21 +242,21 @@ std::optional<std::vector<Piece>> CheckedTokenize(const Tokenizer& tok, std::str
   FUZZ_CHECK(again.ok() && again->size() == pieces->size(), "Tokenize is not deterministic");
   for (size_t i = 0; i < pieces->size(); ++i) {
     const Piece &x = (*pieces)[i], &y = (*again)[i];
-    FUZZ_CHECK(x.id == y.id && x.begin == y.begin && x.end == y.end, "Tokenize is not deterministic at %zu", i);
+    FUZZ_CHECK(x.id == y.id && x.begin == y.begin && x.end == y.end,
+               "Tokenize is not deterministic at %zu", i);
   }
   return *std::move(pieces);
 }
 
 // What Build must produce: the kept lengths of a and b, or nullopt for an error.
-std::optional<std::pair<size_t, size_t>> ExpectedLengths(size_t la, size_t lb, bool pair, size_t max_length,
-                                                         Truncation truncation) {
+std::optional<std::pair<size_t, size_t>> ExpectedLengths(size_t la, size_t lb, bool pair,
+                                                         size_t max_length, Truncation truncation) {
   const size_t specials = pair ? 3 : 2;
   if (max_length < specials) return std::nullopt;
   if (la + lb + specials <= max_length) return std::make_pair(la, lb);
   size_t remove = la + lb + specials - max_length;
   switch (truncation) {
-    case Truncation::kNone:
-      return std::nullopt;
+    case Truncation::kNone: return std::nullopt;
     case Truncation::kLongestFirst:
       if (!pair) {
         if (la <= remove) return std::nullopt;
@@ -269,8 +280,9 @@ std::optional<std::pair<size_t, size_t>> ExpectedLengths(size_t la, size_t lb, b
   return std::nullopt;
 }
 
-void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::string_view> b, size_t max_length,
-                 Truncation truncation, const std::optional<std::vector<Piece>>& pa,
+void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::string_view> b,
+                 size_t max_length, Truncation truncation,
+                 const std::optional<std::vector<Piece>>& pa,
                  const std::optional<std::vector<Piece>>& pb) {
   auto enc = tok.Encode(a, b, max_length, truncation);
   const auto trunc = static_cast<int>(truncation);
@@ -284,8 +296,10 @@ void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::st
   const size_t la_in = pa->size(), lb_in = b ? pb->size() : 0;
   const auto expected = ExpectedLengths(la_in, lb_in, b.has_value(), max_length, truncation);
   if (!expected) {
-    FUZZ_CHECK(!enc.ok(), "Encode succeeded but must fail: %zu+%zu tokens, pair %d, max_length %zu, truncation %d",
-               la_in, lb_in, b.has_value(), max_length, trunc);
+    FUZZ_CHECK(
+        !enc.ok(),
+        "Encode succeeded but must fail: %zu+%zu tokens, pair %d, max_length %zu, truncation %d",
+        la_in, lb_in, b.has_value(), max_length, trunc);
     FUZZ_CHECK(enc.status().code() == absl::StatusCode::kInvalidArgument, "wrong code: %s",
                enc.status().ToString().c_str());
     return;
@@ -296,27 +310,32 @@ void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::st
   const Encoding& e = *enc;
   const size_t n = e.size();
   FUZZ_CHECK(n <= max_length, "%zu tokens > max_length %zu", n, max_length);
-  FUZZ_CHECK(n == la + lb + (b ? 3 : 2), "%zu tokens, expected %zu + %zu + specials (truncation %d, max %zu)", n,
-             la, lb, trunc, max_length);
-  FUZZ_CHECK(e.type_ids.size() == n && e.begin.size() == n && e.end.size() == n && e.segment.size() == n,
-             "Encoding vectors differ in length");
+  FUZZ_CHECK(n == la + lb + (b ? 3 : 2),
+             "%zu tokens, expected %zu + %zu + specials (truncation %d, max %zu)", n, la, lb, trunc,
+             max_length);
+  FUZZ_CHECK(
+      e.type_ids.size() == n && e.begin.size() == n && e.end.size() == n && e.segment.size() == n,
+      "Encoding vectors differ in length");
   const auto vocab = static_cast<int32_t>(tok.vocab_size());
   for (size_t i = 0; i < n; ++i) {
-    FUZZ_CHECK(e.ids[i] >= 0 && e.ids[i] < vocab, "token %zu: id %d outside the vocab", i, e.ids[i]);
+    FUZZ_CHECK(e.ids[i] >= 0 && e.ids[i] < vocab, "token %zu: id %d outside the vocab", i,
+               e.ids[i]);
     FUZZ_CHECK(e.begin[i] <= e.end[i], "token %zu: begin %d > end %d", i, e.begin[i], e.end[i]);
   }
   const auto special = [&](size_t i, int32_t id, int32_t type) {
-    FUZZ_CHECK(e.ids[i] == id && e.segment[i] == -1 && e.begin[i] == 0 && e.end[i] == 0 && e.type_ids[i] == type,
-               "token %zu should be special %d (type %d): id %d segment %d span [%d, %d) type %d", i, id, type,
-               e.ids[i], e.segment[i], e.begin[i], e.end[i], e.type_ids[i]);
+    FUZZ_CHECK(e.ids[i] == id && e.segment[i] == -1 && e.begin[i] == 0 && e.end[i] == 0 &&
+                   e.type_ids[i] == type,
+               "token %zu should be special %d (type %d): id %d segment %d span [%d, %d) type %d",
+               i, id, type, e.ids[i], e.segment[i], e.begin[i], e.end[i], e.type_ids[i]);
   };
   const auto from = [&](size_t i, const Piece& p, int8_t segment, std::string_view text) {
-    FUZZ_CHECK(e.ids[i] == p.id && e.begin[i] == p.begin && e.end[i] == p.end && e.segment[i] == segment &&
-                   e.type_ids[i] == segment,
-               "token %zu: (%d [%d, %d) seg %d type %d), expected (%d [%d, %d) seg %d)", i, e.ids[i], e.begin[i],
-               e.end[i], e.segment[i], e.type_ids[i], p.id, p.begin, p.end, segment);
-    FUZZ_CHECK(e.end[i] <= static_cast<int32_t>(text.size()), "token %zu: end %d past its %zu-byte text", i,
-               e.end[i], text.size());
+    FUZZ_CHECK(e.ids[i] == p.id && e.begin[i] == p.begin && e.end[i] == p.end &&
+                   e.segment[i] == segment && e.type_ids[i] == segment,
+               "token %zu: (%d [%d, %d) seg %d type %d), expected (%d [%d, %d) seg %d)", i,
+               e.ids[i], e.begin[i], e.end[i], e.segment[i], e.type_ids[i], p.id, p.begin, p.end,
+               segment);
+    FUZZ_CHECK(e.end[i] <= static_cast<int32_t>(text.size()),
+               "token %zu: end %d past its %zu-byte text", i, e.end[i], text.size());
   };
   special(0, tok.cls_id(), 0);
   for (size_t i = 0; i < la; ++i) from(1 + i, (*pa)[i], 0, a);
@@ -330,7 +349,7 @@ void CheckEncode(const Tokenizer& tok, std::string_view a, std::optional<std::st
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
-  TokenizerAt(0);  // fail fast on a missing vocab
+  TokenizerAt(0);                 // fail fast on a missing vocab
   TokenizerAt(kNumVocabConfigs);  // and on a tokenizer.json the loader refuses
   return 0;
 }
@@ -339,13 +358,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint8_t header[4] = {0, 0, 0, 0};
   const size_t header_size = size < 4 ? size : 4;
   for (size_t i = 0; i < header_size; ++i) header[i] = data[i];
-  const std::string_view text(reinterpret_cast<const char*>(data) + header_size, size - header_size);
+  const std::string_view text(reinterpret_cast<const char*>(data) + header_size,
+                              size - header_size);
 
   const auto truncation = static_cast<Truncation>(header[0] & 3);
   const bool pair = (header[0] & 4) != 0;
   const int config = (header[0] >> 3) % kNumConfigs;
   const size_t max_length = header[1];
-  const size_t split = (static_cast<size_t>(header[2]) | static_cast<size_t>(header[3]) << 8) % (text.size() + 1);
+  const size_t split =
+      (static_cast<size_t>(header[2]) | static_cast<size_t>(header[3]) << 8) % (text.size() + 1);
 
   const Tokenizer& tok = TokenizerAt(config);
   const auto whole = CheckedTokenize(tok, text);

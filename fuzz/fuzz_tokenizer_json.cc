@@ -37,7 +37,8 @@ void CheckTokenizer(const Tokenizer& tok) {
   const auto vocab = static_cast<int64_t>(tok.vocab_size());
   for (std::string_view text : kTexts) {
     auto pieces = tok.Tokenize(text);
-    FUZZ_CHECK(pieces.ok(), "Tokenize of valid UTF-8 failed: %s", pieces.status().ToString().c_str());
+    FUZZ_CHECK(pieces.ok(), "Tokenize of valid UTF-8 failed: %s",
+               pieces.status().ToString().c_str());
     int32_t last_begin = 0;
     for (const Piece& p : *pieces) {
       FUZZ_CHECK(p.id >= 0 && p.id < vocab, "piece id %d outside [0, %lld)", p.id,

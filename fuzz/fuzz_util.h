@@ -1,5 +1,5 @@
-// Helpers shared by the libFuzzer targets: invariant checks that abort (libFuzzer then saves the input
-// as crash-<sha1>) and a per-process scratch file for APIs that only take a path.
+// Helpers shared by the libFuzzer targets: invariant checks that abort (libFuzzer then saves the
+// input as crash-<sha1>) and a per-process scratch file for APIs that only take a path.
 #pragma once
 
 #include <fcntl.h>
@@ -17,14 +17,14 @@
 #include "absl/status/status.h"
 
 // FUZZ_CHECK(cond, fmt, ...): an invariant of the code under test; a violation is a finding.
-#define FUZZ_CHECK(cond, ...)                                                          \
-  do {                                                                                 \
-    if (!(cond)) {                                                                     \
+#define FUZZ_CHECK(cond, ...)                                                             \
+  do {                                                                                    \
+    if (!(cond)) {                                                                        \
       std::fprintf(stderr, "%s:%d: invariant failed: %s\n  ", __FILE__, __LINE__, #cond); \
-      std::fprintf(stderr, __VA_ARGS__);                                               \
-      std::fprintf(stderr, "\n");                                                      \
-      std::abort();                                                                    \
-    }                                                                                  \
+      std::fprintf(stderr, __VA_ARGS__);                                                  \
+      std::fprintf(stderr, "\n");                                                         \
+      std::abort();                                                                       \
+    }                                                                                     \
   } while (0)
 
 namespace topserve::fuzz {
@@ -36,15 +36,16 @@ inline void CheckInvalidArgument(const absl::Status& s, const char* what) {
   FUZZ_CHECK(!s.message().empty(), "%s: error without a message", what);
 }
 
-// A file this process owns, rewritten for every input. Created in $TOPSERVE_FUZZ_TMPDIR, else /dev/shm
-// (no disk I/O), else $TMPDIR or /tmp, and unlinked at once: it is reached as /proc/self/fd/N, so a
-// crash leaves nothing behind and parallel jobs (-jobs/-fork) never collide.
+// A file this process owns, rewritten for every input. Created in $TOPSERVE_FUZZ_TMPDIR, else
+// /dev/shm (no disk I/O), else $TMPDIR or /tmp, and unlinked at once: it is reached as
+// /proc/self/fd/N, so a crash leaves nothing behind and parallel jobs (-jobs/-fork) never collide.
 class ScratchFile {
  public:
   explicit ScratchFile(const char* suffix) {
     std::string dir;
-    for (const char* candidate : {static_cast<const char*>(std::getenv("TOPSERVE_FUZZ_TMPDIR")), "/dev/shm",
-                                   static_cast<const char*>(std::getenv("TMPDIR")), "/tmp"}) {
+    for (const char* candidate :
+         {static_cast<const char*>(std::getenv("TOPSERVE_FUZZ_TMPDIR")), "/dev/shm",
+          static_cast<const char*>(std::getenv("TMPDIR")), "/tmp"}) {
       if (candidate != nullptr && *candidate != '\0' && access(candidate, W_OK) == 0) {
         dir = candidate;
         break;
@@ -53,7 +54,8 @@ class ScratchFile {
     std::string pattern = dir + "/topserve-fuzz-XXXXXX" + suffix;
     fd_ = mkstemps(pattern.data(), static_cast<int>(std::strlen(suffix)));
     if (fd_ < 0) {
-      std::fprintf(stderr, "cannot create a scratch file %s: %s\n", pattern.c_str(), std::strerror(errno));
+      std::fprintf(stderr, "cannot create a scratch file %s: %s\n", pattern.c_str(),
+                   std::strerror(errno));
       std::abort();
     }
     unlink(pattern.c_str());

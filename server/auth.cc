@@ -68,8 +68,8 @@ absl::StatusOr<Authenticator> Authenticator::FromText(std::string_view text,
     }
     for (char c : line) {
       if (!ValidTokenChar(c)) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            where, "a token may only hold printable ASCII without spaces"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, "a token may only hold printable ASCII without spaces"));
       }
     }
     auth.tokens_.emplace_back(line);

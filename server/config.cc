@@ -239,8 +239,8 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
   }
   RETURN_IF_ERROR(Range("server.metrics_port", c.metrics_port, -1, 65535));
   if (!(c.drain_grace_seconds >= 0 && c.drain_grace_seconds <= 3600)) {
-    return absl::InvalidArgumentError(absl::StrCat("server.drain_grace_seconds: ",
-                                                   c.drain_grace_seconds, " is outside [0, 3600]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "server.drain_grace_seconds: ", c.drain_grace_seconds, " is outside [0, 3600]"));
   }
   if (!(c.max_connection_age_seconds == 0 ||
         (c.max_connection_age_seconds >= 0.1 && c.max_connection_age_seconds <= 86400))) {
@@ -250,9 +250,9 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
   }
   const TlsConfig& tls = c.tls;
   if (tls.cert_file.empty() != tls.key_file.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "server.tls.", tls.cert_file.empty() ? "cert_file" : "key_file",
-        ": must be set too (TLS needs both the certificate and its key)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("server.tls.", tls.cert_file.empty() ? "cert_file" : "key_file",
+                     ": must be set too (TLS needs both the certificate and its key)"));
   }
   if (!tls.enabled() && !tls.client_ca_file.empty()) {
     return absl::InvalidArgumentError(
@@ -275,8 +275,8 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
     RETURN_IF_ERROR(Range(prefix + "max_queue_tokens", queue_tokens, 1, kBig));
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(check_queue("batching.", b.max_batch_tokens, b.max_batch_size, b.max_queue_delay_us,
-                              b.max_queue_size, b.max_queue_tokens));
+  RETURN_IF_ERROR(check_queue("batching.", b.max_batch_tokens, b.max_batch_size,
+                              b.max_queue_delay_us, b.max_queue_size, b.max_queue_tokens));
   RETURN_IF_ERROR(Range("batching.max_queue_wait_ms", b.max_queue_wait_ms, 0, 3'600'000));
 
   LimitsConfig& l = c.limits;
@@ -295,8 +295,8 @@ absl::Status NormalizeAndValidate(ServerConfig& c, int available_cpus) {
     ModelConfig& m = c.models[i];
     const std::string p = absl::StrCat("models[", i, "].");
     if (!ValidModelName(m.name)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          p, "name: '", m.name, "' must be 1-64 characters of [A-Za-z0-9._-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, "name: '", m.name, "' must be 1-64 characters of [A-Za-z0-9._-]"));
     }
     if (!names.insert(m.name).second) {
       return absl::InvalidArgumentError(absl::StrCat(p, "name: '", m.name, "' is used twice"));

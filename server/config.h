@@ -23,15 +23,15 @@ struct QueueConfig {
 };
 
 struct ModelConfig {
-  std::string name;  // Used in requests, metrics labels and health service names.
-  std::string path;  // Hugging Face model directory.
+  std::string name;             // Used in requests, metrics labels and health service names.
+  std::string path;             // Hugging Face model directory.
   double default_budget = 1.0;  // Budget of requests that set none.
   double max_budget = 1.0;      // Larger requested budgets are RESOURCE_EXHAUSTED.
   std::string schedule;         // Pruning schedule file overriding dir/pruning.yaml ("" = none).
   // Arithmetic of the encoder's dense layers: "fp32" (exact) or "int8" (dynamic quantization).
   std::string precision = "fp32";
-  bool warmup = true;           // Run a few batches before reporting ready.
-  QueueConfig batching;         // Overrides of the global batching knobs.
+  bool warmup = true;    // Run a few batches before reporting ready.
+  QueueConfig batching;  // Overrides of the global batching knobs.
 };
 
 struct BatchingConfig {
@@ -48,15 +48,15 @@ struct BatchingConfig {
 };
 
 struct LimitsConfig {
-  int64_t max_inputs_per_call = 64;        // Classify inputs per call (INVALID_ARGUMENT beyond).
-  int64_t max_text_bytes = 65536;          // Any one text, question or context (INVALID_ARGUMENT).
-  int64_t max_tokens_per_call = 65536;     // Tokens of a whole call (RESOURCE_EXHAUSTED beyond).
-  int64_t max_priority = 10;               // |priority| limit (INVALID_ARGUMENT beyond).
-  int64_t max_stream_inflight = 64;        // Requests in progress per ClassifyStream.
+  int64_t max_inputs_per_call = 64;     // Classify inputs per call (INVALID_ARGUMENT beyond).
+  int64_t max_text_bytes = 65536;       // Any one text, question or context (INVALID_ARGUMENT).
+  int64_t max_tokens_per_call = 65536;  // Tokens of a whole call (RESOURCE_EXHAUSTED beyond).
+  int64_t max_priority = 10;            // |priority| limit (INVALID_ARGUMENT beyond).
+  int64_t max_stream_inflight = 64;     // Requests in progress per ClassifyStream.
 };
 
-// TLS on the gRPC port. Off while cert_file is empty; when on, the port speaks TLS only (a plaintext
-// client cannot connect). The metrics port stays plain HTTP (server.cc says why).
+// TLS on the gRPC port. Off while cert_file is empty; when on, the port speaks TLS only (a
+// plaintext client cannot connect). The metrics port stays plain HTTP (server.cc says why).
 struct TlsConfig {
   std::string cert_file;       // PEM certificate chain of the server (needs key_file).
   std::string key_file;        // PEM private key of cert_file (unencrypted).
@@ -67,14 +67,14 @@ struct TlsConfig {
 struct ServerConfig {
   std::string listen = "0.0.0.0:8500";  // gRPC address (host:port; port 0 = any free port).
   std::string metrics_address = "0.0.0.0";
-  int64_t metrics_port = 9100;           // Prometheus /metrics; 0 = any free port, -1 = off.
-  double drain_grace_seconds = 30;       // SIGTERM: how long queued and running calls may take.
+  int64_t metrics_port = 9100;      // Prometheus /metrics; 0 = any free port, -1 = off.
+  double drain_grace_seconds = 30;  // SIGTERM: how long queued and running calls may take.
   // Each client connection gets a graceful GOAWAY at this age (+-10% jitter, gRPC's
   // max_connection_age; calls in progress finish): clients behind a plain TCP balancer spread
   // over new replicas, and a drain ends once every connection has moved on (at most this long
   // after the queued work is done). 0 = never (the drain then closes live connections).
   double max_connection_age_seconds = 10;
-  std::string auth_token_file;           // Bearer tokens required by Inference calls ("" = open).
+  std::string auth_token_file;  // Bearer tokens required by Inference calls ("" = open).
   TlsConfig tls;
   std::vector<ModelConfig> models;
   BatchingConfig batching;

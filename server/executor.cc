@@ -11,9 +11,8 @@
 
 namespace topserve::server {
 
-EngineExecutor::EngineExecutor(const engine::BertModel& model,
-                               const engine::BudgetPlanner& planner, int num_workers,
-                               int threads_per_worker)
+EngineExecutor::EngineExecutor(const engine::BertModel& model, const engine::BudgetPlanner& planner,
+                               int num_workers, int threads_per_worker)
     : model_(model), planner_(planner) {
   for (int i = 0; i < std::max(1, num_workers); ++i) {
     workspaces_.push_back(std::make_unique<engine::Workspace>(model, threads_per_worker));
@@ -23,8 +22,8 @@ EngineExecutor::EngineExecutor(const engine::BertModel& model,
 double EngineExecutor::Cost(int64_t tokens, double budget) const {
   auto plan = planner_.Plan(tokens, budget);
   // The request path validates tokens and budget before anything is costed, so Plan does not fail
-  // here; if it ever did, the unpruned cost (an upper bound, in FLOPs like every other answer) keeps
-  // the scheduler's arithmetic in one unit.
+  // here; if it ever did, the unpruned cost (an upper bound, in FLOPs like every other answer)
+  // keeps the scheduler's arithmetic in one unit.
   if (!plan.ok()) {
     return static_cast<double>(FlopsFromMacs(engine::UnprunedMacs(planner_.shape(), tokens)));
   }
@@ -48,7 +47,8 @@ absl::Status EngineExecutor::Run(const batching::Batch& batch) {
     if (task.cancelled()) continue;  // Dropped from the batch; completes CANCELLED.
     auto plan = planner_.Plan(static_cast<int64_t>(task.ids.size()), task.report().budget_used);
     if (!plan.ok()) {
-      task.SetError(absl::InternalError(absl::StrCat("planning failed: ", plan.status().message())));
+      task.SetError(
+          absl::InternalError(absl::StrCat("planning failed: ", plan.status().message())));
       continue;
     }
     task.plan = std::move(*plan);
@@ -89,7 +89,8 @@ absl::Status EngineExecutor::Warmup() {
   for (double budget : {1.0, 0.5}) {
     std::vector<engine::PruneReport> plans;
     for (const auto& seq : ids) {
-      ASSIGN_OR_RETURN(engine::PruneReport plan, planner_.Plan(static_cast<int64_t>(seq.size()), budget));
+      ASSIGN_OR_RETURN(engine::PruneReport plan,
+                       planner_.Plan(static_cast<int64_t>(seq.size()), budget));
       plans.push_back(std::move(plan));
     }
     std::vector<engine::SequenceInput> inputs;

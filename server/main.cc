@@ -59,8 +59,8 @@ int Fail(int code, absl::string_view message) {
 
 void ReexecWithPassiveOmp(char** argv) {
   bool changed = false;
-  for (const auto& [name, value] : {std::pair{"OMP_WAIT_POLICY", "passive"},
-                                    std::pair{"GOMP_SPINCOUNT", "10000"}}) {
+  for (const auto& [name, value] :
+       {std::pair{"OMP_WAIT_POLICY", "passive"}, std::pair{"GOMP_SPINCOUNT", "10000"}}) {
     if (std::getenv(name) != nullptr) continue;
     setenv(name, value, 1);
     changed = true;
@@ -106,9 +106,9 @@ absl::Status ApplyModelFlag(const std::string& flag, ServerConfig& config) {
       return absl::OkStatus();
     }
     if (config.models.size() > 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--model ", flag, ": the config has ", config.models.size(),
-          " models; say which one with --model NAME=DIR"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("--model ", flag, ": the config has ", config.models.size(),
+                       " models; say which one with --model NAME=DIR"));
     }
     name = NameFromDir(dir);
   }
@@ -143,8 +143,9 @@ Events& GetEvents() {
 int main(int argc, char** argv) {
   ReexecWithPassiveOmp(argv);
 
-  CLI::App app{"topserve-server: BERT classification and question answering over gRPC, with "
-               "per-request compute budgets"};
+  CLI::App app{
+      "topserve-server: BERT classification and question answering over gRPC, with "
+      "per-request compute budgets"};
   std::string config_path, listen, auth_token_file, metrics_address;
   std::string tls_cert, tls_key, tls_client_ca;
   int port = -1, metrics_port = -2, threads = -1, workers = -1, ready_delay_ms = 0;
@@ -173,7 +174,8 @@ int main(int argc, char** argv) {
   app.add_option("--tls-cert", tls_cert,
                  "PEM certificate chain: the gRPC port speaks TLS only (overrides "
                  "server.tls.cert_file; needs --tls-key)");
-  app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert (overrides server.tls.key_file)");
+  app.add_option("--tls-key", tls_key,
+                 "PEM private key of --tls-cert (overrides server.tls.key_file)");
   app.add_option("--tls-client-ca", tls_client_ca,
                  "PEM CA bundle: clients must present a certificate it signed, mutual TLS "
                  "(overrides server.tls.client_ca_file)");
@@ -242,8 +244,9 @@ int main(int argc, char** argv) {
     options.config.metrics_port = -1;
   }
   auto started = topserve::server::Server::Start(std::move(options));
-  if (!started.ok()) return Fail(started.status().code() == absl::StatusCode::kUnavailable ? 1 : 2,
-                                 started.status().message());
+  if (!started.ok())
+    return Fail(started.status().code() == absl::StatusCode::kUnavailable ? 1 : 2,
+                started.status().message());
   std::unique_ptr<topserve::server::Server> server = std::move(*started);
   if (check) {
     if (absl::Status s = server->LoadModels(); !s.ok()) return Fail(1, s.message());

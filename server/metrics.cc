@@ -16,7 +16,7 @@ const Histogram::BucketBoundaries& SecondsBuckets() {
   return b;
 }
 const Histogram::BucketBoundaries& FractionBuckets() {
-  static const Histogram::BucketBoundaries b = {0.05, 0.1, 0.2, 0.3, 0.4, 0.5,
+  static const Histogram::BucketBoundaries b = {0.05, 0.1, 0.2, 0.3, 0.4,  0.5,
                                                 0.6,  0.7, 0.8, 0.9, 0.95, 1.0};
   return b;
 }
@@ -25,7 +25,7 @@ const Histogram::BucketBoundaries& BatchSizeBuckets() {
   return b;
 }
 const Histogram::BucketBoundaries& BatchTokensBuckets() {
-  static const Histogram::BucketBoundaries b = {16,   32,   64,    128,   256,   512,  1024,
+  static const Histogram::BucketBoundaries b = {16,   32,   64,   128,   256,   512,  1024,
                                                 2048, 4096, 8192, 16384, 32768, 65536};
   return b;
 }
@@ -33,7 +33,8 @@ const Histogram::BucketBoundaries& BatchTokensBuckets() {
 // Measured / predicted batch compute time: 1 is a perfect prediction; the scheduler's deadline
 // decisions (predicted_late, budget lowering) are only as good as this.
 const Histogram::BucketBoundaries& PredictionRatioBuckets() {
-  static const Histogram::BucketBoundaries b = {0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0};
+  static const Histogram::BucketBoundaries b = {0.25, 0.5,  0.67, 0.8, 0.9, 1.0,
+                                                1.1,  1.25, 1.5,  2.0, 4.0};
   return b;
 }
 
@@ -50,11 +51,23 @@ constexpr absl::StatusCode kCommonCodes[] = {
 };
 
 std::string CodeName(int code) {
-  static const char* const kNames[] = {
-      "OK",       "CANCELLED",          "UNKNOWN",        "INVALID_ARGUMENT",    "DEADLINE_EXCEEDED",
-      "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-      "FAILED_PRECONDITION", "ABORTED",  "OUT_OF_RANGE",   "UNIMPLEMENTED",       "INTERNAL",
-      "UNAVAILABLE", "DATA_LOSS",       "UNAUTHENTICATED"};
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
   return code >= 0 && code < Metrics::kNumCodes ? kNames[code] : "UNKNOWN";
 }
 
@@ -86,8 +99,9 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
   prometheus::Registry& r = *registry_;
   requests_ = &prometheus::BuildCounter()
                    .Name("topserve_requests_total")
-                   .Help("Finished RPCs (one per ClassifyStream message) by model, method and "
-                         "gRPC status code")
+                   .Help(
+                       "Finished RPCs (one per ClassifyStream message) by model, method and "
+                       "gRPC status code")
                    .Register(r);
   auto& request_duration =
       prometheus::BuildHistogram()
@@ -117,8 +131,9 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
   auto& prediction_ratio =
       prometheus::BuildHistogram()
           .Name("topserve_batch_compute_over_predicted")
-          .Help("Measured compute time of a batch / the time the scheduler's predictor expected "
-                "when it formed the batch (1 = exact; above 1 = slower than predicted)")
+          .Help(
+              "Measured compute time of a batch / the time the scheduler's predictor expected "
+              "when it formed the batch (1 = exact; above 1 = slower than predicted)")
           .Register(r);
   auto& flops_fraction =
       prometheus::BuildHistogram()
@@ -168,10 +183,11 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
                        .Register(r);
   auto& shed = prometheus::BuildCounter()
                    .Name("topserve_shed_sequences_total")
-                   .Help("Sequences refused or dropped without compute for load, by reason: "
-                         "queue_full and predicted_late (refused, UNAVAILABLE), late_in_queue "
-                         "(dropped before their deadline, predicted to miss it) and expired "
-                         "(their deadline passed in the queue; both DEADLINE_EXCEEDED)")
+                   .Help(
+                       "Sequences refused or dropped without compute for load, by reason: "
+                       "queue_full and predicted_late (refused, UNAVAILABLE), late_in_queue "
+                       "(dropped before their deadline, predicted to miss it) and expired "
+                       "(their deadline passed in the queue; both DEADLINE_EXCEEDED)")
                    .Register(r);
   prometheus::BuildGauge()
       .Name("topserve_build_info")
@@ -197,9 +213,8 @@ Metrics::Metrics(const std::vector<ModelMetricsSpec>& models, const std::string&
       ms.request_duration = &request_duration.Add(labels, SecondsBuckets());
       ms.inflight = &inflight.Add(labels);
       if (m == Method::kGetModel) {
-        ms.requests[0] = &requests_->Add({{"model", spec.name},
-                                          {"method", std::string(MethodName(m))},
-                                          {"code", "OK"}});
+        ms.requests[0] = &requests_->Add(
+            {{"model", spec.name}, {"method", std::string(MethodName(m))}, {"code", "OK"}});
         continue;
       }
       ms.queue_duration = &queue_duration.Add(labels, SecondsBuckets());
@@ -260,9 +275,8 @@ prometheus::Counter& Metrics::RequestCounter(ModelSeries& s, Method method, int 
   std::lock_guard<std::mutex> lock(add_mu_);
   c = slot.load(std::memory_order_relaxed);
   if (c == nullptr) {
-    c = &requests_->Add({{"model", s.name},
-                         {"method", std::string(MethodName(method))},
-                         {"code", CodeName(code)}});
+    c = &requests_->Add(
+        {{"model", s.name}, {"method", std::string(MethodName(method))}, {"code", CodeName(code)}});
     slot.store(c, std::memory_order_release);
   }
   return *c;
@@ -336,7 +350,8 @@ void Metrics::OnBatchDone(const batching::BatchStats& stats) {
   // Only batches that ran: a failed Run says nothing about the predictor, and a batch formed
   // before the predictor had a measurement has no prediction to compare.
   if (stats.status.ok() && stats.predicted_compute_time > absl::ZeroDuration()) {
-    s->prediction_ratio->Observe(absl::FDivDuration(stats.compute_time, stats.predicted_compute_time));
+    s->prediction_ratio->Observe(
+        absl::FDivDuration(stats.compute_time, stats.predicted_compute_time));
   }
 }
 

@@ -14,12 +14,12 @@
 #include <string_view>
 #include <vector>
 
-#include "absl/status/status.h"
 #include <prometheus/counter.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include "absl/status/status.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "batching/observer.h"

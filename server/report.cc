@@ -4,9 +4,8 @@
 
 namespace topserve::server {
 
-void FillPruningReport(const engine::PruneReport& plan, int64_t num_layers,
-                       double budget_requested, const batching::TaskReport& task,
-                       v1::PruningReport* out) {
+void FillPruningReport(const engine::PruneReport& plan, int64_t num_layers, double budget_requested,
+                       const batching::TaskReport& task, v1::PruningReport* out) {
   out->set_tokens_in(plan.tokens_in);
   out->clear_tokens_kept();
   for (int64_t l = 0; l < num_layers; ++l) {

@@ -15,9 +15,8 @@ namespace topserve::server {
 using engine::FlopsFromMacs;  // engine/cost_model.h: FLOPs = 2 x MACs
 
 // Fills `out` from a plan (an unpruned plan, with empty kept, reports tokens_in for every layer).
-void FillPruningReport(const engine::PruneReport& plan, int64_t num_layers,
-                       double budget_requested, const batching::TaskReport& task,
-                       v1::PruningReport* out);
+void FillPruningReport(const engine::PruneReport& plan, int64_t num_layers, double budget_requested,
+                       const batching::TaskReport& task, v1::PruningReport* out);
 
 // Unicode code points in the first `bytes` bytes of valid UTF-8 `text`.
 int32_t CodePoints(std::string_view text, int32_t bytes);

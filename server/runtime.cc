@@ -49,8 +49,8 @@ absl::StatusOr<Budget> ResolveBudget(bool has_budget, double budget, bool has_mi
   }
   if (has_min) {
     if (!(min_budget > 0 && min_budget <= b.budget)) {
-      return Invalid("min_budget", absl::StrCat(min_budget, " is outside (0, budget = ", b.budget,
-                                                "]"));
+      return Invalid("min_budget",
+                     absl::StrCat(min_budget, " is outside (0, budget = ", b.budget, "]"));
     }
     b.min_budget = min_budget;
   }
@@ -80,23 +80,23 @@ absl::Status CheckPriority(int32_t priority, int64_t max_priority) {
 absl::Status CheckFitsQueue(int64_t sequences, int64_t tokens, const ModelConfig& model) {
   const QueueConfig& q = model.batching;
   if (q.max_queue_size && sequences > *q.max_queue_size) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request needs ", sequences, " sequences; model '", model.name, "' queues at most ",
-        *q.max_queue_size, " (batching.max_queue_size)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request needs ", sequences, " sequences; model '", model.name,
+                     "' queues at most ", *q.max_queue_size, " (batching.max_queue_size)"));
   }
   if (q.max_queue_tokens && tokens > *q.max_queue_tokens) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request has ", tokens, " tokens; model '", model.name, "' queues at most ",
-        *q.max_queue_tokens, " (batching.max_queue_tokens)"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request has ", tokens, " tokens; model '", model.name,
+                     "' queues at most ", *q.max_queue_tokens, " (batching.max_queue_tokens)"));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckTokens(int64_t tokens, int64_t quota) {
   if (tokens > quota) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the request has ", tokens, " tokens; the quota is ", quota,
-        " per call (limits.max_tokens_per_call)"));
+    return absl::ResourceExhaustedError(absl::StrCat("the request has ", tokens,
+                                                     " tokens; the quota is ", quota,
+                                                     " per call (limits.max_tokens_per_call)"));
   }
   return absl::OkStatus();
 }
@@ -197,7 +197,8 @@ class Job : public std::enable_shared_from_this<Job> {
       std::lock_guard<std::mutex> lock(mu_);
       const bool replace = error_.ok() || (absl::IsCancelled(error_) && !absl::IsCancelled(status));
       if (replace) {
-        error_ = num_tasks_ > 1 && index >= 0 ? WithPrefix(status, Where(index)) : std::move(status);
+        error_ =
+            num_tasks_ > 1 && index >= 0 ? WithPrefix(status, Where(index)) : std::move(status);
       }
     }
     failed_.store(true, std::memory_order_release);
@@ -335,9 +336,8 @@ class AnswerJob final : public Job {
     }
     response_->set_flops(flops);
     response_->set_unpruned_flops(unpruned);
-    response_->set_flops_fraction(unpruned > 0 ? static_cast<double>(flops) /
-                                                     static_cast<double>(unpruned)
-                                               : 1.0);
+    response_->set_flops_fraction(
+        unpruned > 0 ? static_cast<double>(flops) / static_cast<double>(unpruned) : 1.0);
     response_->set_queue_seconds(queue);
     response_->set_compute_seconds(compute);
     return absl::OkStatus();
@@ -377,14 +377,16 @@ absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
     // A layer count the weight file's header cannot back is a bad config.json: it stops start-up
     // here, before per-layer metrics and schedules are sized by it. (A missing or corrupt weight
     // file is the load's to report.)
-    if (auto weights = engine::SafetensorsFile::Open(mc.path + "/model.safetensors"); weights.ok()) {
-      RETURN_IF_ERROR(
-          WithPrefix(engine::CheckTensorCount(**weights, *bert), absl::StrCat("model '", mc.name, "'")));
+    if (auto weights = engine::SafetensorsFile::Open(mc.path + "/model.safetensors");
+        weights.ok()) {
+      RETURN_IF_ERROR(WithPrefix(engine::CheckTensorCount(**weights, *bert),
+                                 absl::StrCat("model '", mc.name, "'")));
     }
     if (bert->task == engine::Task::kFeatureExtraction) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "model '", mc.name, "': ", mc.path, "/config.json: architectures BertModel is a headless "
-          "encoder; the server serves classification and question-answering models"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("model '", mc.name, "': ", mc.path,
+                       "/config.json: architectures BertModel is a headless "
+                       "encoder; the server serves classification and question-answering models"));
     }
     auto m = std::make_unique<ServedModel>();
     m->config = mc;
@@ -428,7 +430,9 @@ Runtime::Runtime(ServerConfig config, std::vector<std::unique_ptr<ServedModel>> 
 
 absl::Status Runtime::LoadModel(ServedModel& m) {
   const ModelConfig& mc = m.config;
-  auto fail = [&](const absl::Status& s) { return WithPrefix(s, absl::StrCat("model '", mc.name, "'")); };
+  auto fail = [&](const absl::Status& s) {
+    return WithPrefix(s, absl::StrCat("model '", mc.name, "'"));
+  };
   engine::EngineOptions eo;
   eo.num_threads = static_cast<int>(config_.batching.threads_per_worker);
   eo.precision = *engine::PrecisionFromName(mc.precision);  // NormalizeAndValidate checked it
@@ -567,9 +571,9 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   const int n = req.inputs_size();
   if (n == 0) return reject(Invalid("inputs", "at least one input is required"));
   if (n > limits.max_inputs_per_call) {
-    return reject(Invalid("inputs", absl::StrCat(n, " inputs is over the limit of ",
-                                                 limits.max_inputs_per_call,
-                                                 " (limits.max_inputs_per_call)")));
+    return reject(Invalid(
+        "inputs", absl::StrCat(n, " inputs is over the limit of ", limits.max_inputs_per_call,
+                               " (limits.max_inputs_per_call)")));
   }
   auto budget = ResolveBudget(req.has_budget(), req.budget(), req.has_min_budget(),
                               req.min_budget(), model.config);
@@ -664,8 +668,7 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
       !s.ok()) {
     return reject(s);
   }
-  if (absl::Status s = CheckText("context", req.context(), limits.max_text_bytes, false);
-      !s.ok()) {
+  if (absl::Status s = CheckText("context", req.context(), limits.max_text_bytes, false); !s.ok()) {
     return reject(s);
   }
   auto budget = ResolveBudget(req.has_budget(), req.budget(), req.has_min_budget(),
@@ -675,22 +678,22 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
     return reject(s);
   }
   engine::QaOptions qa;
-  qa.max_length = req.max_length() == 0 ? std::min(kDefaultQaMaxLength, model_max)
-                                        : req.max_length();
+  qa.max_length =
+      req.max_length() == 0 ? std::min(kDefaultQaMaxLength, model_max) : req.max_length();
   if (qa.max_length < 8 || qa.max_length > model_max) {
-    return reject(Invalid("max_length", absl::StrCat(req.max_length(), " is outside [8, ",
-                                                     model_max, "]")));
+    return reject(
+        Invalid("max_length", absl::StrCat(req.max_length(), " is outside [8, ", model_max, "]")));
   }
   qa.max_query_tokens = req.max_query_tokens() == 0
                             ? std::min(kDefaultMaxQueryTokens, qa.max_length - 4)
                             : req.max_query_tokens();
   if (qa.max_query_tokens < 1 || qa.max_query_tokens > qa.max_length - 4) {
-    return reject(Invalid("max_query_tokens", absl::StrCat(req.max_query_tokens(),
-                                                           " is outside [1, max_length - 4 = ",
-                                                           qa.max_length - 4, "]")));
+    return reject(Invalid("max_query_tokens",
+                          absl::StrCat(req.max_query_tokens(), " is outside [1, max_length - 4 = ",
+                                       qa.max_length - 4, "]")));
   }
-  qa.max_answer_tokens = req.max_answer_tokens() == 0 ? kDefaultMaxAnswerTokens
-                                                      : req.max_answer_tokens();
+  qa.max_answer_tokens =
+      req.max_answer_tokens() == 0 ? kDefaultMaxAnswerTokens : req.max_answer_tokens();
   if (qa.max_answer_tokens < 1 || qa.max_answer_tokens > 512) {
     return reject(Invalid("max_answer_tokens",
                           absl::StrCat(req.max_answer_tokens(), " is outside [1, 512]")));
@@ -805,8 +808,8 @@ absl::Status Runtime::GetModel(const v1::GetModelRequest& request, v1::ModelInfo
   if (request.name().empty()) {
     status = Invalid("name", "must be set (ListModels lists the names)");
   } else if (auto it = by_name_.find(request.name()); it == by_name_.end()) {
-    status = absl::NotFoundError(absl::StrCat("name: no model named '",
-                                              request.name().substr(0, 128), "'"));
+    status = absl::NotFoundError(
+        absl::StrCat("name: no model named '", request.name().substr(0, 128), "'"));
   } else {
     label = it->second->config.name;
     FillInfo(*it->second, response);

@@ -64,7 +64,8 @@ class Runtime {
 
   // Classify (or one ClassifyStream message): validates, tokenizes (on the calling thread),
   // schedules every input and calls `done` exactly once (possibly before returning) when `response`
-  // is complete or the call failed. `token` cancels the call. `response` must stay valid until done.
+  // is complete or the call failed. `token` cancels the call. `response` must stay valid until
+  // done.
   void StartClassify(const v1::ClassifyRequest& request, v1::ClassifyResponse* response,
                      Method method, absl::Time deadline, batching::CancellationToken token,
                      DoneFn done);

@@ -92,19 +92,19 @@ absl::StatusOr<TlsMaterial> LoadTls(const TlsConfig& tls) {
     BIO_free(cbio);
     BIO* kbio = BIO_new_mem_buf(m.key.data(), static_cast<int>(m.key.size()));
     // No passphrase callback: an encrypted key fails here with a clear message.
-    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(kbio, nullptr,
-                                             [](char*, int, int, void*) { return 0; }, nullptr);
+    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(
+        kbio, nullptr, [](char*, int, int, void*) { return 0; }, nullptr);
     BIO_free(kbio);
     absl::Status status;
     if (pkey == nullptr) {
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "server.tls.key_file: ", tls.key_file, ": no unencrypted PEM private key (",
-          OpenSslError(), ")"));
+      status = absl::InvalidArgumentError(absl::StrCat("server.tls.key_file: ", tls.key_file,
+                                                       ": no unencrypted PEM private key (",
+                                                       OpenSslError(), ")"));
     } else if (X509_check_private_key(leaf, pkey) != 1) {
       ERR_clear_error();
-      status = absl::InvalidArgumentError(absl::StrCat(
-          "server.tls.key_file: ", tls.key_file, " is not the key of the certificate in ",
-          tls.cert_file));
+      status = absl::InvalidArgumentError(absl::StrCat("server.tls.key_file: ", tls.key_file,
+                                                       " is not the key of the certificate in ",
+                                                       tls.cert_file));
     }
     EVP_PKEY_free(pkey);
     X509_free(leaf);
@@ -160,8 +160,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   so.on_idle = [trimmer = s->trimmer_.get()] { trimmer->Notify(); };
   ASSIGN_OR_RETURN(s->scheduler_, batching::Scheduler::Create(std::move(so)));
 
-  s->runtime_ = std::make_unique<Runtime>(config, std::move(models), s->metrics_.get(),
-                                          s->scheduler_.get());
+  s->runtime_ =
+      std::make_unique<Runtime>(config, std::move(models), s->metrics_.get(), s->scheduler_.get());
   s->runtime_->FailModelsForTesting(s->options_.fail_models);
   s->service_ = std::make_unique<InferenceService>(*s->runtime_, std::move(auth));
 
@@ -178,13 +178,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
       // SSL_get_peer_certificate, which OpenSSL 3 no longer exports (it is a macro now), then calls
       // the null pointer on the first HTTPS connection (a segfault, seen with "ssl_certificate").
       // docs/api.md (TLS) says how to protect the metrics port instead.
-      std::vector<std::string> civetweb{"listening_ports", address, "num_threads",
-                                        kMetricsThreads, "request_timeout_ms",
-                                        kMetricsReadTimeoutMs};
+      std::vector<std::string> civetweb{"listening_ports",    address,
+                                        "num_threads",        kMetricsThreads,
+                                        "request_timeout_ms", kMetricsReadTimeoutMs};
       s->exposer_ = std::make_unique<prometheus::Exposer>(std::move(civetweb));
     } catch (const std::exception& e) {
-      return absl::UnavailableError(absl::StrCat("server.metrics_port: cannot listen on ",
-                                                 address, " (", e.what(), ")"));
+      return absl::UnavailableError(
+          absl::StrCat("server.metrics_port: cannot listen on ", address, " (", e.what(), ")"));
     }
     s->exposer_->RegisterCollectable(s->metrics_->registry());
     const std::vector<int> ports = s->exposer_->GetListeningPorts();
@@ -211,8 +211,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(ServerOptions options) {
   s->grpc_server_ = builder.BuildAndStart();
   if (s->grpc_server_ == nullptr || s->grpc_port_ == 0) {
     s->grpc_server_.reset();
-    return absl::UnavailableError(
-        absl::StrCat("server.listen: cannot listen on ", config.listen));
+    return absl::UnavailableError(absl::StrCat("server.listen: cannot listen on ", config.listen));
   }
   grpc::HealthCheckServiceInterface* health = s->grpc_server_->GetHealthCheckService();
   health->SetServingStatus("", true);

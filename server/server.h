@@ -1,6 +1,6 @@
 // The server as a whole: metrics, batcher, gRPC (Inference + health + reflection), model loading
-// and the drain on shutdown. topserve-server's main() is a thin wrapper around this class; tests may
-// embed it too.
+// and the drain on shutdown. topserve-server's main() is a thin wrapper around this class; tests
+// may embed it too.
 //
 // Life cycle:
 //   Start()       config.json of every model checked, scheduler and metrics built, gRPC and the

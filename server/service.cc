@@ -3,10 +3,10 @@
 #include <chrono>
 #include <deque>
 #include <map>
-#include <optional>
-#include <string_view>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -55,8 +55,7 @@ grpc::Status ToGrpcStatus(const absl::Status& status) {
 template <typename Request, typename Response>
 class InferenceService::UnaryCall final : public grpc::ServerUnaryReactor {
  public:
-  UnaryCall(InferenceService* service, grpc::CallbackServerContext* context,
-            grpc::ByteBuffer* out)
+  UnaryCall(InferenceService* service, grpc::CallbackServerContext* context, grpc::ByteBuffer* out)
       : service_(service), deadline_(Deadline(context)), out_(out) {
     service_->CallStarted();
   }
@@ -173,8 +172,7 @@ grpc::ServerUnaryReactor* InferenceService::Answer(grpc::CallbackServerContext* 
     return rt_.ModelLabel(r.model(), /*qa=*/true);
   };
   if (Admit(context, *request, Method::kAnswer, label, call)) {
-    rt_.StartAnswer(call->request, &call->response, call->deadline(), call->token(),
-                    call->Done());
+    rt_.StartAnswer(call->request, &call->response, call->deadline(), call->token(), call->Done());
   }
   return call;
 }
@@ -182,7 +180,8 @@ grpc::ServerUnaryReactor* InferenceService::Answer(grpc::CallbackServerContext* 
 grpc::ServerUnaryReactor* InferenceService::ListModels(grpc::CallbackServerContext* context,
                                                        const grpc::ByteBuffer* request,
                                                        grpc::ByteBuffer* response) {
-  auto* call = new UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>(this, context, response);
+  auto* call =
+      new UnaryCall<v1::ListModelsRequest, v1::ListModelsResponse>(this, context, response);
   const auto label = [](const v1::ListModelsRequest&) { return std::string(Metrics::kAllModels); };
   if (Admit(context, *request, Method::kListModels, label, call)) {
     call->Complete(rt_.ListModels(&call->response));
@@ -256,9 +255,9 @@ class InferenceService::StreamCall final
     // Echo what fits, cut at a UTF-8 character boundary: an empty id would match no request.
     item->response.set_request_id(TruncatedId(item->request.request_id()));
     if (item->request.request_id().size() > kMaxRequestIdBytes) {
-      const absl::Status status = absl::InvalidArgumentError(absl::StrCat(
-          "request_id: ", item->request.request_id().size(), " bytes is over the limit of ",
-          kMaxRequestIdBytes));
+      const absl::Status status = absl::InvalidArgumentError(
+          absl::StrCat("request_id: ", item->request.request_id().size(),
+                       " bytes is over the limit of ", kMaxRequestIdBytes));
       metrics.RecordRequest(service_->rt_.ModelLabel(item->request.request().model(), false),
                             Method::kClassifyStream, status.code(), SecondsSince(start));
       Complete(item, status);
@@ -364,8 +363,9 @@ class InferenceService::StreamCall final
   const int64_t max_inflight_;
 
   std::mutex mu_;
-  grpc::ByteBuffer request_;             // Target of the outstanding read.
-  std::deque<grpc::ByteBuffer> outbox_;  // Serialized responses; front() is being written when writing_.
+  grpc::ByteBuffer request_;  // Target of the outstanding read.
+  std::deque<grpc::ByteBuffer>
+      outbox_;  // Serialized responses; front() is being written when writing_.
   std::map<uint64_t, batching::CancellationToken> tokens_;  // Requests in progress.
   uint64_t next_serial_ = 0;
   int64_t inflight_ = 0;
@@ -378,10 +378,11 @@ class InferenceService::StreamCall final
   bool finished_ = false;
 };
 
-grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::ClassifyStream(grpc::CallbackServerContext* context) {
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::ClassifyStream(
+    grpc::CallbackServerContext* context) {
   // The stream's messages may name different models; a refused stream counts under "_unknown".
-  if (absl::Status s = Authenticate(context, Method::kClassifyStream,
-                                    std::string(Metrics::kUnknownModel));
+  if (absl::Status s =
+          Authenticate(context, Method::kClassifyStream, std::string(Metrics::kUnknownModel));
       !s.ok()) {
     return new RefusedStream(this, s);
   }

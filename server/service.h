@@ -35,8 +35,7 @@ using RawInferenceService = v1::Inference::WithRawCallbackMethod_Classify<
 class InferenceService final : public RawInferenceService {
  public:
   // Every call is checked against `auth` first (UNAUTHENTICATED before any work is done).
-  InferenceService(Runtime& runtime, Authenticator auth)
-      : rt_(runtime), auth_(std::move(auth)) {}
+  InferenceService(Runtime& runtime, Authenticator auth) : rt_(runtime), auth_(std::move(auth)) {}
 
   grpc::ServerUnaryReactor* Classify(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request,

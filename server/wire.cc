@@ -45,13 +45,13 @@ class Walker {
       const uint32_t tag = in_->ReadTag();
       const int number = static_cast<int>(WireFormatLite::GetTagFieldNumber(tag));
       if (tag == 0 || number == 0) {
-        return Fail(absl::StrCat(prefix.empty() ? "" : prefix + ": ", "invalid field tag at byte ",
-                                 at));
+        return Fail(
+            absl::StrCat(prefix.empty() ? "" : prefix + ": ", "invalid field tag at byte ", at));
       }
       const FieldDescriptor* field = type != nullptr ? type->FindFieldByNumber(number) : nullptr;
-      std::string name = absl::StrCat(prefix, prefix.empty() ? "" : ".",
-                                      field != nullptr ? field->name()
-                                                       : absl::StrCat("field ", number));
+      std::string name =
+          absl::StrCat(prefix, prefix.empty() ? "" : ".",
+                       field != nullptr ? field->name() : absl::StrCat("field ", number));
       if (field != nullptr && field->is_repeated()) {
         absl::StrAppend(&name, "[", repeats[number]++, "]");
       }

@@ -3,9 +3,9 @@
 // Why raw: with typed handlers gRPC C++ parses the body itself, and any parse failure (invalid
 // UTF-8 in a proto3 `string` field, a truncated or malformed body) ends the call UNIMPLEMENTED with
 // an empty message before the service sees it (grpcpp's CallbackUnaryHandler::RunHandler), and a
-// bidi stream read just ends as if the client had half-closed. Parsing here instead gives the client
-// INVALID_ARGUMENT naming the field, and the call is counted like any other refused call. The wire
-// format and the .proto are unchanged: clients see the same service.
+// bidi stream read just ends as if the client had half-closed. Parsing here instead gives the
+// client INVALID_ARGUMENT naming the field, and the call is counted like any other refused call.
+// The wire format and the .proto are unchanged: clients see the same service.
 #pragma once
 
 #include <string>
@@ -29,8 +29,8 @@ absl::Status ParseRequest(const grpc::ByteBuffer& buffer, google::protobuf::Mess
 // The bytes of `buffer`, contiguous (a copy).
 std::string BufferBytes(const grpc::ByteBuffer& buffer);
 
-// Why `bytes` does not parse as `type`: the first string field that is not valid UTF-8, or where the
-// wire data is malformed; "" when it finds neither (the caller then gives a generic message).
+// Why `bytes` does not parse as `type`: the first string field that is not valid UTF-8, or where
+// the wire data is malformed; "" when it finds neither (the caller then gives a generic message).
 std::string DiagnoseMalformed(std::string_view bytes, const google::protobuf::Descriptor* type);
 
 // The last top-level occurrence of length-delimited field `number` in `bytes` (proto "last one
@@ -46,8 +46,8 @@ bool IsValidUtf8(std::string_view text, size_t* error_offset = nullptr);
 
 // Replaces libprotobuf's log handler (once per process) with one that prints each distinct log site
 // the first time and then at most once a minute with the number of repeats it held back: a client
-// sending invalid UTF-8 in a loop cannot flood the log, and a real error still shows. FATAL messages
-// always print.
+// sending invalid UTF-8 in a loop cannot flood the log, and a real error still shows. FATAL
+// messages always print.
 void InstallProtobufLogLimiter();
 
 }  // namespace topserve::server

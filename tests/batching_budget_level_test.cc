@@ -29,8 +29,12 @@ absl::Time Deadline(absl::Time now, double s) {
 
 TEST(BudgetLevelTest, Table) {
   // alpha 0, beta 1: a cost unit is a second, so the arithmetic reads off directly.
-  const BudgetLevelParams unit{.alpha = 0, .beta = 1, .workers = 1, .max_batch_size = 8,
-                               .max_batch_tokens = 1000, .now = absl::Time()};
+  const BudgetLevelParams unit{.alpha = 0,
+                               .beta = 1,
+                               .workers = 1,
+                               .max_batch_size = 8,
+                               .max_batch_tokens = 1000,
+                               .now = absl::Time()};
   BudgetLevelParams overhead = unit;
   overhead.alpha = 0.5;
   BudgetLevelParams two_workers = overhead;
@@ -64,8 +68,11 @@ TEST(BudgetLevelTest, Table) {
       // max_batch_size 1: the second queued task has 2 batches before it (alpha each):
       // allowed = 5.5 - 1 = 4.5; a = 3, b = 4: (4.5 - 3) / 4 = 0.375. The first (deadline none)
       // only adds its cost.
-      {"batches before a queued task pay alpha each", small_batches, {{1, 1, 10, -1}},
-       {{1, 3, 10, -1}, {1, 3, 10, 6}}, 0.375},
+      {"batches before a queued task pay alpha each",
+       small_batches,
+       {{1, 1, 10, -1}},
+       {{1, 3, 10, -1}, {1, 3, 10, 6}},
+       0.375},
       // The batch gives 0.5 (allowed 2 for a = 1, b = 2); the queued task alone would allow more
       // (allowed = 9.5 - 0.5 = 9 >= 2 + 0.5 x 4 = 4): the lower level stays.
       {"the lowest level wins", overhead, {{1, 3, 10, 2.5}}, {{1, 3, 10, 10}}, 0.5},
@@ -76,7 +83,8 @@ TEST(BudgetLevelTest, Table) {
     BudgetLevelParams p = c.params;
     p.now = now;
     BudgetLevelCalculator calc(p);
-    for (const Item& i : c.batch) calc.AddBatchTask(i.cost_min, i.cost_full, Deadline(now, i.deadline_s));
+    for (const Item& i : c.batch)
+      calc.AddBatchTask(i.cost_min, i.cost_full, Deadline(now, i.deadline_s));
     for (const Item& i : c.queued) {
       calc.AddQueued(i.cost_min, i.cost_full, i.tokens, Deadline(now, i.deadline_s));
     }

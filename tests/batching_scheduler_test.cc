@@ -21,10 +21,10 @@ namespace {
 
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using ::testing::UnorderedElementsAre;
 using testing::Recorder;
 using testing::TestExecutor;
 using testing::TestTask;
+using ::testing::UnorderedElementsAre;
 
 constexpr absl::Duration kDelay = absl::Milliseconds(10);
 
@@ -673,7 +673,8 @@ TEST_F(AdaptiveBudgetTest, QueuedDeadlinesLowerTheBudgetsAheadOfThem) {
   EXPECT_NEAR(recorder_.Find(1)->report.budget_used, 0.7, 1e-9);
   // At t0+80ms, B alone: 20 + level * 80 <= 70 -> level 0.625.
   EXPECT_NEAR(recorder_.Find(2)->report.budget_used, 0.7, 1e-9);
-  EXPECT_LE(recorder_.Find(2)->report.end_time, t0 + absl::Milliseconds(150) + absl::Microseconds(1));
+  EXPECT_LE(recorder_.Find(2)->report.end_time,
+            t0 + absl::Milliseconds(150) + absl::Microseconds(1));
   EXPECT_TRUE(recorder_.Find(2)->status.ok());
   EXPECT_FALSE(recorder_.Find(0)->report.budget_lowered);
 }
@@ -719,34 +720,72 @@ TEST(PredictFinishSecondsTest, Table) {
   };
   const Row rows[] = {
       {"idle, one task: overhead + its compute",
-       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .cost = 10, .max_batch_size = 8,
+       {.overhead_seconds = 0.001,
+        .seconds_per_unit = 0.001,
+        .cost = 10,
+        .max_batch_size = 8,
         .max_batch_tokens = 1000},
        0.011},
       {"behind a running batch: its predicted rest first",
-       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .running_seconds = 0.05, .cost = 10,
-        .max_batch_size = 8, .max_batch_tokens = 1000},
+       {.overhead_seconds = 0.001,
+        .seconds_per_unit = 0.001,
+        .running_seconds = 0.05,
+        .cost = 10,
+        .max_batch_size = 8,
+        .max_batch_tokens = 1000},
        0.061},
       {"two workers share what is running and queued",
-       {.overhead_seconds = 0, .seconds_per_unit = 0.001, .workers = 2, .running_seconds = 0.04,
-        .tasks_ahead = 3, .tokens_ahead = 30, .cost_ahead = 60, .cost = 10, .max_batch_size = 8,
+       {.overhead_seconds = 0,
+        .seconds_per_unit = 0.001,
+        .workers = 2,
+        .running_seconds = 0.04,
+        .tasks_ahead = 3,
+        .tokens_ahead = 30,
+        .cost_ahead = 60,
+        .cost = 10,
+        .max_batch_size = 8,
         .max_batch_tokens = 1000},
        0.06},
       {"17 ahead in batches of 8: two full batches pay the overhead, the rest rides along",
-       {.overhead_seconds = 0.002, .seconds_per_unit = 0.001, .tasks_ahead = 17,
-        .tokens_ahead = 170, .cost_ahead = 170, .cost = 10, .max_batch_size = 8,
+       {.overhead_seconds = 0.002,
+        .seconds_per_unit = 0.001,
+        .tasks_ahead = 17,
+        .tokens_ahead = 170,
+        .cost_ahead = 170,
+        .cost = 10,
+        .max_batch_size = 8,
         .max_batch_tokens = 1000},
        0.004 + 0.170 + 0.002 + 0.010},
       {"token-bound batches count too",
-       {.overhead_seconds = 0.002, .seconds_per_unit = 0, .tasks_ahead = 2, .tokens_ahead = 300,
-        .cost_ahead = 0, .cost = 0, .tokens = 10, .max_batch_size = 8, .max_batch_tokens = 100},
+       {.overhead_seconds = 0.002,
+        .seconds_per_unit = 0,
+        .tasks_ahead = 2,
+        .tokens_ahead = 300,
+        .cost_ahead = 0,
+        .cost = 0,
+        .tokens = 10,
+        .max_batch_size = 8,
+        .max_batch_tokens = 100},
        0.006 + 0.002},
       {"a group of 20 in batches of 8 on 2 workers: 3 batches, 2 at a time",
-       {.overhead_seconds = 0.001, .seconds_per_unit = 0.001, .workers = 2, .cost = 200,
-        .tasks = 20, .tokens = 200, .max_batch_size = 8, .max_batch_tokens = 1000},
+       {.overhead_seconds = 0.001,
+        .seconds_per_unit = 0.001,
+        .workers = 2,
+        .cost = 200,
+        .tasks = 20,
+        .tokens = 200,
+        .max_batch_size = 8,
+        .max_batch_tokens = 1000},
        (0.003 + 0.2) / 2},
       {"nonsense inputs are clamped, not trusted",
-       {.overhead_seconds = 0, .seconds_per_unit = 0.001, .workers = 0, .running_seconds = -5,
-        .cost_ahead = -3, .cost = 1, .max_batch_size = 0, .max_batch_tokens = 0},
+       {.overhead_seconds = 0,
+        .seconds_per_unit = 0.001,
+        .workers = 0,
+        .running_seconds = -5,
+        .cost_ahead = -3,
+        .cost = 1,
+        .max_batch_size = 0,
+        .max_batch_tokens = 0},
        0.001},
   };
   for (const Row& row : rows) {
@@ -848,11 +887,11 @@ TEST_F(ShedTest, QueuedTaskThatCanNoLongerFinishInTimeFailsWithoutCompute) {
   executor_->Release();
   ASSERT_TRUE(WaitDone(2));
   Idle();
-  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0)));  // 1 was never computed...
+  EXPECT_THAT(Batches(), ElementsAre(ElementsAre(0)));        // 1 was never computed...
   EXPECT_EQ(CodeOf(1), absl::StatusCode::kDeadlineExceeded);  // ... and failed before its deadline.
   EXPECT_THAT(std::string(recorder_.Find(1)->status.message()), HasSubstr("not started"));
-  EXPECT_EQ(recorder_.Find(1)->report.end_time, recorder_.Find(1)->report.enqueue_time +
-                                                    absl::Milliseconds(145));
+  EXPECT_EQ(recorder_.Find(1)->report.end_time,
+            recorder_.Find(1)->report.enqueue_time + absl::Milliseconds(145));
   const ModelStats stats = *scheduler_->GetModelStats("m");
   EXPECT_EQ(stats.counts.deadline_exceeded, 1);
   EXPECT_EQ(stats.counts.shed_in_queue, 1);
@@ -926,10 +965,10 @@ TEST_F(ShedTest, MaxQueueWaitBoundsThePredictedWait) {
   ASSERT_TRUE(Submit(0, 100).ok());  // Idle: no wait, though 100 ms of compute.
   ASSERT_TRUE(executor_->WaitRunning(1));
   Idle();
-  ASSERT_TRUE(Submit(1, 10).ok());   // Waits 100 ms.
-  ASSERT_TRUE(Submit(2, 10).ok());   // 110 ms.
-  ASSERT_TRUE(Submit(3, 10).ok());   // 120 ms.
-  auto over = Make(4, 10);           // 130 ms; no deadline needed.
+  ASSERT_TRUE(Submit(1, 10).ok());  // Waits 100 ms.
+  ASSERT_TRUE(Submit(2, 10).ok());  // 110 ms.
+  ASSERT_TRUE(Submit(3, 10).ok());  // 120 ms.
+  auto over = Make(4, 10);          // 130 ms; no deadline needed.
   const absl::Status s = scheduler_->Schedule(&over);
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(std::string(s.message()), HasSubstr("full"));
@@ -1052,8 +1091,7 @@ TEST_F(SchedulerTest, ShutdownFailFailsQueuedTasksAndFinishesRunningOnes) {
   ASSERT_TRUE(executor_->WaitRunning(1));
   ASSERT_TRUE(Submit(2, 10).ok());
   ASSERT_TRUE(Submit(3, 10).ok());
-  std::thread shutdown(
-      [&] { scheduler_->Shutdown({.mode = ShutdownOptions::Mode::kFail}); });
+  std::thread shutdown([&] { scheduler_->Shutdown({.mode = ShutdownOptions::Mode::kFail}); });
   ASSERT_TRUE(recorder_.WaitFor(2));
   EXPECT_EQ(CodeOf(2), absl::StatusCode::kUnavailable);
   EXPECT_EQ(CodeOf(3), absl::StatusCode::kUnavailable);
@@ -1132,12 +1170,13 @@ TEST(SchedulerNiceTest, WorkerThreadsRunAtTheConfiguredNiceValue) {
   FakeClock clock;
   auto s = Scheduler::Create({.num_workers = 2,
                               .clock = &clock,
-                              .on_worker_start = [&](int, int) {
-                                const int nice = getpriority(
-                                    PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
-                                std::lock_guard<std::mutex> lock(mu);
-                                seen.push_back(nice);
-                              },
+                              .on_worker_start =
+                                  [&](int, int) {
+                                    const int nice = getpriority(
+                                        PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)));
+                                    std::lock_guard<std::mutex> lock(mu);
+                                    seen.push_back(nice);
+                                  },
                               .worker_nice = 3});
   ASSERT_TRUE(s.ok());
   (*s)->WaitForIdleForTesting();

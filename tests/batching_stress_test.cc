@@ -1,6 +1,6 @@
 // Stress: many producers, random sizes/priorities/budgets, cancellations at random moments,
-// deadlines, executor errors, queue-full rejections and a shutdown racing the producers. Checks that
-// every accepted task completes exactly once and no refused task ever completes. Real clock.
+// deadlines, executor errors, queue-full rejections and a shutdown racing the producers. Checks
+// that every accepted task completes exactly once and no refused task ever completes. Real clock.
 // Meant to run under ThreadSanitizer too (build with -DTOPSERVE_SANITIZE=thread, then
 // `ctest -R BatchingStress`). TOPSERVE_STRESS_SCALE=<n> multiplies the task count.
 #include <gtest/gtest.h>
@@ -168,15 +168,16 @@ void RunStress(ShutdownOptions::Mode mode, int workers) {
   }
   EXPECT_EQ(counted, accepted);
   const auto code = [&](absl::StatusCode c) { return ledger.by_code[static_cast<int>(c)].load(); };
-  std::printf("accepted %lld refused %lld | ok %lld cancelled %lld deadline %lld internal %lld "
-              "invalid %lld unavailable %lld\n",
-              static_cast<long long>(accepted), static_cast<long long>(rejected.load()),
-              static_cast<long long>(code(absl::StatusCode::kOk)),
-              static_cast<long long>(code(absl::StatusCode::kCancelled)),
-              static_cast<long long>(code(absl::StatusCode::kDeadlineExceeded)),
-              static_cast<long long>(code(absl::StatusCode::kInternal)),
-              static_cast<long long>(code(absl::StatusCode::kInvalidArgument)),
-              static_cast<long long>(code(absl::StatusCode::kUnavailable)));
+  std::printf(
+      "accepted %lld refused %lld | ok %lld cancelled %lld deadline %lld internal %lld "
+      "invalid %lld unavailable %lld\n",
+      static_cast<long long>(accepted), static_cast<long long>(rejected.load()),
+      static_cast<long long>(code(absl::StatusCode::kOk)),
+      static_cast<long long>(code(absl::StatusCode::kCancelled)),
+      static_cast<long long>(code(absl::StatusCode::kDeadlineExceeded)),
+      static_cast<long long>(code(absl::StatusCode::kInternal)),
+      static_cast<long long>(code(absl::StatusCode::kInvalidArgument)),
+      static_cast<long long>(code(absl::StatusCode::kUnavailable)));
   std::printf("refused: unavailable %lld deadline %lld cancelled %lld\n",
               static_cast<long long>(ledger.refused_by_code[14].load()),
               static_cast<long long>(ledger.refused_by_code[4].load()),

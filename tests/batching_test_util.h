@@ -1,4 +1,5 @@
-// Helpers shared by the batching tests: a task type, a completion recorder, a controllable executor.
+// Helpers shared by the batching tests: a task type, a completion recorder, a controllable
+// executor.
 #pragma once
 
 #include <chrono>
@@ -83,8 +84,8 @@ class TestExecutor : public BatchExecutor {
   explicit TestExecutor(FakeClock* clock = nullptr) : clock_(clock) {}
 
   absl::Status Run(const Batch& batch) override {
-    Seen seen{.worker = batch.worker_index, .threads = batch.threads,
-              .planned_cost = batch.planned_cost};
+    Seen seen{
+        .worker = batch.worker_index, .threads = batch.threads, .planned_cost = batch.planned_cost};
     for (Task* t : batch.tasks) {
       seen.ids.push_back(IdOf(*t));
       seen.budgets.push_back(t->report().budget_used);

@@ -35,7 +35,8 @@ std::vector<json> ReadJsonl(const std::string& path) {
 double MaxAbsDiff(const std::vector<float>& got, const std::vector<double>& want) {
   EXPECT_EQ(got.size(), want.size());
   double m = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) m = std::max(m, std::abs(got[i] - want[i]));
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i)
+    m = std::max(m, std::abs(got[i] - want[i]));
   return m;
 }
 
@@ -72,8 +73,8 @@ std::vector<SequenceOutput> RunRows(const BertModel& model, const std::vector<Ro
 }
 
 // Checks every row's outputs against `expected` keys (logits or start/end logits) within tol.
-void ExpectMatches(const std::vector<Row>& rows, const std::vector<SequenceOutput>& out,
-                   double tol, const std::string& what) {
+void ExpectMatches(const std::vector<Row>& rows, const std::vector<SequenceOutput>& out, double tol,
+                   const std::string& what) {
   ASSERT_EQ(rows.size(), out.size());
   double worst = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
@@ -82,8 +83,10 @@ void ExpectMatches(const std::vector<Row>& rows, const std::vector<SequenceOutpu
       worst = std::max(worst, MaxAbsDiff(out[i].logits, e["logits"].get<std::vector<double>>()));
     }
     if (e.contains("start_logits")) {
-      worst = std::max(worst, MaxAbsDiff(out[i].start_logits, e["start_logits"].get<std::vector<double>>()));
-      worst = std::max(worst, MaxAbsDiff(out[i].end_logits, e["end_logits"].get<std::vector<double>>()));
+      worst = std::max(
+          worst, MaxAbsDiff(out[i].start_logits, e["start_logits"].get<std::vector<double>>()));
+      worst = std::max(worst,
+                       MaxAbsDiff(out[i].end_logits, e["end_logits"].get<std::vector<double>>()));
     }
   }
   EXPECT_LT(worst, tol) << what;
@@ -131,9 +134,9 @@ TEST(BertModelGolden, RejectsBadInputsBeforeCompute) {
   std::vector<int32_t> short_types = {0, 0};
   std::vector<int32_t> too_long(513, 1000);
   std::vector<int32_t> empty;
-  std::vector<int32_t> plan_bad = {3, 4};    // grows
-  std::vector<int32_t> plan_zero = {0, 0};   // keeps nothing
-  std::vector<int32_t> plan_short = {2};     // wrong layer count
+  std::vector<int32_t> plan_bad = {3, 4};   // grows
+  std::vector<int32_t> plan_zero = {0, 0};  // keeps nothing
+  std::vector<int32_t> plan_short = {2};    // wrong layer count
   struct Case {
     SequenceInput in;
     std::string needle;
@@ -210,7 +213,8 @@ TEST_P(BertModelReduced, CloseToReferenceAndIndependentOfBatchMates) {
   }
   const std::string dir = kData + "/" + name;
   const std::string what = std::string(PrecisionName(precision));
-  auto model = BertModel::Load(dir, {.num_threads = 2, .precision = precision, .bf16_kernels = kernels});
+  auto model =
+      BertModel::Load(dir, {.num_threads = 2, .precision = precision, .bf16_kernels = kernels});
   ASSERT_TRUE(model.ok()) << model.status();
   EXPECT_EQ((*model)->precision(), precision);
   EXPECT_EQ((*model)->uses_bf16(), kernels == Bf16Kernels::kAlways && CpuHasNativeBf16());
@@ -220,19 +224,23 @@ TEST_P(BertModelReduced, CloseToReferenceAndIndependentOfBatchMates) {
   ASSERT_GT(scale, 0.1);
   std::vector<SequenceOutput> batched = RunRows(**model, rows, ws);
   if (precision == Precision::kInt8) {
-    ExpectMatches(rows, batched, 0.05 * scale, name + " int8 mixed batch (bound 5% of max |logit|)");
+    ExpectMatches(rows, batched, 0.05 * scale,
+                  name + " int8 mixed batch (bound 5% of max |logit|)");
   } else {
     // bf16 keeps 8 significant bits: about 2^-9 relative per rounding, a few per layer.
-    ExpectMatches(rows, batched, 0.03 * scale, name + " bf16 mixed batch (bound 3% of max |logit|)");
+    ExpectMatches(rows, batched, 0.03 * scale,
+                  name + " bf16 mixed batch (bound 3% of max |logit|)");
   }
   // A reduced-precision model that silently ran fp32 would pass the bound above; it must differ.
   double moved = 0;
   for (size_t i = 0; i < rows.size(); ++i) {
     if (rows[i].expected.contains("logits")) {
-      moved = std::max(moved, MaxAbsDiff(batched[i].logits, rows[i].expected["logits"].get<std::vector<double>>()));
+      moved = std::max(moved, MaxAbsDiff(batched[i].logits,
+                                         rows[i].expected["logits"].get<std::vector<double>>()));
     } else {
-      moved = std::max(moved, MaxAbsDiff(batched[i].start_logits,
-                                         rows[i].expected["start_logits"].get<std::vector<double>>()));
+      moved =
+          std::max(moved, MaxAbsDiff(batched[i].start_logits,
+                                     rows[i].expected["start_logits"].get<std::vector<double>>()));
     }
   }
   EXPECT_GT(moved, 1e-4) << what << " outputs equal fp32 ones: the precision did not run";
@@ -255,9 +263,10 @@ INSTANTIATE_TEST_SUITE_P(
                        ::testing::Values(Precision::kInt8, Precision::kBfloat16),
                        ::testing::Values(Bf16Kernels::kAlways, Bf16Kernels::kNever)),
     [](const auto& param_info) {
-      std::string n = std::get<0>(param_info.param) + "_" +
-                      std::string(PrecisionName(std::get<1>(param_info.param))) +
-                      (std::get<2>(param_info.param) == Bf16Kernels::kAlways ? "_bf16kernels" : "_fp32kernels");
+      std::string n =
+          std::get<0>(param_info.param) + "_" +
+          std::string(PrecisionName(std::get<1>(param_info.param))) +
+          (std::get<2>(param_info.param) == Bf16Kernels::kAlways ? "_bf16kernels" : "_fp32kernels");
       std::replace(n.begin(), n.end(), '-', '_');
       return n;
     });
@@ -277,16 +286,19 @@ TEST(BertModelTest, Bf16KernelChoice) {
     EXPECT_GT(probe->bf16_ms, 0.0);
     EXPECT_LT(probe->fp32_ms + probe->bf16_ms, 1e4);
     EXPECT_EQ((*measured)->uses_bf16(), probe->bf16_faster());
-    const Precision expected = p == Precision::kInt8 || probe->bf16_faster() ? p : Precision::kFloat32;
+    const Precision expected =
+        p == Precision::kInt8 || probe->bf16_faster() ? p : Precision::kFloat32;
     EXPECT_EQ((*measured)->precision(), expected);
 
-    auto always = BertModel::Load(dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kAlways});
+    auto always = BertModel::Load(
+        dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kAlways});
     ASSERT_TRUE(always.ok()) << always.status();
     EXPECT_FALSE((*always)->bf16_probe().has_value());
     EXPECT_TRUE((*always)->uses_bf16());
     EXPECT_EQ((*always)->precision(), p);
 
-    auto never = BertModel::Load(dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kNever});
+    auto never = BertModel::Load(
+        dir, {.num_threads = 2, .precision = p, .bf16_kernels = Bf16Kernels::kNever});
     ASSERT_TRUE(never.ok()) << never.status();
     EXPECT_FALSE((*never)->uses_bf16());
     EXPECT_EQ((*never)->precision(), p == Precision::kInt8 ? p : Precision::kFloat32);

@@ -33,7 +33,8 @@ double Activate(Epilogue e, double v) {
 
 // Random weights and bias (normal, sd 0.5) for an n x k layer.
 struct RandomLayer {
-  RandomLayer(int64_t n, int64_t k, unsigned seed) : rng(seed), w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n)) {
+  RandomLayer(int64_t n, int64_t k, unsigned seed)
+      : rng(seed), w(static_cast<size_t>(n * k)), b(static_cast<size_t>(n)) {
     for (float& v : w) v = dist(rng);
     for (float& v : b) v = dist(rng);
   }
@@ -75,8 +76,8 @@ TEST_P(LinearTest, EveryRowCountMatchesReferenceAndLargeBatchPath) {
         const double want = Activate(epilogue, acc);
         const double got = y[r * n + j];
         worst_ref = std::max(worst_ref, std::abs(got - want) / (1.0 + std::abs(want)));
-        worst_big = std::max(worst_big, std::abs(got - double(y_big[r * n + j])) /
-                                            (1.0 + std::abs(want)));
+        worst_big =
+            std::max(worst_big, std::abs(got - double(y_big[r * n + j])) / (1.0 + std::abs(want)));
       }
     }
     EXPECT_LT(worst_ref, 2e-5) << "m=" << m;
@@ -150,18 +151,19 @@ TEST_P(Int8LinearTest, WithinQuantizationErrorAndRowIndependent) {
     // Alone equals among the others, bit for bit.
     std::vector<float> alone(y0.begin() + r * n, y0.begin() + (r + 1) * n);
     lin->Forward(cache, x.data() + r * k, 1, alone.data());
-    for (int64_t j = 0; j < n; ++j) ASSERT_EQ(alone[j], y[r * n + j]) << "row " << r << " col " << j;
+    for (int64_t j = 0; j < n; ++j)
+      ASSERT_EQ(alone[j], y[r * n + j]) << "row " << r << " col " << j;
   }
   std::cout << n << "x" << k << ": worst error " << worst << " of the rounding bound\n";
   EXPECT_GT(worst, 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Shapes, Int8LinearTest,
-    ::testing::Combine(::testing::Values(Shape{64, 64}, Shape{100, 37}, Shape{200, 768},
-                                         Shape{33, 70}, Shape{768, 96}),
-                       ::testing::Values(Epilogue::kNone, Epilogue::kGeluErf),
-                       ::testing::Bool()));
+INSTANTIATE_TEST_SUITE_P(Shapes, Int8LinearTest,
+                         ::testing::Combine(::testing::Values(Shape{64, 64}, Shape{100, 37},
+                                                              Shape{200, 768}, Shape{33, 70},
+                                                              Shape{768, 96}),
+                                            ::testing::Values(Epilogue::kNone, Epilogue::kGeluErf),
+                                            ::testing::Bool()));
 
 TEST(SmallGemmTest, TakesOneDnnsPackedLayoutOnAvx512) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512: oneDNN packs differently";
@@ -169,8 +171,7 @@ TEST(SmallGemmTest, TakesOneDnnsPackedLayoutOnAvx512) {
   // itself): oneDNN 2.6 packs f32 weights for brgemm as BA16a64b on AVX-512.
   DnnlContext ctx;
   for (const Shape s : {Shape{2304, 768}, Shape{768, 3072}, Shape{2, 768}, Shape{100, 37}}) {
-    dnnl::memory::desc any({s.k, s.n}, dnnl::memory::data_type::f32,
-                           dnnl::memory::format_tag::any);
+    dnnl::memory::desc any({s.k, s.n}, dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
     dnnl::matmul::primitive_desc pd(
         dnnl::matmul::desc(dnnl::memory::desc({64, s.k}, dnnl::memory::data_type::f32,
                                               dnnl::memory::format_tag::ab),
@@ -232,10 +233,11 @@ TEST(AttentionTest, BothLayoutsMatchAFloat64Loop) {
   const int64_t d = shape.hidden(), len = 5, groups = 2, rows = groups * len;
   std::mt19937 rng(7);
   std::uniform_int_distribution<int> small(-16, 16);
-  std::vector<float> qkv(static_cast<size_t>(rows * 3 * d));  // [rows, 3d]: Q | K | V
+  std::vector<float> qkv(static_cast<size_t>(rows * 3 * d));       // [rows, 3d]: Q | K | V
   for (float& v : qkv) v = static_cast<float>(small(rng)) / 8.0f;  // exact in bf16
   auto at = [&](int64_t t, int part, int64_t h, int64_t c) {
-    return static_cast<double>(qkv[static_cast<size_t>(t * 3 * d + part * d + h * shape.head_dim + c)]);
+    return static_cast<double>(
+        qkv[static_cast<size_t>(t * 3 * d + part * d + h * shape.head_dim + c)]);
   };
   DnnlContext ctx;
   PrimitiveCache cache(ctx);
@@ -256,8 +258,9 @@ TEST(AttentionTest, BothLayoutsMatchAFloat64Loop) {
     std::vector<uint16_t> probs_bf16(probs.size());
     if (bf16) ConvertToBf16(probs.data(), static_cast<int64_t>(probs.size()), probs_bf16.data());
     std::vector<float> out(static_cast<size_t>(rows * d), -1.0f);
-    AttentionContext(cache, shape, bf16 ? static_cast<const void*>(probs_bf16.data()) : probs.data(), r,
-                     groups, len, out.data());
+    AttentionContext(cache, shape,
+                     bf16 ? static_cast<const void*>(probs_bf16.data()) : probs.data(), r, groups,
+                     len, out.data());
     for (int64_t g = 0; g < groups; ++g) {
       for (int64_t h = 0; h < shape.heads; ++h) {
         for (int64_t i = 0; i < len; ++i) {
@@ -275,7 +278,8 @@ TEST(AttentionTest, BothLayoutsMatchAFloat64Loop) {
               const size_t p = static_cast<size_t>(((g * shape.heads + h) * len + i) * len + j);
               want += static_cast<double>(probs[p]) * at(g * len + j, 2, h, c);
             }
-            ASSERT_NEAR(out[static_cast<size_t>((g * len + i) * d + h * shape.head_dim + c)], want, 1e-5)
+            ASSERT_NEAR(out[static_cast<size_t>((g * len + i) * d + h * shape.head_dim + c)], want,
+                        1e-5)
                 << g << " " << h << " " << i << " " << c;
           }
         }
@@ -301,7 +305,7 @@ TEST(QuantizeRowsTest, MatchesTheFormulaForEveryWidth) {
         if (i == 0) v = std::fabs(v) + 0.5f;   // all positive
         if (i == 1) v = -std::fabs(v) - 0.5f;  // all negative
         if (i == 2) v = 0.0f;
-        if (i == 4 && c == k - 1) v = 40.0f;   // the maximum in the last element (a tail)
+        if (i == 4 && c == k - 1) v = 40.0f;  // the maximum in the last element (a tail)
         x[static_cast<size_t>(i * k + c)] = v;
       }
     }
@@ -333,7 +337,8 @@ TEST(QuantizeRowsTest, MatchesTheFormulaForEveryWidth) {
 TEST(AttentionTest, CacheKeepsHeadSplitsApart) {
   const int64_t d = 12, len = 3, groups = 1, rows = groups * len;
   std::vector<float> qkv(static_cast<size_t>(rows * 3 * d));
-  for (size_t i = 0; i < qkv.size(); ++i) qkv[i] = static_cast<float>(static_cast<int>(i % 9) - 4) / 4.0f;
+  for (size_t i = 0; i < qkv.size(); ++i)
+    qkv[i] = static_cast<float>(static_cast<int>(i % 9) - 4) / 4.0f;
   DnnlContext ctx;
   PrimitiveCache cache(ctx);
   for (const AttentionShape shape : {AttentionShape{3, 4}, AttentionShape{2, 6}}) {
@@ -346,10 +351,12 @@ TEST(AttentionTest, CacheKeepsHeadSplitsApart) {
         for (int64_t j = 0; j < len; ++j) {
           double want = 0;
           for (int64_t c = 0; c < shape.head_dim; ++c) {
-            want += static_cast<double>(qkv[static_cast<size_t>(i * 3 * d + h * shape.head_dim + c)]) *
-                    qkv[static_cast<size_t>(j * 3 * d + d + h * shape.head_dim + c)];
+            want +=
+                static_cast<double>(qkv[static_cast<size_t>(i * 3 * d + h * shape.head_dim + c)]) *
+                qkv[static_cast<size_t>(j * 3 * d + d + h * shape.head_dim + c)];
           }
-          ASSERT_NEAR(scores[static_cast<size_t>((h * len + i) * len + j)], want, 1e-5) << h << " " << i << " " << j;
+          ASSERT_NEAR(scores[static_cast<size_t>((h * len + i) * len + j)], want, 1e-5)
+              << h << " " << i << " " << j;
         }
       }
     }

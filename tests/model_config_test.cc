@@ -1,5 +1,6 @@
 // Tests of config.json / tokenizer_config.json parsing, the expected tensor list, and loading whole
-// model directories (the golden ones, broken copies of them, and models made by tools/gen_model.py).
+// model directories (the golden ones, broken copies of them, and models made by
+// tools/gen_model.py).
 #include "engine/model_config.h"
 
 #include <stdlib.h>
@@ -64,9 +65,12 @@ std::string Config(std::vector<std::pair<std::string, std::string>> replacements
   return text;
 }
 
-absl::StatusOr<BertConfig> Parse(const std::string& text) { return ParseBertConfig(text, "cfg.json"); }
+absl::StatusOr<BertConfig> Parse(const std::string& text) {
+  return ParseBertConfig(text, "cfg.json");
+}
 
-// Parsing must fail with INVALID_ARGUMENT and a message starting with the origin and containing `what`.
+// Parsing must fail with INVALID_ARGUMENT and a message starting with the origin and containing
+// `what`.
 std::string ParseError(const std::string& text) {
   absl::StatusOr<BertConfig> config = Parse(text);
   EXPECT_FALSE(config.ok()) << "accepted:\n" << text;
@@ -99,7 +103,8 @@ class TempDirTest : public ::testing::Test {
   std::string CopyGolden(const std::string& golden, const std::string& name) const {
     const std::string out = dir_ + "/" + name;
     std::filesystem::create_directories(out);
-    for (const char* file : {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"}) {
+    for (const char* file :
+         {"config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"}) {
       std::filesystem::copy_file(kGolden + "/" + golden + "/" + file, out + "/" + file);
     }
     return out;
@@ -150,7 +155,8 @@ TEST(ModelConfigTest, BadJson) {
   EXPECT_THAT(ParseError(std::string(kBaseConfig).substr(0, 100)), HasSubstr("not valid JSON"));
   EXPECT_THAT(ParseError("[1, 2]"), HasSubstr("not a JSON object (it is a JSON array)"));
   EXPECT_THAT(ParseError("\"bert\""), HasSubstr("not a JSON object"));
-  EXPECT_THAT(ParseError(std::string(100000, '[') + std::string(100000, ']')), HasSubstr("not a JSON object"));
+  EXPECT_THAT(ParseError(std::string(100000, '[') + std::string(100000, ']')),
+              HasSubstr("not a JSON object"));
 }
 
 TEST(ModelConfigTest, ZeroHeads) {
@@ -214,12 +220,14 @@ TEST(ModelConfigTest, Activations) {
       {"gelu_pytorch_tanh", Activation::kGeluTanh},
       {"relu", Activation::kRelu}};
   for (const auto& [name, activation] : known) {
-    auto config = Parse(Config({{"\"hidden_act\": \"gelu\"", absl::StrCat("\"hidden_act\": \"", name, "\"")}}));
+    auto config = Parse(
+        Config({{"\"hidden_act\": \"gelu\"", absl::StrCat("\"hidden_act\": \"", name, "\"")}}));
     ASSERT_TRUE(config.ok()) << name << ": " << config.status();
     EXPECT_EQ(config->activation, activation) << name;
   }
   EXPECT_THAT(ParseError(Config({{"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"swish\""}})),
-              AllOf(HasSubstr("cfg.json: hidden_act \"swish\" is not supported"), HasSubstr("supported: gelu")));
+              AllOf(HasSubstr("cfg.json: hidden_act \"swish\" is not supported"),
+                    HasSubstr("supported: gelu")));
   EXPECT_THAT(ParseError(Config({{"\"hidden_act\": \"gelu\"", "\"hidden_act\": \"GELU\""}})),
               HasSubstr("\"GELU\""));
   EXPECT_THAT(ParseError(Config({{"\"hidden_act\": \"gelu\"", "\"hidden_act\": 1"}})),
@@ -232,22 +240,27 @@ TEST(ModelConfigTest, Architectures) {
   ASSERT_TRUE(qa.ok()) << qa.status();
   EXPECT_EQ(qa->task, Task::kQuestionAnswering);
 
-  EXPECT_THAT(ParseError(Config({{"BertForSequenceClassification", "BertForMaskedLM"}})),
-              AllOf(HasSubstr("cfg.json: architectures [\"BertForMaskedLM\"] names no supported architecture"),
-                    HasSubstr("BertForSequenceClassification, BertForQuestionAnswering, BertModel")));
+  EXPECT_THAT(
+      ParseError(Config({{"BertForSequenceClassification", "BertForMaskedLM"}})),
+      AllOf(HasSubstr(
+                "cfg.json: architectures [\"BertForMaskedLM\"] names no supported architecture"),
+            HasSubstr("BertForSequenceClassification, BertForQuestionAnswering, BertModel")));
   EXPECT_THAT(ParseError(Config({{"\"architectures\": [\"BertForSequenceClassification\"],", ""}})),
               HasSubstr("architectures is missing"));
   EXPECT_THAT(ParseError(Config({{"[\"BertForSequenceClassification\"]", "[]"}})),
               HasSubstr("architectures must be a non-empty array"));
-  EXPECT_THAT(ParseError(Config({{"[\"BertForSequenceClassification\"]", "\"BertForSequenceClassification\""}})),
+  EXPECT_THAT(ParseError(Config(
+                  {{"[\"BertForSequenceClassification\"]", "\"BertForSequenceClassification\""}})),
               HasSubstr("architectures must be a non-empty array"));
   EXPECT_THAT(ParseError(Config({{"[\"BertForSequenceClassification\"]", "[7]"}})),
               HasSubstr("architectures must hold strings, got 7"));
-  EXPECT_THAT(ParseError(Config({{"[\"BertForSequenceClassification\"]",
-                                  "[\"BertForSequenceClassification\", \"BertForQuestionAnswering\"]"}})),
-              HasSubstr("names two different tasks"));
+  EXPECT_THAT(
+      ParseError(Config({{"[\"BertForSequenceClassification\"]",
+                          "[\"BertForSequenceClassification\", \"BertForQuestionAnswering\"]"}})),
+      HasSubstr("names two different tasks"));
   // An unknown name next to a known one: the known one decides.
-  auto mixed = Parse(Config({{"[\"BertForSequenceClassification\"]", "[\"BertForMaskedLM\", \"BertForSequenceClassification\"]"}}));
+  auto mixed = Parse(Config({{"[\"BertForSequenceClassification\"]",
+                              "[\"BertForMaskedLM\", \"BertForSequenceClassification\"]"}}));
   ASSERT_TRUE(mixed.ok()) << mixed.status();
   EXPECT_EQ(mixed->task, Task::kSequenceClassification);
   // The bare encoder: a headless model alone, the head when one is named next to it.
@@ -256,8 +269,9 @@ TEST(ModelConfigTest, Architectures) {
   EXPECT_EQ(bare->task, Task::kFeatureExtraction);
   for (const char* names : {"[\"BertModel\", \"BertForQuestionAnswering\"]",
                             "[\"BertForQuestionAnswering\", \"BertModel\"]"}) {
-    auto headed = Parse(Config({{"[\"BertForSequenceClassification\"]", names},
-                                {"\"id2label\": {\"0\": \"negative\", \"1\": \"positive\"},", ""}}));
+    auto headed =
+        Parse(Config({{"[\"BertForSequenceClassification\"]", names},
+                      {"\"id2label\": {\"0\": \"negative\", \"1\": \"positive\"},", ""}}));
     ASSERT_TRUE(headed.ok()) << names << ": " << headed.status();
     EXPECT_EQ(headed->task, Task::kQuestionAnswering) << names;
   }
@@ -268,12 +282,14 @@ TEST(ModelConfigTest, ModelTypeAndPositionEmbeddings) {
               HasSubstr("model_type must be \"bert\", got \"roberta\""));
   auto no_type = Parse(Config({{"\"model_type\": \"bert\",", ""}}));
   EXPECT_TRUE(no_type.ok()) << no_type.status();
-  EXPECT_THAT(ParseError(Config({{"\"model_type\": \"bert\"",
-                                  "\"model_type\": \"bert\", \"position_embedding_type\": \"relative_key\""}})),
+  EXPECT_THAT(ParseError(Config(
+                  {{"\"model_type\": \"bert\"",
+                    "\"model_type\": \"bert\", \"position_embedding_type\": \"relative_key\""}})),
               HasSubstr("position_embedding_type must be \"absolute\""));
-  EXPECT_TRUE(Parse(Config({{"\"model_type\": \"bert\"",
-                             "\"model_type\": \"bert\", \"position_embedding_type\": \"absolute\""}}))
-                  .ok());
+  EXPECT_TRUE(
+      Parse(Config({{"\"model_type\": \"bert\"",
+                     "\"model_type\": \"bert\", \"position_embedding_type\": \"absolute\""}}))
+          .ok());
 }
 
 TEST(ModelConfigTest, LayerNormEps) {
@@ -291,7 +307,8 @@ TEST(ModelConfigTest, LayerNormEps) {
 
 TEST(ModelConfigTest, PadTokenId) {
   EXPECT_TRUE(Parse(Config({{"\"pad_token_id\": 0", "\"pad_token_id\": null"}})).ok());
-  EXPECT_EQ(Parse(Config({{"\"pad_token_id\": 0", "\"pad_token_id\": 30521"}}))->pad_token_id, 30521);
+  EXPECT_EQ(Parse(Config({{"\"pad_token_id\": 0", "\"pad_token_id\": 30521"}}))->pad_token_id,
+            30521);
   EXPECT_THAT(ParseError(Config({{"\"pad_token_id\": 0", "\"pad_token_id\": 30522"}})),
               HasSubstr("pad_token_id must be an integer in [0, 30521], got 30522"));
   EXPECT_THAT(ParseError(Config({{"\"pad_token_id\": 0", "\"pad_token_id\": -1"}})),
@@ -317,7 +334,8 @@ TEST(ModelConfigTest, Id2Label) {
               HasSubstr("id2label key \"one\" is not a class id"));
   EXPECT_THAT(ParseError(Config({{id2label, "\"id2label\": {\"0\": \"a\", \"1\": 5}"}})),
               HasSubstr("id2label label of class 1 must be a string, got 5"));
-  EXPECT_THAT(ParseError(Config({{id2label, "\"id2label\": {}"}})), HasSubstr("id2label must be a non-empty object"));
+  EXPECT_THAT(ParseError(Config({{id2label, "\"id2label\": {}"}})),
+              HasSubstr("id2label must be a non-empty object"));
   EXPECT_THAT(ParseError(Config({{id2label, "\"id2label\": [\"a\", \"b\"]"}})),
               HasSubstr("id2label must be a non-empty object"));
 }
@@ -327,7 +345,8 @@ TEST(ModelConfigTest, NumLabels) {
   EXPECT_TRUE(Parse(Config({{id2label, id2label + ", \"num_labels\": 2"}})).ok());
   EXPECT_EQ(ParseError(Config({{id2label, id2label + ", \"num_labels\": 3"}})),
             "cfg.json: num_labels is 3 but id2label has 2 labels");
-  EXPECT_THAT(ParseError(Config({{id2label, "\"num_labels\": 0"}})), HasSubstr("num_labels must be a positive integer"));
+  EXPECT_THAT(ParseError(Config({{id2label, "\"num_labels\": 0"}})),
+              HasSubstr("num_labels must be a positive integer"));
   auto only_count = Parse(Config({{id2label, "\"num_labels\": 3"}}));
   ASSERT_TRUE(only_count.ok()) << only_count.status();
   EXPECT_THAT(only_count->labels, ElementsAre("LABEL_0", "LABEL_1", "LABEL_2"));
@@ -335,9 +354,10 @@ TEST(ModelConfigTest, NumLabels) {
   ASSERT_TRUE(neither.ok()) << neither.status();
   EXPECT_THAT(neither->labels, ElementsAre("LABEL_0", "LABEL_1"));
   // Question answering has exactly two outputs (start, end).
-  EXPECT_THAT(ParseError(Config({{"BertForSequenceClassification", "BertForQuestionAnswering"},
-                                 {id2label, "\"id2label\": {\"0\": \"a\", \"1\": \"b\", \"2\": \"c\"}"}})),
-              HasSubstr("num_labels is 3 but BertForQuestionAnswering needs 2"));
+  EXPECT_THAT(
+      ParseError(Config({{"BertForSequenceClassification", "BertForQuestionAnswering"},
+                         {id2label, "\"id2label\": {\"0\": \"a\", \"1\": \"b\", \"2\": \"c\"}"}})),
+      HasSubstr("num_labels is 3 but BertForQuestionAnswering needs 2"));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -362,7 +382,8 @@ TEST_F(ModelConfigTokenizerTest, GoldenAndMissingFile) {
 }
 
 TEST_F(ModelConfigTokenizerTest, AllFields) {
-  const std::string path = Write("tokenizer_config.json", R"({"do_lower_case": false, "strip_accents": true,
+  const std::string path =
+      Write("tokenizer_config.json", R"({"do_lower_case": false, "strip_accents": true,
       "tokenize_chinese_chars": false, "model_max_length": 128, "tokenizer_class": "BertTokenizer",
       "unk_token": "[UNK]"})");
   auto config = LoadTokenizerConfig(path);
@@ -372,7 +393,8 @@ TEST_F(ModelConfigTokenizerTest, AllFields) {
   EXPECT_FALSE(config->tokenize_chinese_chars);
   EXPECT_EQ(config->model_max_length, 128);
 
-  auto null_accents = ParseTokenizerConfig(R"({"strip_accents": null, "do_lower_case": true})", "t.json");
+  auto null_accents =
+      ParseTokenizerConfig(R"({"strip_accents": null, "do_lower_case": true})", "t.json");
   ASSERT_TRUE(null_accents.ok()) << null_accents.status();
   EXPECT_FALSE(null_accents->strip_accents.has_value());
   auto no_strip = ParseTokenizerConfig(R"({"strip_accents": false})", "t.json");
@@ -382,7 +404,8 @@ TEST_F(ModelConfigTokenizerTest, AllFields) {
 
 TEST_F(ModelConfigTokenizerTest, HuggingFaceNoLimitPlaceholderKeepsDefault) {
   // transformers writes int(1e30) when a tokenizer has no known maximum length.
-  auto config = ParseTokenizerConfig(R"({"model_max_length": 1000000000000000019884624838656})", "t.json");
+  auto config =
+      ParseTokenizerConfig(R"({"model_max_length": 1000000000000000019884624838656})", "t.json");
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->model_max_length, 512);
 }
@@ -397,7 +420,8 @@ TEST_F(ModelConfigTokenizerTest, MalformedFilesNameFileAndField) {
       {"[]", "not a JSON object"},
       {"{\"do_lower_case\": \"yes\"}", "do_lower_case must be true or false, got \"yes\""},
       {"{\"do_lower_case\": 1}", "do_lower_case must be true or false, got 1"},
-      {"{\"tokenize_chinese_chars\": null}", "tokenize_chinese_chars must be true or false, got null"},
+      {"{\"tokenize_chinese_chars\": null}",
+       "tokenize_chinese_chars must be true or false, got null"},
       {"{\"strip_accents\": \"auto\"}", "strip_accents must be true, false or null, got \"auto\""},
       {"{\"model_max_length\": 0}", "model_max_length must be a positive integer"},
       {"{\"model_max_length\": -5}", "model_max_length must be a positive integer"},
@@ -409,7 +433,8 @@ TEST_F(ModelConfigTokenizerTest, MalformedFilesNameFileAndField) {
     auto config = LoadTokenizerConfig(path);
     ASSERT_FALSE(config.ok()) << c.json;
     EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument) << c.json;
-    EXPECT_THAT(std::string(config.status().message()), AllOf(StartsWith(path + ": "), HasSubstr(c.message)))
+    EXPECT_THAT(std::string(config.status().message()),
+                AllOf(StartsWith(path + ": "), HasSubstr(c.message)))
         << c.json;
   }
 }
@@ -473,7 +498,8 @@ TEST(ModelConfigTensorsTest, ShapesFollowTheConfig) {
   EXPECT_EQ(shape_of("bert.embeddings.word_embeddings.weight"), (std::vector<int64_t>{100, 8}));
   EXPECT_EQ(shape_of("bert.embeddings.position_embeddings.weight"), (std::vector<int64_t>{40, 8}));
   EXPECT_EQ(shape_of("bert.embeddings.token_type_embeddings.weight"), (std::vector<int64_t>{3, 8}));
-  EXPECT_EQ(shape_of("bert.encoder.layer.2.intermediate.dense.weight"), (std::vector<int64_t>{32, 8}));
+  EXPECT_EQ(shape_of("bert.encoder.layer.2.intermediate.dense.weight"),
+            (std::vector<int64_t>{32, 8}));
   EXPECT_EQ(shape_of("bert.encoder.layer.2.output.dense.weight"), (std::vector<int64_t>{8, 32}));
   EXPECT_EQ(shape_of("classifier.weight"), (std::vector<int64_t>{5, 8}));
   EXPECT_EQ(shape_of("classifier.bias"), (std::vector<int64_t>{5}));
@@ -514,7 +540,8 @@ TEST_F(ModelConfigDirTest, MissingPiecesAreNamed) {
     auto model = LoadModelDir(dir);
     ASSERT_FALSE(model.ok()) << file;
     EXPECT_EQ(model.status().code(), absl::StatusCode::kNotFound) << model.status();
-    EXPECT_THAT(std::string(model.status().message()), StartsWith(absl::StrCat(dir, "/", file, ": cannot open")));
+    EXPECT_THAT(std::string(model.status().message()),
+                StartsWith(absl::StrCat(dir, "/", file, ": cannot open")));
   }
   // No tokenizer_config.json: the defaults.
   const std::string dir = CopyGolden("tiny-qa", "without-tokenizer-config");
@@ -546,24 +573,30 @@ TEST_F(ModelConfigDirTest, AbsurdLayerCountFailsBeforeAllocating) {
 TEST_F(ModelConfigDirTest, ConfigNotMatchingWeightsIsNamedPerTensor) {
   const std::string dir = CopyGolden("tiny-cls", "three-labels");
   Write("three-labels/config.json",
-        absl::StrReplaceAll(Config({}), {{"\"1\": \"positive\"}", "\"1\": \"positive\", \"2\": \"neutral\"}"},
-                                         {"\"label2id\": {\"negative\": 0, \"positive\": 1},", ""}}));
+        absl::StrReplaceAll(Config({}),
+                            {{"\"1\": \"positive\"}", "\"1\": \"positive\", \"2\": \"neutral\"}"},
+                             {"\"label2id\": {\"negative\": 0, \"positive\": 1},", ""}}));
   auto model = LoadModelDir(dir);
   ASSERT_FALSE(model.ok());
   EXPECT_EQ(model.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(model.status().message(),
-            dir + "/model.safetensors: tensor 'classifier.weight' has shape [2, 64], expected [3, 64]; "
-                  "tensor 'classifier.bias' has shape [2], expected [3]");
+  EXPECT_EQ(
+      model.status().message(),
+      dir +
+          "/model.safetensors: tensor 'classifier.weight' has shape [2, 64], expected [3, 64]; "
+          "tensor 'classifier.bias' has shape [2], expected [3]");
 
   const std::string deeper = CopyGolden("tiny-cls", "four-layers");
   Write("four-layers/config.json",
         Config({{"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 4"}}));
   auto four = LoadModelDir(deeper);
   ASSERT_FALSE(four.ok());
-  EXPECT_THAT(std::string(four.status().message()),
-              AllOf(StartsWith(deeper + "/model.safetensors: tensor 'bert.encoder.layer.2.attention.self.query.weight' "
-                                        "is missing"),
-                    HasSubstr("and 27 more (32 tensors do not match config.json)")));
+  EXPECT_THAT(
+      std::string(four.status().message()),
+      AllOf(StartsWith(
+                deeper +
+                "/model.safetensors: tensor 'bert.encoder.layer.2.attention.self.query.weight' "
+                "is missing"),
+            HasSubstr("and 27 more (32 tensors do not match config.json)")));
 
   // A QA config over classification weights: qa_outputs is missing (the pooler is allowed extra).
   const std::string swapped = CopyGolden("tiny-cls", "swapped");
@@ -571,8 +604,9 @@ TEST_F(ModelConfigDirTest, ConfigNotMatchingWeightsIsNamedPerTensor) {
         Config({{"BertForSequenceClassification", "BertForQuestionAnswering"}}));
   auto qa = LoadModelDir(swapped);
   ASSERT_FALSE(qa.ok());
-  EXPECT_EQ(qa.status().message(), swapped + "/model.safetensors: tensor 'qa_outputs.weight' is missing; "
-                                             "tensor 'qa_outputs.bias' is missing");
+  EXPECT_EQ(qa.status().message(), swapped +
+                                       "/model.safetensors: tensor 'qa_outputs.weight' is missing; "
+                                       "tensor 'qa_outputs.bias' is missing");
 }
 
 TEST_F(ModelConfigDirTest, BrokenWeightsFileIsNamed) {
@@ -581,7 +615,8 @@ TEST_F(ModelConfigDirTest, BrokenWeightsFileIsNamed) {
   auto model = LoadModelDir(dir);
   ASSERT_FALSE(model.ok());
   EXPECT_THAT(std::string(model.status().message()),
-              AllOf(StartsWith(dir + "/model.safetensors: tensor '"), HasSubstr("run past the end of the data section")));
+              AllOf(StartsWith(dir + "/model.safetensors: tensor '"),
+                    HasSubstr("run past the end of the data section")));
 }
 
 // ----------------------------------------------------------------------------------------------
@@ -598,8 +633,8 @@ class ModelConfigGeneratedTest : public TempDirTest {
   std::string Generate(const std::string& name, const std::string& args) {
     const std::string out = dir_ + "/" + name;
     const std::string command =
-        absl::StrCat(TOPSERVE_PYTHON, " ", TOPSERVE_SOURCE_DIR, "/tools/gen_model.py --out ", out, " --vocab ",
-                     kVocab, " ", args, " >/dev/null");
+        absl::StrCat(TOPSERVE_PYTHON, " ", TOPSERVE_SOURCE_DIR, "/tools/gen_model.py --out ", out,
+                     " --vocab ", kVocab, " ", args, " >/dev/null");
     const int rc = std::system(command.c_str());
     EXPECT_TRUE(WIFEXITED(rc) && WEXITSTATUS(rc) == 0) << command;
     return out;
@@ -610,7 +645,8 @@ TEST_F(ModelConfigGeneratedTest, EveryDtypeAndTaskLoadsAndRoundsConsistently) {
   if (!PythonHasNumpy()) GTEST_SKIP() << TOPSERVE_PYTHON << " has no numpy";
   const std::string common = "--layers 2 --hidden 32 --heads 4 --ffn 48 --max-pos 64 --seed 7";
   for (const char* task : {"cls", "qa"}) {
-    const std::string f32_dir = Generate(absl::StrCat(task, "-f32"), absl::StrCat(common, " --task ", task, " --dtype f32"));
+    const std::string f32_dir = Generate(absl::StrCat(task, "-f32"),
+                                         absl::StrCat(common, " --task ", task, " --dtype f32"));
     auto f32 = LoadModelDir(f32_dir);
     ASSERT_TRUE(f32.ok()) << f32.status();
     EXPECT_EQ(f32->config.num_heads, 4);
@@ -621,7 +657,8 @@ TEST_F(ModelConfigGeneratedTest, EveryDtypeAndTaskLoadsAndRoundsConsistently) {
     }
     for (const auto& [dtype, name, relative_error] :
          {std::tuple{DType::kF16, "f16", 0x1p-11}, std::tuple{DType::kBF16, "bf16", 0x1p-8}}) {
-      const std::string dir = Generate(absl::StrCat(task, "-", name), absl::StrCat(common, " --task ", task, " --dtype ", name));
+      const std::string dir = Generate(absl::StrCat(task, "-", name),
+                                       absl::StrCat(common, " --task ", task, " --dtype ", name));
       auto half = LoadModelDir(dir);
       ASSERT_TRUE(half.ok()) << half.status();
       // Same seed: the half-precision file holds the f32 draws rounded to nearest.
@@ -633,7 +670,8 @@ TEST_F(ModelConfigGeneratedTest, EveryDtypeAndTaskLoadsAndRoundsConsistently) {
         for (size_t i = 0; i < a->size(); ++i) {
           const double x = (*a)[i], y = (*b)[i];
           // Relative bound for normal values; an absolute one covers F16 subnormals.
-          ASSERT_LE(std::abs(x - y), std::abs(x) * relative_error + 0x1p-25) << spec.name << "[" << i << "] " << name;
+          ASSERT_LE(std::abs(x - y), std::abs(x) * relative_error + 0x1p-25)
+              << spec.name << "[" << i << "] " << name;
         }
       }
     }
@@ -648,7 +686,8 @@ TEST_F(ModelConfigGeneratedTest, EveryDtypeAndTaskLoadsAndRoundsConsistently) {
 
 TEST_F(ModelConfigGeneratedTest, SameSeedSameBytes) {
   if (!PythonHasNumpy()) GTEST_SKIP() << TOPSERVE_PYTHON << " has no numpy";
-  const std::string args = "--layers 1 --hidden 16 --heads 2 --ffn 16 --max-pos 32 --dtype bf16 --seed 5";
+  const std::string args =
+      "--layers 1 --hidden 16 --heads 2 --ffn 16 --max-pos 32 --dtype bf16 --seed 5";
   const std::string a = Generate("a", args), b = Generate("b", args), c = Generate("c", args + "1");
   auto read = [](const std::string& path) {
     std::ifstream in(path, std::ios::binary);

@@ -1,6 +1,6 @@
-// Token pruning: the engine against the independently written Python rule (tools/reference_pruning.py)
-// on mixed batches with mixed plans, both placements, classification and QA; plus the cost model by
-// hand, the budget planner and the schedule file.
+// Token pruning: the engine against the independently written Python rule
+// (tools/reference_pruning.py) on mixed batches with mixed plans, both placements, classification
+// and QA; plus the cost model by hand, the budget planner and the schedule file.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -86,10 +86,13 @@ TEST_P(PrunedAgainstReference, MixedPlansInOneBatch) {
       EXPECT_EQ(static_cast<int32_t>(out[i].kept_positions[l].size()), rows[i].kept[l]);
     }
     if (rows[i].kept.back() < static_cast<int32_t>(rows[i].ids.size())) ++pruned_rows;
-    if (e.contains("logits")) worst = std::max(worst, MaxDiff(out[i].logits, e["logits"].get<std::vector<double>>()));
+    if (e.contains("logits"))
+      worst = std::max(worst, MaxDiff(out[i].logits, e["logits"].get<std::vector<double>>()));
     if (e.contains("start_logits")) {
-      worst = std::max(worst, MaxDiff(out[i].start_logits, e["start_logits"].get<std::vector<double>>()));
-      worst = std::max(worst, MaxDiff(out[i].end_logits, e["end_logits"].get<std::vector<double>>()));
+      worst = std::max(worst,
+                       MaxDiff(out[i].start_logits, e["start_logits"].get<std::vector<double>>()));
+      worst =
+          std::max(worst, MaxDiff(out[i].end_logits, e["end_logits"].get<std::vector<double>>()));
     }
   }
   EXPECT_GE(pruned_rows, 15) << "the fixture should prune most sequences";
@@ -100,7 +103,8 @@ TEST_P(PrunedAgainstReference, MixedPlansInOneBatch) {
   for (size_t i = 0; i < rows.size(); i += 3) {
     std::vector<SequenceOutput> alone(1);
     ASSERT_TRUE((*model)->Run(std::span(&in[i], 1), alone, ws, opts).ok());
-    for (size_t k = 0; k < alone[0].logits.size(); ++k) EXPECT_NEAR(alone[0].logits[k], out[i].logits[k], 1e-5);
+    for (size_t k = 0; k < alone[0].logits.size(); ++k)
+      EXPECT_NEAR(alone[0].logits[k], out[i].logits[k], 1e-5);
     for (size_t k = 0; k < alone[0].start_logits.size(); ++k) {
       EXPECT_NEAR(alone[0].start_logits[k], out[i].start_logits[k], 1e-5);
       EXPECT_NEAR(alone[0].end_logits[k], out[i].end_logits[k], 1e-5);
@@ -118,7 +122,8 @@ INSTANTIATE_TEST_SUITE_P(
     [](const auto& param_info) {
       const Case& c = param_info.param;
       std::string n = c.model + "_" + std::string(PlacementName(c.placement));
-      for (char& ch : n) if (ch == '-') ch = '_';
+      for (char& ch : n)
+        if (ch == '-') ch = '_';
       return n;
     });
 
@@ -186,7 +191,8 @@ TEST(CostModel, MatchesHandComputation) {
 
 TEST(Planner, RejectsBadBudgets) {
   BudgetPlanner p(ModelShape{64, 256, 2, 2, false}, PruningSchedule::Default(2));
-  for (double b : {0.0, -0.5, 1.0000001, 2.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
+  for (double b :
+       {0.0, -0.5, 1.0000001, 2.0, std::nan(""), std::numeric_limits<double>::infinity()}) {
     auto r = p.Plan(10, b);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << b;
     EXPECT_NE(r.status().message().find("budget must be in (0, 1]"), std::string::npos);
@@ -211,7 +217,8 @@ TEST(Planner, HonoursBudgetsAndFollowsTheScheduleShape) {
     if (r->over_budget) {
       for (int32_t k : r->kept) EXPECT_EQ(k, 1);  // only a [CLS]-only plan may exceed
     } else {
-      EXPECT_LE(static_cast<double>(r->macs), b * static_cast<double>(r->unpruned_macs)) << n << " " << b;
+      EXPECT_LE(static_cast<double>(r->macs), b * static_cast<double>(r->unpruned_macs))
+          << n << " " << b;
     }
     int32_t prev = static_cast<int32_t>(n);
     for (int32_t k : r->kept) {
@@ -253,8 +260,9 @@ class ScheduleFile : public ::testing::Test {
 };
 
 TEST_F(ScheduleFile, LoadsValidFile) {
-  auto s = PruningSchedule::ForModelDir(
-      Write("version: 1\nplacement: between_layers\nkeep_ratios: [1, 0.5]\ntarget_flops: 0.25\nmethod: top\n"), 2);
+  auto s = PruningSchedule::ForModelDir(Write("version: 1\nplacement: between_layers\nkeep_ratios: "
+                                              "[1, 0.5]\ntarget_flops: 0.25\nmethod: top\n"),
+                                        2);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ(s->placement, Placement::kBetweenLayers);
   EXPECT_EQ(s->keep_ratios, (std::vector<double>{1.0, 0.5}));

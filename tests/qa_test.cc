@@ -162,7 +162,8 @@ TEST(BestSpans, RanksStartsAndEndsOverTheWholeWindow) {
 }
 
 TEST(BestSpans, DistinctSpansAcrossOverlappingWindows) {
-  // Two windows over "t0 .. t5": t0..t3 and t2..t5; both find t2 t3, the first with the higher score.
+  // Two windows over "t0 .. t5": t0..t3 and t2..t5; both find t2 t3, the first with the higher
+  // score.
   const Window a = MakeWindow(1, 0, 4, 6), b = MakeWindow(1, 2, 4, 6);
   const std::vector<Encoding> windows{a.enc, b.enc};
   std::vector<std::vector<float>> starts{Logits(a, 1, 0, {{2, 5}}), Logits(b, 1, 0, {{0, 4}})};

@@ -29,12 +29,15 @@ using ::testing::AllOf;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-const std::string kGoldenCls = std::string(TOPSERVE_SHARED_DIR) + "/data/golden/tiny-cls/model.safetensors";
-const std::string kGoldenQa = std::string(TOPSERVE_SHARED_DIR) + "/data/golden/tiny-qa/model.safetensors";
+const std::string kGoldenCls =
+    std::string(TOPSERVE_SHARED_DIR) + "/data/golden/tiny-cls/model.safetensors";
+const std::string kGoldenQa =
+    std::string(TOPSERVE_SHARED_DIR) + "/data/golden/tiny-qa/model.safetensors";
 
 std::string Le64(uint64_t v) {
   std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<size_t>(i)] = static_cast<char>((v >> (8 * i)) & 0xff);
   return out;
 }
 
@@ -53,10 +56,10 @@ struct Tensor {
   std::string bytes;
 };
 
-std::string HeaderEntry(const std::string& name, const std::string& dtype, const std::vector<int64_t>& shape,
-                        uint64_t begin, uint64_t end) {
-  return absl::StrCat("\"", name, "\":{\"dtype\":\"", dtype, "\",\"shape\":[", absl::StrJoin(shape, ","),
-                      "],\"data_offsets\":[", begin, ",", end, "]}");
+std::string HeaderEntry(const std::string& name, const std::string& dtype,
+                        const std::vector<int64_t>& shape, uint64_t begin, uint64_t end) {
+  return absl::StrCat("\"", name, "\":{\"dtype\":\"", dtype, "\",\"shape\":[",
+                      absl::StrJoin(shape, ","), "],\"data_offsets\":[", begin, ",", end, "]}");
 }
 
 // A well-formed header + data for `tensors`, laid out back to back in order.
@@ -66,7 +69,8 @@ std::pair<std::string, std::string> Layout(const std::vector<Tensor>& tensors,
   if (!metadata_json.empty()) entries.push_back(absl::StrCat("\"__metadata__\":", metadata_json));
   std::string data;
   for (const Tensor& t : tensors) {
-    entries.push_back(HeaderEntry(t.name, t.dtype, t.shape, data.size(), data.size() + t.bytes.size()));
+    entries.push_back(
+        HeaderEntry(t.name, t.dtype, t.shape, data.size(), data.size() + t.bytes.size()));
     data += t.bytes;
   }
   return {absl::StrCat("{", absl::StrJoin(entries, ","), "}"), data};
@@ -189,8 +193,9 @@ TEST_F(SafetensorsTest, GoldenWrongShapeNamesExpectedAndActual) {
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(read.status().message(),
-            kGoldenCls + ": tensor 'bert.encoder.layer.0.intermediate.dense.weight' has shape [256, 64], "
-                         "expected [64, 256]");
+            kGoldenCls +
+                ": tensor 'bert.encoder.layer.0.intermediate.dense.weight' has shape [256, 64], "
+                "expected [64, 256]");
   // Same element count, different rank: still a mismatch.
   EXPECT_FALSE((*file)->ReadF32("classifier.bias", {1, 2}).ok());
   EXPECT_FALSE((*file)->ReadF32("classifier.bias", {}).ok());
@@ -205,8 +210,9 @@ double HalfReference(uint16_t h) {
   const int exponent = (h >> 10) & 0x1f;
   const int mantissa = h & 0x3ff;
   if (exponent == 0) return sign * std::ldexp(mantissa, -24);
-  if (exponent == 31) return mantissa ? std::numeric_limits<double>::quiet_NaN()
-                                      : sign * std::numeric_limits<double>::infinity();
+  if (exponent == 31)
+    return mantissa ? std::numeric_limits<double>::quiet_NaN()
+                    : sign * std::numeric_limits<double>::infinity();
   return sign * std::ldexp(1024 + mantissa, exponent - 25);
 }
 
@@ -229,9 +235,9 @@ TEST(SafetensorsConversionTest, NamedHalfValues) {
   EXPECT_EQ(HalfToFloat(0x3c00), 1.0f);
   EXPECT_EQ(HalfToFloat(0xc000), -2.0f);
   EXPECT_EQ(HalfToFloat(0x7bff), 65504.0f);
-  EXPECT_EQ(HalfToFloat(0x0001), 0x1p-24f);  // smallest subnormal
+  EXPECT_EQ(HalfToFloat(0x0001), 0x1p-24f);      // smallest subnormal
   EXPECT_EQ(HalfToFloat(0x03ff), 0x1.ff8p-15f);  // largest subnormal
-  EXPECT_EQ(HalfToFloat(0x0400), 0x1p-14f);  // smallest normal
+  EXPECT_EQ(HalfToFloat(0x0400), 0x1p-14f);      // smallest normal
   EXPECT_EQ(HalfToFloat(0x3555), 0x1.554p-2f);
   EXPECT_EQ(HalfToFloat(0x7c00), std::numeric_limits<float>::infinity());
   EXPECT_EQ(HalfToFloat(0xfc00), -std::numeric_limits<float>::infinity());
@@ -259,8 +265,8 @@ TEST(SafetensorsConversionTest, DTypeNamesSizesAndParsing) {
   EXPECT_EQ(DTypeSize(DType::kBF16), 2u);
   EXPECT_EQ(DTypeSize(DType::kI64), 8u);
   EXPECT_EQ(DTypeSize(DType::kBool), 1u);
-  for (const char* name : {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U64", "U32", "U16", "U8",
-                           "BOOL", "F8_E4M3", "F8_E5M2"}) {
+  for (const char* name : {"F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U64", "U32",
+                           "U16", "U8", "BOOL", "F8_E4M3", "F8_E5M2"}) {
     const std::optional<DType> dtype = ParseDType(name);
     ASSERT_TRUE(dtype.has_value()) << name;
     EXPECT_EQ(DTypeName(*dtype), name);
@@ -281,11 +287,11 @@ TEST_F(SafetensorsTest, ReadsF32F16Bf16AtUnalignedOffsets) {
   const std::vector<uint16_t> f16 = {0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000, 0x3555};
   const std::vector<uint16_t> bf16 = {0x3f80, 0xc2f7, 0x0001, 0x7f7f, 0x8000, 0x4049};
   // A 3-byte U8 tensor first, so every float tensor starts at an odd, unaligned address.
-  const std::string path = WriteTensors(
-      "mixed.safetensors", {{"pad", "U8", {3}, "abc"},
-                            {"a.f32", "F32", {2, 3}, Bytes(f32)},
-                            {"b.f16", "F16", {3, 2}, Bytes(f16)},
-                            {"c.bf16", "BF16", {6}, Bytes(bf16)}});
+  const std::string path =
+      WriteTensors("mixed.safetensors", {{"pad", "U8", {3}, "abc"},
+                                         {"a.f32", "F32", {2, 3}, Bytes(f32)},
+                                         {"b.f16", "F16", {3, 2}, Bytes(f16)},
+                                         {"c.bf16", "BF16", {6}, Bytes(bf16)}});
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_EQ((*file)->Find("pad")->dtype, DType::kU8);
@@ -308,8 +314,9 @@ TEST_F(SafetensorsTest, ReadsF32F16Bf16AtUnalignedOffsets) {
 TEST_F(SafetensorsTest, ListsIntegerTensorsButReadF32RejectsThem) {
   // Hugging Face BERT checkpoints may carry the I64 buffer bert.embeddings.position_ids.
   const std::string path = WriteTensors(
-      "ids.safetensors", {{"bert.embeddings.position_ids", "I64", {1, 4}, Bytes(std::vector<int64_t>{0, 1, 2, 3})},
-                          {"w", "F32", {1}, Bytes(std::vector<float>{2.0f})}});
+      "ids.safetensors",
+      {{"bert.embeddings.position_ids", "I64", {1, 4}, Bytes(std::vector<int64_t>{0, 1, 2, 3})},
+       {"w", "F32", {1}, Bytes(std::vector<float>{2.0f})}});
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   const TensorView* ids = (*file)->Find("bert.embeddings.position_ids");
@@ -323,8 +330,8 @@ TEST_F(SafetensorsTest, ListsIntegerTensorsButReadF32RejectsThem) {
   ASSERT_FALSE(read.ok());
   EXPECT_EQ(read.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(read.status().message()),
-              AllOf(StartsWith(path + ": tensor 'bert.embeddings.position_ids'"), HasSubstr("dtype I64"),
-                    HasSubstr("F32, F16 and BF16")));
+              AllOf(StartsWith(path + ": tensor 'bert.embeddings.position_ids'"),
+                    HasSubstr("dtype I64"), HasSubstr("F32, F16 and BF16")));
 }
 
 TEST_F(SafetensorsTest, EmptyScalarAndZeroSizedTensors) {
@@ -338,7 +345,8 @@ TEST_F(SafetensorsTest, EmptyScalarAndZeroSizedTensors) {
   const std::string header = absl::StrCat("{", HeaderEntry("scalar", "F32", {}, 0, 4), ",",
                                           HeaderEntry("none", "F16", {0, 4}, 2, 2), ",",
                                           HeaderEntry("none_at_end", "BF16", {4, 0}, 4, 4), "}");
-  const std::string path = WriteFile("scalar.safetensors", header, Bytes(std::vector<float>{42.0f}));
+  const std::string path =
+      WriteFile("scalar.safetensors", header, Bytes(std::vector<float>{42.0f}));
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   auto scalar = (*file)->ReadF32("scalar", {});
@@ -353,9 +361,9 @@ TEST_F(SafetensorsTest, EmptyScalarAndZeroSizedTensors) {
 TEST_F(SafetensorsTest, MetadataPaddingAndGapsAreAccepted) {
   // The header may be padded with trailing spaces (writers align the data section to 8 bytes),
   // and unused bytes between tensors are harmless.
-  const std::string header =
-      absl::StrCat("{\"__metadata__\":{\"format\":\"pt\",\"note\":\"h\\u00e9\"},",
-                   HeaderEntry("a", "F32", {1}, 0, 4), ",", HeaderEntry("b", "F32", {1}, 8, 12), "}     ");
+  const std::string header = absl::StrCat(
+      "{\"__metadata__\":{\"format\":\"pt\",\"note\":\"h\\u00e9\"},",
+      HeaderEntry("a", "F32", {1}, 0, 4), ",", HeaderEntry("b", "F32", {1}, 8, 12), "}     ");
   const std::string data = Bytes(std::vector<float>{1.0f, -1.0f, 2.0f});
   auto file = SafetensorsFile::Open(WriteFile("meta.safetensors", header, data));
   ASSERT_TRUE(file.ok()) << file.status();
@@ -366,7 +374,8 @@ TEST_F(SafetensorsTest, MetadataPaddingAndGapsAreAccepted) {
 
 TEST_F(SafetensorsTest, ExtraEntryKeysAreIgnored) {
   const std::string header =
-      "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"comment\":[1,{\"x\":null}]}}";
+      "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"comment\":[1,{\"x\":null}]}"
+      "}";
   auto file = SafetensorsFile::Open(WriteFile("extra.safetensors", header, std::string(4, '\0')));
   ASSERT_TRUE(file.ok()) << file.status();
 }
@@ -387,20 +396,24 @@ TEST_F(SafetensorsTest, DirectoryIsRejected) {
 }
 
 TEST_F(SafetensorsTest, EmptyFile) {
-  EXPECT_THAT(OpenError(WriteBytes("empty", "")), HasSubstr("file is 0 bytes, shorter than the 8-byte header length"));
+  EXPECT_THAT(OpenError(WriteBytes("empty", "")),
+              HasSubstr("file is 0 bytes, shorter than the 8-byte header length"));
 }
 
 TEST_F(SafetensorsTest, FileShorterThan8Bytes) {
   for (size_t n = 1; n < 8; ++n) {
-    EXPECT_THAT(OpenError(WriteBytes("short", std::string(n, '\x02'))),
-                HasSubstr(absl::StrCat("file is ", n, " bytes, shorter than the 8-byte header length")));
+    EXPECT_THAT(
+        OpenError(WriteBytes("short", std::string(n, '\x02'))),
+        HasSubstr(absl::StrCat("file is ", n, " bytes, shorter than the 8-byte header length")));
   }
 }
 
 TEST_F(SafetensorsTest, HeaderLengthPastEnd) {
-  const std::string message = OpenError(WriteFile("past.safetensors", "{}", "", /*declared_length=*/1000));
-  EXPECT_THAT(message, AllOf(HasSubstr("header length 1000 runs past the end of the file (10 bytes"),
-                             HasSubstr("truncated")));
+  const std::string message =
+      OpenError(WriteFile("past.safetensors", "{}", "", /*declared_length=*/1000));
+  EXPECT_THAT(message,
+              AllOf(HasSubstr("header length 1000 runs past the end of the file (10 bytes"),
+                    HasSubstr("truncated")));
   // Lengths near 2^64 must not wrap around.
   for (uint64_t huge : {uint64_t{1} << 63, ~uint64_t{0}, ~uint64_t{0} - 7}) {
     EXPECT_THAT(OpenError(WriteFile("huge.safetensors", "{}", "", huge)),
@@ -410,22 +423,25 @@ TEST_F(SafetensorsTest, HeaderLengthPastEnd) {
 
 TEST_F(SafetensorsTest, HeaderLengthOverLimit) {
   // A sparse file just big enough to hold the declared header: the limit applies first.
-  const std::string path = WriteFile("big.safetensors", "", "", SafetensorsFile::kMaxHeaderBytes + 1);
+  const std::string path =
+      WriteFile("big.safetensors", "", "", SafetensorsFile::kMaxHeaderBytes + 1);
   std::filesystem::resize_file(path, 8 + SafetensorsFile::kMaxHeaderBytes + 16);
-  EXPECT_THAT(OpenError(path), HasSubstr("header length 100000001 exceeds the limit of 100000000 bytes"));
+  EXPECT_THAT(OpenError(path),
+              HasSubstr("header length 100000001 exceeds the limit of 100000000 bytes"));
 }
 
 TEST_F(SafetensorsTest, HeaderNotJson) {
-  for (const std::string& header : {std::string(""), std::string("{"), std::string("{not json}"),
-                                   std::string("{\"a\":1,}"), std::string("{} trailing"),
-                                   std::string("{\"a\":\"\xff\"}"), std::string("\0\0\0\0", 4),
-                                   std::string("{\"a\x01\":1}")}) {
+  for (const std::string& header :
+       {std::string(""), std::string("{"), std::string("{not json}"), std::string("{\"a\":1,}"),
+        std::string("{} trailing"), std::string("{\"a\":\"\xff\"}"), std::string("\0\0\0\0", 4),
+        std::string("{\"a\x01\":1}")}) {
     EXPECT_THAT(OpenHeaderError(header, 0), HasSubstr("is not valid JSON")) << header;
   }
 }
 
 TEST_F(SafetensorsTest, HeaderNotAnObject) {
-  EXPECT_THAT(OpenHeaderError("[1,2,3]", 0), HasSubstr("header is not a JSON object (it is a JSON array)"));
+  EXPECT_THAT(OpenHeaderError("[1,2,3]", 0),
+              HasSubstr("header is not a JSON object (it is a JSON array)"));
   EXPECT_THAT(OpenHeaderError("\"F32\"", 0), HasSubstr("not a JSON object (it is a JSON string)"));
   EXPECT_THAT(OpenHeaderError("null", 0), HasSubstr("not a JSON object (it is a JSON null)"));
   EXPECT_THAT(OpenHeaderError("12", 0), HasSubstr("not a JSON object (it is a JSON number)"));
@@ -435,15 +451,21 @@ TEST_F(SafetensorsTest, DeeplyNestedJsonDoesNotOverflowTheStack) {
   const std::string deep = std::string(200000, '[') + std::string(200000, ']');
   EXPECT_THAT(OpenHeaderError(absl::StrCat("{\"__metadata__\":", deep, "}"), 0),
               HasSubstr("__metadata__ must be an object of strings"));
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{\"t\":{\"dtype\":\"F32\",\"shape\":", deep, ",\"data_offsets\":[0,0]}}"), 0),
-              AllOf(HasSubstr("tensor 't'"), HasSubstr("\"shape\" must hold non-negative integers")));
+  EXPECT_THAT(
+      OpenHeaderError(
+          absl::StrCat("{\"t\":{\"dtype\":\"F32\",\"shape\":", deep, ",\"data_offsets\":[0,0]}}"),
+          0),
+      AllOf(HasSubstr("tensor 't'"), HasSubstr("\"shape\" must hold non-negative integers")));
 }
 
 TEST_F(SafetensorsTest, DuplicateKeys) {
   const std::string entry = HeaderEntry("w", "F32", {1}, 0, 4);
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", entry, ",", entry, "}"), 4), HasSubstr("the key 'w' twice"));
-  EXPECT_THAT(OpenHeaderError("{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
-              HasSubstr("the key 'dtype' twice"));
+  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", entry, ",", entry, "}"), 4),
+              HasSubstr("the key 'w' twice"));
+  EXPECT_THAT(
+      OpenHeaderError(
+          "{\"w\":{\"dtype\":\"F32\",\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
+      HasSubstr("the key 'dtype' twice"));
 }
 
 TEST_F(SafetensorsTest, TruncatedFile) {
@@ -453,13 +475,16 @@ TEST_F(SafetensorsTest, TruncatedFile) {
   const std::string full = Le64(header.size()) + header + data;
   // Cut inside the data section: the tensor whose bytes are gone is named.
   const std::string path = WriteBytes("truncated.safetensors", full.substr(0, full.size() - 1));
-  EXPECT_THAT(OpenError(path),
-              AllOf(HasSubstr("tensor 'bert.pooler.dense.weight'"),
-                    HasSubstr(absl::StrCat("data_offsets [128, 384] run past the end of the data section (383 bytes)")),
-                    HasSubstr("truncated")));
+  EXPECT_THAT(
+      OpenError(path),
+      AllOf(HasSubstr("tensor 'bert.pooler.dense.weight'"),
+            HasSubstr(absl::StrCat(
+                "data_offsets [128, 384] run past the end of the data section (383 bytes)")),
+            HasSubstr("truncated")));
   // Cut inside the header.
-  EXPECT_THAT(OpenError(WriteBytes("cut-header.safetensors", full.substr(0, 8 + header.size() / 2))),
-              HasSubstr(absl::StrCat("header length ", header.size(), " runs past the end of the file")));
+  EXPECT_THAT(
+      OpenError(WriteBytes("cut-header.safetensors", full.substr(0, 8 + header.size() / 2))),
+      HasSubstr(absl::StrCat("header length ", header.size(), " runs past the end of the file")));
 }
 
 TEST_F(SafetensorsTest, EveryTruncationFailsCleanly) {
@@ -491,7 +516,8 @@ TEST_F(SafetensorsTest, CorruptedHeaderBytesNeverCrash) {
   auto put = [&](size_t i, char c) { ASSERT_EQ(pwrite(fd, &c, 1, static_cast<off_t>(8 + i)), 1); };
   size_t opened = 0, failed = 0;
   for (size_t i = 0; i < header.size(); ++i) {
-    for (char replacement : {'0', '9', '-', '[', ']', '{', '}', '"', ',', ':', ' ', 'e', '\0', '\xff'}) {
+    for (char replacement :
+         {'0', '9', '-', '[', ']', '{', '}', '"', ',', ':', ' ', 'e', '\0', '\xff'}) {
       put(i, replacement);
       auto file = SafetensorsFile::Open(path);
       if (file.ok()) {
@@ -519,11 +545,13 @@ TEST_F(SafetensorsTest, CorruptedHeaderBytesNeverCrash) {
 // Malformed files: one tensor entry
 
 TEST_F(SafetensorsTest, OverlappingOffsets) {
-  const std::string header = absl::StrCat("{", HeaderEntry("layer.0.weight", "F32", {4}, 0, 16), ",",
-                                          HeaderEntry("layer.1.weight", "F32", {4}, 12, 28), "}");
-  EXPECT_THAT(OpenHeaderError(header, 28),
-              AllOf(HasSubstr("tensors 'layer.0.weight' (data_offsets [0, 16]) and 'layer.1.weight' "
-                              "(data_offsets [12, 28]) overlap")));
+  const std::string header =
+      absl::StrCat("{", HeaderEntry("layer.0.weight", "F32", {4}, 0, 16), ",",
+                   HeaderEntry("layer.1.weight", "F32", {4}, 12, 28), "}");
+  EXPECT_THAT(
+      OpenHeaderError(header, 28),
+      AllOf(HasSubstr("tensors 'layer.0.weight' (data_offsets [0, 16]) and 'layer.1.weight' "
+                      "(data_offsets [12, 28]) overlap")));
   // Identical ranges, and a small tensor inside a big one that is not its neighbour.
   const std::string same = absl::StrCat("{", HeaderEntry("x", "F32", {2}, 0, 8), ",",
                                         HeaderEntry("y", "F16", {4}, 0, 8), "}");
@@ -541,11 +569,14 @@ TEST_F(SafetensorsTest, OverlappingOffsets) {
 TEST_F(SafetensorsTest, OffsetsOutOfBounds) {
   const std::string header = absl::StrCat("{", HeaderEntry("ok", "F32", {2}, 0, 8), ",",
                                           HeaderEntry("classifier.weight", "F32", {4}, 8, 24), "}");
-  EXPECT_THAT(OpenHeaderError(header, 20),
-              AllOf(HasSubstr("tensor 'classifier.weight'"),
-                    HasSubstr("data_offsets [8, 24] run past the end of the data section (20 bytes)")));
-  const std::string huge = absl::StrCat("{", HeaderEntry("w", "F32", {1}, 18446744073709551612u, 18446744073709551615u), "}");
-  EXPECT_THAT(OpenHeaderError(huge, 8), AllOf(HasSubstr("tensor 'w'"), HasSubstr("run past the end")));
+  EXPECT_THAT(
+      OpenHeaderError(header, 20),
+      AllOf(HasSubstr("tensor 'classifier.weight'"),
+            HasSubstr("data_offsets [8, 24] run past the end of the data section (20 bytes)")));
+  const std::string huge = absl::StrCat(
+      "{", HeaderEntry("w", "F32", {1}, 18446744073709551612u, 18446744073709551615u), "}");
+  EXPECT_THAT(OpenHeaderError(huge, 8),
+              AllOf(HasSubstr("tensor 'w'"), HasSubstr("run past the end")));
 }
 
 TEST_F(SafetensorsTest, BeginAfterEnd) {
@@ -554,9 +585,13 @@ TEST_F(SafetensorsTest, BeginAfterEnd) {
 }
 
 TEST_F(SafetensorsTest, SizeNotMatchingShape) {
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("bert.embeddings.LayerNorm.weight", "F32", {64}, 0, 128), "}"), 256),
-              AllOf(HasSubstr("tensor 'bert.embeddings.LayerNorm.weight'"),
-                    HasSubstr("hold 128 bytes but shape [64] of F32 needs 64 x 4 bytes")));
+  EXPECT_THAT(
+      OpenHeaderError(
+          absl::StrCat("{", HeaderEntry("bert.embeddings.LayerNorm.weight", "F32", {64}, 0, 128),
+                       "}"),
+          256),
+      AllOf(HasSubstr("tensor 'bert.embeddings.LayerNorm.weight'"),
+            HasSubstr("hold 128 bytes but shape [64] of F32 needs 64 x 4 bytes")));
   EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("h", "F16", {2, 3}, 0, 24), "}"), 24),
               HasSubstr("hold 24 bytes but shape [2, 3] of F16 needs 6 x 2 bytes"));
   EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("z", "F32", {0}, 0, 4), "}"), 4),
@@ -565,19 +600,26 @@ TEST_F(SafetensorsTest, SizeNotMatchingShape) {
 
 TEST_F(SafetensorsTest, ShapeElementCountOverflow) {
   // 2^32 * 2^32 elements overflow 64 bits; 2^62 F32 elements overflow the byte count.
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("w", "F32", {4294967296, 4294967296}, 0, 0), "}"), 0),
-              AllOf(HasSubstr("tensor 'w'"), HasSubstr("has too many elements")));
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("w", "F32", {4611686018427387904}, 0, 0), "}"), 0),
+  EXPECT_THAT(
+      OpenHeaderError(
+          absl::StrCat("{", HeaderEntry("w", "F32", {4294967296, 4294967296}, 0, 0), "}"), 0),
+      AllOf(HasSubstr("tensor 'w'"), HasSubstr("has too many elements")));
+  EXPECT_THAT(OpenHeaderError(
+                  absl::StrCat("{", HeaderEntry("w", "F32", {4611686018427387904}, 0, 0), "}"), 0),
               AllOf(HasSubstr("tensor 'w'"), HasSubstr("needs 4611686018427387904 x 4 bytes")));
   // A dimension beyond int64.
-  EXPECT_THAT(OpenHeaderError("{\"w\":{\"dtype\":\"F32\",\"shape\":[18446744073709551615],\"data_offsets\":[0,0]}}", 0),
-              HasSubstr("\"shape\" must hold non-negative integers"));
+  EXPECT_THAT(
+      OpenHeaderError(
+          "{\"w\":{\"dtype\":\"F32\",\"shape\":[18446744073709551615],\"data_offsets\":[0,0]}}", 0),
+      HasSubstr("\"shape\" must hold non-negative integers"));
 }
 
 TEST_F(SafetensorsTest, UnknownDtype) {
   for (const char* dtype : {"F33", "f32", "Q4_0", "", "FLOAT"}) {
-    EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("encoder.w", dtype, {1}, 0, 4), "}"), 4),
-                AllOf(HasSubstr("tensor 'encoder.w'"), HasSubstr(absl::StrCat("unknown dtype '", dtype, "'"))));
+    EXPECT_THAT(
+        OpenHeaderError(absl::StrCat("{", HeaderEntry("encoder.w", dtype, {1}, 0, 4), "}"), 4),
+        AllOf(HasSubstr("tensor 'encoder.w'"),
+              HasSubstr(absl::StrCat("unknown dtype '", dtype, "'"))));
   }
 }
 
@@ -589,23 +631,36 @@ TEST_F(SafetensorsTest, MalformedEntryFields) {
   const std::vector<Case> cases = {
       {"[1,2]", "tensor 'w': entry must be an object, got [1,2]"},
       {"{\"shape\":[1],\"data_offsets\":[0,4]}", "tensor 'w': \"dtype\" is missing"},
-      {"{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}", "tensor 'w': \"dtype\" must be a string, got 32"},
+      {"{\"dtype\":32,\"shape\":[1],\"data_offsets\":[0,4]}",
+       "tensor 'w': \"dtype\" must be a string, got 32"},
       {"{\"dtype\":\"F32\",\"data_offsets\":[0,4]}", "tensor 'w': \"shape\" is missing"},
-      {"{\"dtype\":\"F32\",\"shape\":4,\"data_offsets\":[0,4]}", "tensor 'w': \"shape\" must be an array, got 4"},
-      {"{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}", "\"shape\" must hold non-negative integers, got [-1]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}", "\"shape\" must hold non-negative integers, got [1.0]"},
-      {"{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}", "\"shape\" must hold non-negative integers"},
-      {"{\"dtype\":\"F32\",\"shape\":[true],\"data_offsets\":[0,4]}", "\"shape\" must hold non-negative integers"},
+      {"{\"dtype\":\"F32\",\"shape\":4,\"data_offsets\":[0,4]}",
+       "tensor 'w': \"shape\" must be an array, got 4"},
+      {"{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}",
+       "\"shape\" must hold non-negative integers, got [-1]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1.0],\"data_offsets\":[0,4]}",
+       "\"shape\" must hold non-negative integers, got [1.0]"},
+      {"{\"dtype\":\"F32\",\"shape\":[\"1\"],\"data_offsets\":[0,4]}",
+       "\"shape\" must hold non-negative integers"},
+      {"{\"dtype\":\"F32\",\"shape\":[true],\"data_offsets\":[0,4]}",
+       "\"shape\" must hold non-negative integers"},
       {"{\"dtype\":\"F32\",\"shape\":[1]}", "tensor 'w': \"data_offsets\" is missing"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}", "\"data_offsets\" must be [begin, end]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4]}", "\"data_offsets\" must be [begin, end]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}", "\"data_offsets\" must be [begin, end]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",\"4\"]}", "\"data_offsets\" must be [begin, end]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":{\"begin\":0}}", "\"data_offsets\" must be [begin, end]"},
-      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0.0,4.0]}", "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}",
+       "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4]}",
+       "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}",
+       "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[\"0\",\"4\"]}",
+       "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":{\"begin\":0}}",
+       "\"data_offsets\" must be [begin, end]"},
+      {"{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0.0,4.0]}",
+       "\"data_offsets\" must be [begin, end]"},
   };
   for (const Case& c : cases) {
-    EXPECT_THAT(OpenHeaderError(absl::StrCat("{\"w\":", c.entry, "}"), 8), HasSubstr(c.message)) << c.entry;
+    EXPECT_THAT(OpenHeaderError(absl::StrCat("{\"w\":", c.entry, "}"), 8), HasSubstr(c.message))
+        << c.entry;
   }
 }
 
@@ -617,12 +672,14 @@ TEST_F(SafetensorsTest, MalformedMetadata) {
 }
 
 TEST_F(SafetensorsTest, NamesWithControlCharactersAreEscapedInErrors) {
-  EXPECT_THAT(OpenHeaderError(absl::StrCat("{", HeaderEntry("bad\\u0001name", "X", {1}, 0, 4), "}"), 4),
-              HasSubstr("tensor 'bad\\x01name'"));
+  EXPECT_THAT(
+      OpenHeaderError(absl::StrCat("{", HeaderEntry("bad\\u0001name", "X", {1}, 0, 4), "}"), 4),
+      HasSubstr("tensor 'bad\\x01name'"));
 }
 
 TEST_F(SafetensorsTest, ReadF32MissingAndWrongShapeOnWrittenFile) {
-  const std::string path = WriteTensors("w.safetensors", {{"w", "F32", {2, 3}, std::string(24, '\0')}});
+  const std::string path =
+      WriteTensors("w.safetensors", {{"w", "F32", {2, 3}, std::string(24, '\0')}});
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   auto missing = (*file)->ReadF32("bert.pooler.dense.weight", {2, 3});

@@ -49,7 +49,7 @@ TEST(AuthTest, RejectsMissingMalformedAndWrongCredentials) {
   EXPECT_THAT(missing.message(), HasSubstr("authorization: Bearer <token>"));
 
   for (const std::string& bad : {std::string(kTokenA), std::string("Basic ") + kTokenA,
-                                std::string("Bearer"), std::string("Bearer "), std::string("")}) {
+                                 std::string("Bearer"), std::string("Bearer "), std::string("")}) {
     const absl::Status s = auth.Check(bad);
     EXPECT_EQ(s.code(), absl::StatusCode::kUnauthenticated) << bad;
   }

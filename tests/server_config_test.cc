@@ -88,9 +88,9 @@ models:
   EXPECT_EQ(m.schedule, "/a/other.yaml");
   EXPECT_EQ(m.precision, "int8");
   EXPECT_FALSE(m.warmup);
-  EXPECT_EQ(*m.batching.max_queue_delay_us, 0);    // overridden
-  EXPECT_EQ(*m.batching.max_batch_size, 2);         // overridden
-  EXPECT_EQ(*m.batching.max_batch_tokens, 4096);    // inherited
+  EXPECT_EQ(*m.batching.max_queue_delay_us, 0);   // overridden
+  EXPECT_EQ(*m.batching.max_batch_size, 2);       // overridden
+  EXPECT_EQ(*m.batching.max_batch_tokens, 4096);  // inherited
   // The effective config round-trips.
   auto again = Parse(ConfigToYaml(*c));
   ASSERT_TRUE(again.ok()) << again.status();
@@ -100,8 +100,9 @@ models:
 TEST(ServerConfig, PrintedStringsParseBackToThemselves) {
   // fuzz_server_config: a path ending in carriage returns was printed raw and read back without
   // them, so the printed effective config was not the one that ran.
-  auto c = Parse("models:\n  - name: a\n    path: \"/m/a\\r\\r\"\n    schedule: \" s.yaml \"\n"
-                 "server:\n  auth_token_file: \"t\\x01\"\n");
+  auto c = Parse(
+      "models:\n  - name: a\n    path: \"/m/a\\r\\r\"\n    schedule: \" s.yaml \"\n"
+      "server:\n  auth_token_file: \"t\\x01\"\n");
   ASSERT_TRUE(c.ok()) << c.status();
   ASSERT_EQ(c->models[0].path, "/m/a\r\r");
   auto again = Parse(ConfigToYaml(*c));
@@ -141,16 +142,17 @@ TEST(ServerConfig, Validation) {
               HasSubstr("models[0].name"));
   EXPECT_THAT(Message(Parse("models: [{name: m}]\n").status()),
               HasSubstr("models[0].path: must be set"));
-  EXPECT_THAT(Message(Parse("models: [{name: m, path: /p, default_budget: 0.9, max_budget: 0.5}]\n")
-                          .status()),
-              HasSubstr("models[0].default_budget"));
+  EXPECT_THAT(
+      Message(
+          Parse("models: [{name: m, path: /p, default_budget: 0.9, max_budget: 0.5}]\n").status()),
+      HasSubstr("models[0].default_budget"));
   EXPECT_THAT(Message(Parse("models: [{name: m, path: /p, max_budget: 1.5}]\n").status()),
               HasSubstr("models[0].max_budget"));
   EXPECT_THAT(Message(Parse("server: {listen: nowhere}\nmodels: [{name: m, path: /p}]\n").status()),
               HasSubstr("server.listen"));
-  EXPECT_THAT(Message(Parse("limits: {max_inputs_per_call: 0}\nmodels: [{name: m, path: /p}]\n")
-                          .status()),
-              HasSubstr("limits.max_inputs_per_call: 0 is outside"));
+  EXPECT_THAT(
+      Message(Parse("limits: {max_inputs_per_call: 0}\nmodels: [{name: m, path: /p}]\n").status()),
+      HasSubstr("limits.max_inputs_per_call: 0 is outside"));
   EXPECT_THAT(
       Message(Parse("models: [{name: m, path: /p, batching: {max_batch_size: 0}}]\n").status()),
       HasSubstr("models[0].batching.max_batch_size"));
@@ -184,7 +186,8 @@ TEST(ServerConfig, Tls) {
   s = Parse("server: {tls: {key_file: s.key}}\nmodels: [{name: m, path: /p}]\n");
   EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.cert_file: must be set too"));
   s = Parse("server: {tls: {client_ca_file: ca.crt}}\nmodels: [{name: m, path: /p}]\n");
-  EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.client_ca_file: client certificates need TLS"));
+  EXPECT_THAT(Message(s.status()),
+              HasSubstr("server.tls.client_ca_file: client certificates need TLS"));
   s = Parse("server: {tls: {cert: s.crt}}\nmodels: [{name: m, path: /p}]\n");
   EXPECT_THAT(Message(s.status()), HasSubstr("server.tls.cert: unknown key"));
 }

@@ -27,8 +27,10 @@ using nlohmann::json;
 using topserve::engine::BertModel;
 
 json Plan(const topserve::engine::PruneReport& r) {
-  return {{"tokens_in", r.tokens_in},   {"kept", r.kept},
-          {"macs", r.macs},             {"unpruned_macs", r.unpruned_macs},
+  return {{"tokens_in", r.tokens_in},
+          {"kept", r.kept},
+          {"macs", r.macs},
+          {"unpruned_macs", r.unpruned_macs},
           {"over_budget", r.over_budget}};
 }
 
@@ -76,9 +78,9 @@ int main() {
       qa.max_query_tokens = req.value("max_query_tokens", int64_t{64});
       qa.max_answer_tokens = req.value("max_answer_tokens", int64_t{30});
       qa.n_best = req.value("n_best", int64_t{1});
-      auto windows = topserve::engine::BuildQaWindows(
-          model.tokenizer(), req.at("question").get<std::string>(),
-          req.at("context").get<std::string>(), qa);
+      auto windows =
+          topserve::engine::BuildQaWindows(model.tokenizer(), req.at("question").get<std::string>(),
+                                           req.at("context").get<std::string>(), qa);
       if (!windows.ok()) {
         std::cerr << windows.status().message() << "\n";
         return 1;

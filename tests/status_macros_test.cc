@@ -49,7 +49,10 @@ TEST(StatusMacrosTest, ReturnIfErrorInAFunctionReturningStatusOr) {
 TEST(StatusMacrosTest, ReturnIfErrorEvaluatesItsArgumentOnce) {
   int calls = 0;
   auto f = [&]() -> absl::Status {
-    RETURN_IF_ERROR([&] { ++calls; return absl::OkStatus(); }());
+    RETURN_IF_ERROR([&] {
+      ++calls;
+      return absl::OkStatus();
+    }());
     return absl::OkStatus();
   };
   EXPECT_TRUE(f().ok());
@@ -90,7 +93,9 @@ TEST(StatusMacrosTest, AssignOrReturnReturnsTheErrorAndSkipsTheRest) {
 }
 
 TEST(StatusMacrosTest, AssignOrReturnMovesMoveOnlyValues) {
-  auto make = [](int v) -> absl::StatusOr<std::unique_ptr<int>> { return std::make_unique<int>(v); };
+  auto make = [](int v) -> absl::StatusOr<std::unique_ptr<int>> {
+    return std::make_unique<int>(v);
+  };
   auto f = [&]() -> absl::StatusOr<int> {
     ASSIGN_OR_RETURN(std::unique_ptr<int> p, make(3));
     std::unique_ptr<int> q;
@@ -104,7 +109,8 @@ TEST(StatusMacrosTest, WithPrefixKeepsTheCode) {
   const absl::Status st = WithPrefix(absl::NotFoundError("no such file"), "model 'm'");
   EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(st.message(), "model 'm': no such file");
-  EXPECT_EQ(WithPrefix(absl::InternalError("x"), std::string("a: b")), absl::InternalError("a: b: x"));
+  EXPECT_EQ(WithPrefix(absl::InternalError("x"), std::string("a: b")),
+            absl::InternalError("a: b: x"));
 }
 
 TEST(StatusMacrosTest, WithPrefixLeavesOkAlone) {

@@ -1,10 +1,12 @@
-// Tests of tokenizer.json loading (engine/tokenizer_json.cc) against Hugging Face's tokenizers package.
+// Tests of tokenizer.json loading (engine/tokenizer_json.cc) against Hugging Face's tokenizers
+// package.
 //
 // tests/make_tokenizer_json_fixtures.py (the ctest fixture tokenizer_json_files) builds the
 // tokenizer.json files with the `tokenizers` package and writes that package's ids, type ids and
 // character offsets for every SST-2 dev sentence, every SQuAD v1.1 dev question and context (alone
-// and as question/context pairs), stress strings and code-point sweeps. Here the engine loads the same
-// files and must agree id for id and offset for offset (our byte offsets converted to characters).
+// and as question/context pairs), stress strings and code-point sweeps. Here the engine loads the
+// same files and must agree id for id and offset for offset (our byte offsets converted to
+// characters).
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -47,7 +49,8 @@ const json& TextsJson() {
   return *j;
 }
 const std::vector<std::string>& Texts() {
-  static const auto* texts = new std::vector<std::string>(TextsJson().at("texts").get<std::vector<std::string>>());
+  static const auto* texts =
+      new std::vector<std::string>(TextsJson().at("texts").get<std::vector<std::string>>());
   return *texts;
 }
 // Texts from this index on are the code-point sweeps.
@@ -99,7 +102,8 @@ size_t CompareWithPackage(const std::string& name, bool sweeps = false, size_t m
     for (size_t k = 0; k < enc->size(); ++k) {
       const auto& map = char_of[enc->segment[k] == 1 ? b : a];
       // Specials are (0, 0) in both; a span must start and end on character boundaries.
-      const int32_t cb = map.at(static_cast<size_t>(enc->begin[k])), ce = map.at(static_cast<size_t>(enc->end[k]));
+      const int32_t cb = map.at(static_cast<size_t>(enc->begin[k])),
+                    ce = map.at(static_cast<size_t>(enc->end[k]));
       offsets.push_back(cb);
       offsets.push_back(ce);
     }
@@ -116,15 +120,17 @@ size_t CompareWithPackage(const std::string& name, bool sweeps = false, size_t m
         ++k;
       }
       std::ostringstream msg;
-      msg << name << ": text " << a << (pair ? " + " + std::to_string(b) : std::string()) << " differs at token " << k
-          << " of " << enc->size() << " (package: " << want_ids.size() << " tokens)";
+      msg << name << ": text " << a << (pair ? " + " + std::to_string(b) : std::string())
+          << " differs at token " << k << " of " << enc->size() << " (package: " << want_ids.size()
+          << " tokens)";
       if (k < enc->size()) {
-        msg << "; ours: " << enc->ids[k] << " '" << tok->token(enc->ids[k]) << "' type " << enc->type_ids[k] << " ["
-            << offsets[2 * k] << ", " << offsets[2 * k + 1] << ")";
+        msg << "; ours: " << enc->ids[k] << " '" << tok->token(enc->ids[k]) << "' type "
+            << enc->type_ids[k] << " [" << offsets[2 * k] << ", " << offsets[2 * k + 1] << ")";
       }
       if (k < want_ids.size()) {
-        msg << "; package: " << want_ids[k] << " '" << tok->token(want_ids[k]) << "' type " << want_types[k] << " ["
-            << want_offsets[2 * k] << ", " << want_offsets[2 * k + 1] << ")";
+        msg << "; package: " << want_ids[k] << " '" << tok->token(want_ids[k]) << "' type "
+            << want_types[k] << " [" << want_offsets[2 * k] << ", " << want_offsets[2 * k + 1]
+            << ")";
       }
       msg << "; text: " << texts[a].substr(0, 300);
       if (sweeps) {
@@ -134,23 +140,33 @@ size_t CompareWithPackage(const std::string& name, bool sweeps = false, size_t m
       }
     }
   }
-  EXPECT_LE(mismatches, max_mismatches) << name << ": " << mismatches << " of " << compared << " cases differ";
-  std::printf("%s%s: %zu cases compared, %zu differ\n", name.c_str(), sweeps ? " (code-point sweeps)" : "", compared,
-              mismatches);
+  EXPECT_LE(mismatches, max_mismatches)
+      << name << ": " << mismatches << " of " << compared << " cases differ";
+  std::printf("%s%s: %zu cases compared, %zu differ\n", name.c_str(),
+              sweeps ? " (code-point sweeps)" : "", compared, mismatches);
   return compared;
 }
 
 // 872 SST-2 dev sentences + 10,570 SQuAD dev questions + 2,067 contexts + stress/hand-written texts
 // alone (13,612), and for uncased/cased the 10,570 question/context pairs (1,000 for the others).
-TEST(TokenizerJsonReference, WordPieceUncased) { EXPECT_GE(CompareWithPackage("wordpiece-uncased"), 24182u); }
-TEST(TokenizerJsonReference, WordPieceCased) { EXPECT_GE(CompareWithPackage("wordpiece-cased"), 24182u); }
+TEST(TokenizerJsonReference, WordPieceUncased) {
+  EXPECT_GE(CompareWithPackage("wordpiece-uncased"), 24182u);
+}
+TEST(TokenizerJsonReference, WordPieceCased) {
+  EXPECT_GE(CompareWithPackage("wordpiece-cased"), 24182u);
+}
 TEST(TokenizerJsonReference, WordPieceUncasedKeepAccents) {
   EXPECT_GE(CompareWithPackage("wordpiece-uncased-accents"), 14612u);
 }
 // Added tokens matched in the original text (normalized=false: "NFL") and in the normalised text
-// ("super bowl" across a space, "Denver" normalised to "denver", "naïve" to "naive", "ing" inside words).
-TEST(TokenizerJsonReference, WordPieceAddedTokens) { EXPECT_GE(CompareWithPackage("wordpiece-added"), 14612u); }
-TEST(TokenizerJsonReference, WordPieceBertProcessing) { EXPECT_GE(CompareWithPackage("wordpiece-bertproc"), 14612u); }
+// ("super bowl" across a space, "Denver" normalised to "denver", "naïve" to "naive", "ing" inside
+// words).
+TEST(TokenizerJsonReference, WordPieceAddedTokens) {
+  EXPECT_GE(CompareWithPackage("wordpiece-added"), 14612u);
+}
+TEST(TokenizerJsonReference, WordPieceBertProcessing) {
+  EXPECT_GE(CompareWithPackage("wordpiece-bertproc"), 14612u);
+}
 
 // Not a check: how fast the pipeline is next to the vocab.txt tokenizer, on the data texts.
 TEST(TokenizerJsonReference, SpeedNextToVocabTxt) {
@@ -161,12 +177,14 @@ TEST(TokenizerJsonReference, SpeedNextToVocabTxt) {
   const auto& texts = Texts();
   size_t bytes = 0;
   for (size_t i = 0; i < SweepFrom(); ++i) bytes += texts[i].size();
-  for (const auto& [name, tok] : {std::pair<const char*, const Tokenizer*>{"tokenizer.json", json_tok.get()},
-                                  {"vocab.txt", vocab_tok->get()}}) {
+  for (const auto& [name, tok] :
+       {std::pair<const char*, const Tokenizer*>{"tokenizer.json", json_tok.get()},
+        {"vocab.txt", vocab_tok->get()}}) {
     const auto start = std::chrono::steady_clock::now();
     size_t pieces = 0;
     for (size_t i = 0; i < SweepFrom(); ++i) pieces += tok->Tokenize(texts[i])->size();
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double s =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double mb = static_cast<double>(bytes) / 1e6;
     std::printf("%s: %zu texts, %.1f MB, %zu pieces in %.3f s (%.1f MB/s)\n", name, SweepFrom(), mb,
                 pieces, s, mb / s);
@@ -174,10 +192,11 @@ TEST(TokenizerJsonReference, SpeedNextToVocabTxt) {
 }
 
 // Every code point of planes 0-3 and 14, 32 per text. Known gap: the package classifies characters
-// with the unicode_categories crate's old tables, so code points assigned in recent Unicode versions
-// are plain letters to it (an unknown word -> [UNK]), while utf8proc (Unicode 15) knows them as
-// format characters (dropped), punctuation (split) or non-spacing marks (stripped). The bound is
-// the number of sweep texts measured to differ for that reason (87 and 36 of 8,252); more means a regression.
+// with the unicode_categories crate's old tables, so code points assigned in recent Unicode
+// versions are plain letters to it (an unknown word -> [UNK]), while utf8proc (Unicode 15) knows
+// them as format characters (dropped), punctuation (split) or non-spacing marks (stripped). The
+// bound is the number of sweep texts measured to differ for that reason (87 and 36 of 8,252); more
+// means a regression.
 TEST(TokenizerJsonCodepoints, DifferOnlyWhereUnicodeVersionsDo) {
   EXPECT_GE(CompareWithPackage("wordpiece-uncased", true, 87), 8252u);
   EXPECT_GE(CompareWithPackage("wordpiece-cased", true, 36), 8252u);
@@ -204,7 +223,8 @@ TEST(TokenizerJson, SpecialsAndLookups) {
 TEST(TokenizerJson, InvalidUtf8IsAnErrorNamingTheByte) {
   auto tok = LoadOrDie(kDir + "/wordpiece-uncased.json");
   ASSERT_NE(tok, nullptr);
-  for (const std::string bad : {"ab\xff", "\xc3", "a\xed\xa0\x80", "\xc0\xaf", "x\xf4\x90\x80\x80"}) {
+  for (const std::string bad :
+       {"ab\xff", "\xc3", "a\xed\xa0\x80", "\xc0\xaf", "x\xf4\x90\x80\x80"}) {
     auto pieces = tok->Tokenize(bad);
     ASSERT_FALSE(pieces.ok());
     EXPECT_EQ(pieces.status().code(), absl::StatusCode::kInvalidArgument);
@@ -222,7 +242,8 @@ TEST(TokenizerJson, TruncationUsesTheTemplate) {
   EXPECT_EQ(enc->ids.back(), 102);
   auto too_small = tok->Encode("a", "b", 2, Truncation::kLongestFirst);
   ASSERT_FALSE(too_small.ok());
-  EXPECT_THAT(std::string(too_small.status().message()), HasSubstr("smaller than the 3 special tokens"));
+  EXPECT_THAT(std::string(too_small.status().message()),
+              HasSubstr("smaller than the 3 special tokens"));
 }
 
 // A minimal valid file, edited per case.
@@ -259,7 +280,8 @@ TEST(TokenizerJson, MinimalFileLoadsAndTokenizes) {
 TEST(TokenizerJson, UnsupportedPartsAreOneLineErrorsNamingThem) {
   json j = MinimalJson();
   j["normalizer"] = {{"type", "Precompiled"}, {"precompiled_charsmap", "AAAA"}};
-  EXPECT_THAT(LoadError(j), HasSubstr("edited.json: normalizer type \"Precompiled\" is not supported"));
+  EXPECT_THAT(LoadError(j),
+              HasSubstr("edited.json: normalizer type \"Precompiled\" is not supported"));
 
   j = MinimalJson();
   j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "_"}};
@@ -271,7 +293,8 @@ TEST(TokenizerJson, UnsupportedPartsAreOneLineErrorsNamingThem) {
 
   j = MinimalJson();
   j["post_processor"] = {{"type", "RobertaProcessing"}};
-  EXPECT_THAT(LoadError(j), HasSubstr("post_processor type \"RobertaProcessing\" is not supported"));
+  EXPECT_THAT(LoadError(j),
+              HasSubstr("post_processor type \"RobertaProcessing\" is not supported"));
 
   j = MinimalJson();
   j["post_processor"] = nullptr;
@@ -279,7 +302,9 @@ TEST(TokenizerJson, UnsupportedPartsAreOneLineErrorsNamingThem) {
 
   j = MinimalJson();
   j["normalizer"]["unicode_normalization"] = true;
-  EXPECT_THAT(LoadError(j), HasSubstr("normalizer BertNormalizer: field \"unicode_normalization\" is not supported"));
+  EXPECT_THAT(
+      LoadError(j),
+      HasSubstr("normalizer BertNormalizer: field \"unicode_normalization\" is not supported"));
 
   j = MinimalJson();
   j["model"]["unk_token"] = "<unk>";
@@ -287,7 +312,8 @@ TEST(TokenizerJson, UnsupportedPartsAreOneLineErrorsNamingThem) {
 
   j = MinimalJson();
   j["added_tokens"] = {{{"id", 5}, {"content", "<mask>"}, {"lstrip", true}, {"normalized", false}}};
-  EXPECT_THAT(LoadError(j), HasSubstr("added_tokens[0]: token \"<mask>\": lstrip=true is not supported"));
+  EXPECT_THAT(LoadError(j),
+              HasSubstr("added_tokens[0]: token \"<mask>\": lstrip=true is not supported"));
 
   j = MinimalJson();
   j["added_tokens"] = {{{"id", 5}, {"content", "new"}, {"single_word", true}}};
@@ -322,7 +348,8 @@ TEST(TokenizerJson, ModelDirPrefersVocabTxtThenTokenizerJson) {
   auto none = Tokenizer::LoadFromModelDir(dir.string(), TokenizerConfig{});
   ASSERT_FALSE(none.ok());
   EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(none.status().message()), HasSubstr("neither vocab.txt nor tokenizer.json"));
+  EXPECT_THAT(std::string(none.status().message()),
+              HasSubstr("neither vocab.txt nor tokenizer.json"));
 
   // tokenizer.json alone: the file's normalizer decides (cased here, whatever the config says).
   fs::copy_file(fs::path(kDir) / "wordpiece-cased.json", dir / "tokenizer.json");
@@ -342,8 +369,8 @@ TEST(TokenizerJson, ModelDirPrefersVocabTxtThenTokenizerJson) {
   EXPECT_EQ((*uncased)[0].id, (*both)->token_id("hello"));
 }
 
-// A model directory with tokenizer.json and no vocab.txt loads and serves: the golden tiny-cls model
-// with its vocab.txt swapped for the uncased tokenizer.json gives the golden ids and logits.
+// A model directory with tokenizer.json and no vocab.txt loads and serves: the golden tiny-cls
+// model with its vocab.txt swapped for the uncased tokenizer.json gives the golden ids and logits.
 TEST(TokenizerJson, ModelDirWithOnlyTokenizerJsonRunsTheGoldenModel) {
   const std::string golden = std::string(TOPSERVE_SHARED_DIR) + "/data/golden/tiny-cls";
   const fs::path dir = fs::path(kDir) / "tiny-cls-json";
@@ -354,7 +381,8 @@ TEST(TokenizerJson, ModelDirWithOnlyTokenizerJsonRunsTheGoldenModel) {
   }
   auto bad = LoadModelDir(dir.string());
   ASSERT_FALSE(bad.ok());
-  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("vocab.txt: cannot open (and there is no"));
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("vocab.txt: cannot open (and there is no"));
   fs::copy_file(fs::path(kDir) / "wordpiece-uncased.json", dir / "tokenizer.json");
   auto model_dir = LoadModelDir(dir.string());
   ASSERT_TRUE(model_dir.ok()) << model_dir.status();
@@ -372,16 +400,19 @@ TEST(TokenizerJson, ModelDirWithOnlyTokenizerJsonRunsTheGoldenModel) {
     std::optional<std::string> pair;
     if (row.contains("text_pair")) pair = row.at("text_pair").get<std::string>();
     // The golden pairs are truncated longest_first to 128 tokens (golden/README.md).
-    auto enc = (*model)->tokenizer().Encode(row.at("text").get<std::string>(), pair, 128, Truncation::kLongestFirst);
+    auto enc = (*model)->tokenizer().Encode(row.at("text").get<std::string>(), pair, 128,
+                                            Truncation::kLongestFirst);
     ASSERT_TRUE(enc.ok()) << enc.status();
     EXPECT_EQ(enc->ids, row.at("input_ids").get<std::vector<int32_t>>()) << row.at("text");
-    EXPECT_EQ(enc->type_ids, row.at("token_type_ids").get<std::vector<int32_t>>()) << row.at("text");
+    EXPECT_EQ(enc->type_ids, row.at("token_type_ids").get<std::vector<int32_t>>())
+        << row.at("text");
     std::vector<SequenceInput> in = {{enc->ids, enc->type_ids, {}}};
     std::vector<SequenceOutput> out(1);
     ASSERT_TRUE((*model)->Run(in, out, ws).ok());
     const auto want = row.at("logits").get<std::vector<float>>();
     ASSERT_EQ(out[0].logits.size(), want.size());
-    for (size_t k = 0; k < want.size(); ++k) EXPECT_NEAR(out[0].logits[k], want[k], 1e-4) << row.at("text");
+    for (size_t k = 0; k < want.size(); ++k)
+      EXPECT_NEAR(out[0].logits[k], want[k], 1e-4) << row.at("text");
     ++n;
   }
   EXPECT_EQ(n, 64u);

@@ -1,13 +1,15 @@
 // Tests of the BERT WordPiece tokenizer (engine/tokenizer.h).
 //
 // Expected outputs come from three places:
-//  - the golden files of the reference implementation (../shared/data/golden/tokenizer): ids and tokens
+//  - the golden files of the reference implementation (../shared/data/golden/tokenizer): ids and
+//  tokens
 //    of every SST-2 dev sentence and of the stress strings and pairs;
-//  - tools/ref_tokenizer.py, an independent pure-Python implementation run at test time (its outputs
-//    are cached in TOPSERVE_TEST_DATA_DIR and rebuilt when the script, vocab or data change): ids and
-//    byte offsets of every SQuAD dev question and context and every code point of planes 0-3 and 14,
-//    and truncation lengths of every SQuAD question+context pair; the script is itself checked against
-//    the golden files;
+//  - tools/ref_tokenizer.py, an independent pure-Python implementation run at test time (its
+//  outputs
+//    are cached in TOPSERVE_TEST_DATA_DIR and rebuilt when the script, vocab or data change): ids
+//    and byte offsets of every SQuAD dev question and context and every code point of planes 0-3
+//    and 14, and truncation lengths of every SQuAD question+context pair; the script is itself
+//    checked against the golden files;
 //  - hand-written cases below.
 #include "engine/tokenizer.h"
 
@@ -16,9 +18,9 @@
 #include <utf8proc.h>
 
 #include <atomic>
-#include <ctime>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -100,16 +102,17 @@ std::string ShellQuote(const std::string& s) {
 // Runs tools/ref_tokenizer.py with `args`; returns its exit status, its output in *log.
 int RunReference(const std::string& args, const std::string& log_name, std::string* log) {
   const std::string log_path = kDataDir + "/" + log_name;
-  const std::string cmd = ShellQuote(TOPSERVE_PYTHON) + " " + ShellQuote(kRefScript) + " " + args + " > " +
-                          ShellQuote(log_path) + " 2>&1";
+  const std::string cmd = ShellQuote(TOPSERVE_PYTHON) + " " + ShellQuote(kRefScript) + " " + args +
+                          " > " + ShellQuote(log_path) + " 2>&1";
   const int rc = std::system(cmd.c_str());
   *log = ReadFile(log_path);
   return rc;
 }
 
-// The reference output file `name`, (re)made by `args` (which must write --out to it) unless it is newer
-// than the script and every input.
-std::string ReferenceOutput(const std::string& name, const std::string& args, const std::vector<std::string>& inputs) {
+// The reference output file `name`, (re)made by `args` (which must write --out to it) unless it is
+// newer than the script and every input.
+std::string ReferenceOutput(const std::string& name, const std::string& args,
+                            const std::vector<std::string>& inputs) {
   const std::string out = kDataDir + "/" + name;
   std::error_code ec;
   bool fresh = fs::exists(out, ec);
@@ -144,19 +147,21 @@ std::vector<Piece> TokenizeOk(const Tokenizer& tok, std::string_view text) {
   return r.ok() ? *r : std::vector<Piece>{};
 }
 
-// What the original text looks like to the tokenizer, without the splitting: dropped characters removed,
-// lower-cased (Python semantics), NFD, combining marks (Mn) removed. Written with utf8proc's whole-string
-// API rather than the tokenizer's per-character code.
+// What the original text looks like to the tokenizer, without the splitting: dropped characters
+// removed, lower-cased (Python semantics), NFD, combining marks (Mn) removed. Written with
+// utf8proc's whole-string API rather than the tokenizer's per-character code.
 std::string Normalized(std::string_view slice) {
   std::string kept;
   for (size_t i = 0; i < slice.size();) {
     utf8proc_int32_t cp;
-    const utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(slice.data()) + i,
-                                                static_cast<utf8proc_ssize_t>(slice.size() - i), &cp);
+    const utf8proc_ssize_t n =
+        utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(slice.data()) + i,
+                         static_cast<utf8proc_ssize_t>(slice.size() - i), &cp);
     if (n <= 0) return "<invalid>";
     i += static_cast<size_t>(n);
     const utf8proc_category_t cat = utf8proc_category(cp);
-    if (cp == 0 || cp == 0xFFFD || cat == UTF8PROC_CATEGORY_CN || cat >= UTF8PROC_CATEGORY_CC) continue;
+    if (cp == 0 || cp == 0xFFFD || cat == UTF8PROC_CATEGORY_CN || cat >= UTF8PROC_CATEGORY_CC)
+      continue;
     utf8proc_uint8_t buf[8];
     if (cp == 0x130) {
       kept += "i\xCC\x87";
@@ -170,7 +175,8 @@ std::string Normalized(std::string_view slice) {
   for (utf8proc_ssize_t i = 0; nfd[i] != 0;) {
     utf8proc_int32_t cp;
     const utf8proc_ssize_t n = utf8proc_iterate(nfd + i, -1, &cp);
-    if (utf8proc_category(cp) != UTF8PROC_CATEGORY_MN) out.append(reinterpret_cast<const char*>(nfd + i), static_cast<size_t>(n));
+    if (utf8proc_category(cp) != UTF8PROC_CATEGORY_MN)
+      out.append(reinterpret_cast<const char*>(nfd + i), static_cast<size_t>(n));
     i += n;
   }
   std::free(nfd);
@@ -178,10 +184,11 @@ std::string Normalized(std::string_view slice) {
 }
 
 // Checks the offsets of pieces against text: every span is non-empty, inside the text and starts no
-// earlier than the previous one; the normalised slice contains the piece text (without "##"), except
-// [UNK]; a special token's slice is the token itself. Returns the number of failures (reports the first
-// few).
-int CheckOffsets(const Tokenizer& tok, std::string_view text, const std::vector<Piece>& pieces, int report = 3) {
+// earlier than the previous one; the normalised slice contains the piece text (without "##"),
+// except [UNK]; a special token's slice is the token itself. Returns the number of failures
+// (reports the first few).
+int CheckOffsets(const Tokenizer& tok, std::string_view text, const std::vector<Piece>& pieces,
+                 int report = 3) {
   int failures = 0;
   int32_t prev_begin = 0;
   for (const Piece& p : pieces) {
@@ -189,21 +196,23 @@ int CheckOffsets(const Tokenizer& tok, std::string_view text, const std::vector<
     if (p.begin < prev_begin || p.begin >= p.end || p.end > static_cast<int32_t>(text.size())) {
       why = "bad span";
     } else {
-      const std::string_view slice = text.substr(static_cast<size_t>(p.begin), static_cast<size_t>(p.end - p.begin));
+      const std::string_view slice =
+          text.substr(static_cast<size_t>(p.begin), static_cast<size_t>(p.end - p.begin));
       std::string piece = tok.token(p.id);
       if (p.id == tok.unk_id() && slice != "[UNK]") continue;
       if (piece.size() == 5 && piece[0] == '[' && piece[4] == ']') {
         if (slice != piece) why = "special token slice";
       } else {
         if (piece.size() > 2 && piece.compare(0, 2, "##") == 0) piece.erase(0, 2);
-        if (Normalized(slice).find(piece) == std::string::npos) why = "slice does not contain piece";
+        if (Normalized(slice).find(piece) == std::string::npos)
+          why = "slice does not contain piece";
       }
     }
     prev_begin = p.begin;
     if (!why.empty()) {
       if (++failures <= report) {
-        ADD_FAILURE() << why << ": piece '" << tok.token(p.id) << "' [" << p.begin << ", " << p.end << ") in \""
-                      << text << "\"";
+        ADD_FAILURE() << why << ": piece '" << tok.token(p.id) << "' [" << p.begin << ", " << p.end
+                      << ") in \"" << text << "\"";
       }
     }
   }
@@ -225,8 +234,10 @@ TEST(TokenizerGolden, Sst2DevIdsTokensAndOffsets) {
     ASSERT_TRUE(enc.ok()) << enc.status();
     std::vector<std::string> tokens;
     for (const int32_t id : enc->ids) tokens.push_back(tok.token(id));
-    if (enc->ids != g["input_ids"].get<std::vector<int32_t>>() || tokens != g["tokens"].get<std::vector<std::string>>()) {
-      if (++mismatches <= 5) ADD_FAILURE() << "mismatch on \"" << text << "\": " << ::testing::PrintToString(tokens);
+    if (enc->ids != g["input_ids"].get<std::vector<int32_t>>() ||
+        tokens != g["tokens"].get<std::vector<std::string>>()) {
+      if (++mismatches <= 5)
+        ADD_FAILURE() << "mismatch on \"" << text << "\": " << ::testing::PrintToString(tokens);
     }
     EXPECT_EQ(enc->type_ids, std::vector<int32_t>(enc->size(), 0));
     offset_failures += CheckOffsets(tok, text, pieces);
@@ -265,8 +276,9 @@ TEST(TokenizerGolden, StressStringsAndPairs) {
 
 TEST(TokenizerReference, PythonReferenceMatchesGoldenFiles) {
   std::string log;
-  const int rc = RunReference("selfcheck --golden-dir " + ShellQuote(kGoldenDir) + " --vocab " + ShellQuote(kVocab),
-                              "tokenizer_selfcheck.log", &log);
+  const int rc = RunReference(
+      "selfcheck --golden-dir " + ShellQuote(kGoldenDir) + " --vocab " + ShellQuote(kVocab),
+      "tokenizer_selfcheck.log", &log);
   EXPECT_EQ(rc, 0) << log;
   EXPECT_THAT(log, HasSubstr("selfcheck: 939 golden entries, 0 mismatches")) << log;
 }
@@ -277,12 +289,13 @@ struct RefText {
 };
 
 RefText ParseRefText(const json& j) {
-  return {j["text"].get<std::string>(), j["ids"].get<std::vector<int32_t>>(), j["begin"].get<std::vector<int32_t>>(),
-          j["end"].get<std::vector<int32_t>>()};
+  return {j["text"].get<std::string>(), j["ids"].get<std::vector<int32_t>>(),
+          j["begin"].get<std::vector<int32_t>>(), j["end"].get<std::vector<int32_t>>()};
 }
 
 // Compares C++ pieces with a reference record; reports the first few mismatches via *mismatches.
-void ComparePieces(const Tokenizer& tok, const RefText& ref, const std::vector<Piece>& pieces, int* mismatches) {
+void ComparePieces(const Tokenizer& tok, const RefText& ref, const std::vector<Piece>& pieces,
+                   int* mismatches) {
   std::vector<int32_t> ids, begin, end;
   for (const Piece& p : pieces) {
     ids.push_back(p.id);
@@ -293,10 +306,12 @@ void ComparePieces(const Tokenizer& tok, const RefText& ref, const std::vector<P
     if (++*mismatches <= 5) {
       std::vector<std::string> expected;
       for (const int32_t id : ref.ids) expected.push_back(tok.token(id));
-      ADD_FAILURE() << "mismatch on \"" << ref.text << "\"\n  got      " << ::testing::PrintToString(Tokens(tok, pieces))
-                    << " " << ::testing::PrintToString(Spans(pieces)) << "\n  expected "
-                    << ::testing::PrintToString(expected) << " begins " << ::testing::PrintToString(ref.begin)
-                    << " ends " << ::testing::PrintToString(ref.end);
+      ADD_FAILURE() << "mismatch on \"" << ref.text << "\"\n  got      "
+                    << ::testing::PrintToString(Tokens(tok, pieces)) << " "
+                    << ::testing::PrintToString(Spans(pieces)) << "\n  expected "
+                    << ::testing::PrintToString(expected) << " begins "
+                    << ::testing::PrintToString(ref.begin) << " ends "
+                    << ::testing::PrintToString(ref.end);
     }
   }
 }
@@ -309,8 +324,8 @@ struct SquadRef {
 const SquadRef& Squad() {
   static const SquadRef* squad = [] {
     const std::string path = ReferenceOutput(
-        "tokenizer_squad_ref.jsonl", "squad --squad " + ShellQuote(kSquad) + " --vocab " + ShellQuote(kVocab),
-        {kSquad, kVocab});
+        "tokenizer_squad_ref.jsonl",
+        "squad --squad " + ShellQuote(kSquad) + " --vocab " + ShellQuote(kVocab), {kSquad, kVocab});
     auto* s = new SquadRef;
     for (json& j : ReadJsonl(path)) {
       const std::string kind = j["kind"];
@@ -338,7 +353,8 @@ TEST(TokenizerReference, SquadQuestionsAndContexts) {
   for (const json& article : squad["data"]) {
     for (const json& para : article["paragraphs"]) {
       ASSERT_EQ(para["context"].get<std::string>(), ref.contexts.at(ci++).text);
-      for (const json& qa : para["qas"]) ASSERT_EQ(qa["question"].get<std::string>(), ref.questions.at(qi++).text);
+      for (const json& qa : para["qas"])
+        ASSERT_EQ(qa["question"].get<std::string>(), ref.questions.at(qi++).text);
     }
   }
   ASSERT_EQ(ci, ref.contexts.size());
@@ -357,7 +373,8 @@ TEST(TokenizerReference, SquadQuestionsAndContexts) {
 }
 
 // Expected encoding of a pair from the reference's per-text outputs and truncated lengths.
-Encoding ExpectedPair(const Tokenizer& tok, const RefText& a, const RefText& b, size_t la, size_t lb) {
+Encoding ExpectedPair(const Tokenizer& tok, const RefText& a, const RefText& b, size_t la,
+                      size_t lb) {
   Encoding e;
   auto add = [&e](int32_t id, int32_t type, int32_t begin, int32_t end, int8_t seg) {
     e.ids.push_back(id);
@@ -375,7 +392,8 @@ Encoding ExpectedPair(const Tokenizer& tok, const RefText& a, const RefText& b, 
 }
 
 bool SameEncoding(const Encoding& x, const Encoding& y) {
-  return x.ids == y.ids && x.type_ids == y.type_ids && x.begin == y.begin && x.end == y.end && x.segment == y.segment;
+  return x.ids == y.ids && x.type_ids == y.type_ids && x.begin == y.begin && x.end == y.end &&
+         x.segment == y.segment;
 }
 
 TEST(TokenizerReference, SquadPairsTruncated) {
@@ -394,11 +412,13 @@ TEST(TokenizerReference, SquadPairsTruncated) {
     auto full = tok.Build(questions[q], &contexts[c], kNoLimit, Truncation::kNone);
     ASSERT_TRUE(full.ok()) << full.status();
     over512 += full->size() > 512;
-    if (!SameEncoding(*full, ExpectedPair(tok, rq, rc, rq.ids.size(), rc.ids.size())) && ++mismatches <= 5) {
+    if (!SameEncoding(*full, ExpectedPair(tok, rq, rc, rq.ids.size(), rc.ids.size())) &&
+        ++mismatches <= 5) {
       ADD_FAILURE() << "untruncated pair " << q << " differs";
     }
     const std::pair<const char*, std::pair<Truncation, size_t>> modes[] = {
-        {"only_second_384", {Truncation::kOnlySecond, 384}}, {"longest_first_128", {Truncation::kLongestFirst, 128}}};
+        {"only_second_384", {Truncation::kOnlySecond, 384}},
+        {"longest_first_128", {Truncation::kLongestFirst, 128}}};
     for (int m = 0; m < 2; ++m) {
       const auto& [key, mode] = modes[m];
       auto enc = tok.Build(questions[q], &contexts[c], mode.second, mode.first);
@@ -412,8 +432,8 @@ TEST(TokenizerReference, SquadPairsTruncated) {
       const size_t la = lengths[0], lb = lengths[1];
       truncated[m] += la + lb < rq.ids.size() + rc.ids.size();
       if (!SameEncoding(*enc, ExpectedPair(tok, rq, rc, la, lb)) && ++mismatches <= 5) {
-        ADD_FAILURE() << key << " pair " << q << " differs: got " << enc->size() << " tokens, expected " << la
-                      << " + " << lb << " + 3";
+        ADD_FAILURE() << key << " pair " << q << " differs: got " << enc->size()
+                      << " tokens, expected " << la << " + " << lb << " + 3";
       }
     }
   }
@@ -426,8 +446,8 @@ TEST(TokenizerReference, SquadPairsTruncated) {
 
 TEST(TokenizerReference, EveryCodePoint) {
   const Tokenizer& tok = Uncased();
-  const std::string path =
-      ReferenceOutput("tokenizer_codepoints_ref.jsonl", "codepoints --vocab " + ShellQuote(kVocab), {kVocab});
+  const std::string path = ReferenceOutput("tokenizer_codepoints_ref.jsonl",
+                                           "codepoints --vocab " + ShellQuote(kVocab), {kVocab});
   const auto lines = ReadJsonl(path);
   ASSERT_GT(lines.size(), 4000u);
   int mismatches = 0;
@@ -446,7 +466,8 @@ std::vector<std::string> ConfigTexts() {
       "[CLS] [cls] [Cls] x[SEP]y [MASK][PAD]",
       "[CL\0S] [C\u200bLS] [CLS\u0301] [UN\u212a] [unk]"s,
       "\u0130stanbul I\u0307stanbul \u0131 \u03a3\u039f\u03a6\u039f\u03a3 \u1e9e stra\u00dfe",
-      "a\u0327\u0301 a\u0301\u0327 q\u0307\u0323 \u1e0b\u0323 \u0b47\u0b3e \u1100\u1161\u11a8 \ud55c",
+      "a\u0327\u0301 a\u0301\u0327 q\u0307\u0323 \u1e0b\u0323 \u0b47\u0b3e \u1100\u1161\u11a8 "
+      "\ud55c",
       "\ufb01 \u2126 \u212a \u1fef x \u037e y \u0387 \u0344",
       "\u4e2d\u6587 \ufa0e\u8c48 \U0002f800",
       std::string(101, 'x') + " " + std::string(100, 'y'),
@@ -486,8 +507,8 @@ TEST(TokenizerReference, OtherConfigurations) {
     SCOPED_TRACE(c.name);
     const std::string out = kDataDir + "/tokenizer_config_" + c.name + ".jsonl";
     std::string log;
-    ASSERT_EQ(RunReference(std::string("texts ") + c.flags + " --input " + ShellQuote(input) + " --vocab " +
-                               ShellQuote(kVocab) + " --out " + ShellQuote(out),
+    ASSERT_EQ(RunReference(std::string("texts ") + c.flags + " --input " + ShellQuote(input) +
+                               " --vocab " + ShellQuote(kVocab) + " --out " + ShellQuote(out),
                            std::string("tokenizer_config_") + c.name + ".log", &log),
               0)
         << log;
@@ -533,7 +554,8 @@ TEST(Tokenizer, SubwordOffsets) {
   EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 3), std::pair(3, 6), std::pair(6, 9)));
   p = TokenizeOk(tok, "Hello, World!");
   EXPECT_THAT(Tokens(tok, p), ElementsAre("hello", ",", "world", "!"));
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 5), std::pair(5, 6), std::pair(7, 12), std::pair(12, 13)));
+  EXPECT_THAT(Spans(p),
+              ElementsAre(std::pair(0, 5), std::pair(5, 6), std::pair(7, 12), std::pair(12, 13)));
   // Lower-cased / accent-stripped characters map back to the original (multi-byte) characters.
   p = TokenizeOk(tok, "\u00c5ngstr\u00f6m");  // Ångström
   EXPECT_THAT(Tokens(tok, p), ElementsAre("ang", "##strom"));
@@ -554,8 +576,12 @@ TEST(Tokenizer, ControlAndZeroWidthCharactersAreDropped) {
   const Tokenizer& tok = Uncased();
   auto p = TokenizeOk(tok, "zero\u200bwidth");
   EXPECT_THAT(Tokens(tok, p), ElementsAre("zero", "##wi", "##dt", "##h"));
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 4), std::pair(7, 9), std::pair(9, 11), std::pair(11, 12)));
-  p = TokenizeOk(tok, std::string_view("a\x01" "b\x7f" "c", 5));
+  EXPECT_THAT(Spans(p),
+              ElementsAre(std::pair(0, 4), std::pair(7, 9), std::pair(9, 11), std::pair(11, 12)));
+  p = TokenizeOk(tok, std::string_view("a\x01"
+                                       "b\x7f"
+                                       "c",
+                                       5));
   EXPECT_THAT(Tokens(tok, p), ElementsAre("abc"));
   EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 5)));
   p = TokenizeOk(tok, std::string_view("nul\0byte", 8));
@@ -563,8 +589,10 @@ TEST(Tokenizer, ControlAndZeroWidthCharactersAreDropped) {
   EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 2), std::pair(2, 6), std::pair(6, 8)));
   // U+FEFF, U+00AD (soft hyphen), U+FFFD, private use, unassigned: dropped; U+2028 separates words.
   p = TokenizeOk(tok, "bom\ufeffstart soft\u00adhyphen \ufffd\ue000\U000e0001 ab\u2028cd");
-  EXPECT_THAT(Tokens(tok, p), ElementsAre("bo", "##ms", "##tar", "##t", "soft", "##hy", "##ph", "##en", "ab", "cd"));
-  // A character assigned only after Unicode 14.0 (U+1FA75, Unicode 15) is unassigned for the reference.
+  EXPECT_THAT(Tokens(tok, p), ElementsAre("bo", "##ms", "##tar", "##t", "soft", "##hy", "##ph",
+                                          "##en", "ab", "cd"));
+  // A character assigned only after Unicode 14.0 (U+1FA75, Unicode 15) is unassigned for the
+  // reference.
   EXPECT_THAT(Tokens(tok, TokenizeOk(tok, "a\U0001fa75b")), ElementsAre("ab"));
 }
 
@@ -572,7 +600,8 @@ TEST(Tokenizer, EmojiAndLongWordsAreUnknown) {
   const Tokenizer& tok = Uncased();
   auto p = TokenizeOk(tok, "emoji \U0001f600");
   EXPECT_THAT(Tokens(tok, p), ElementsAre("em", "##oj", "##i", "[UNK]"));
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 2), std::pair(2, 4), std::pair(4, 5), std::pair(6, 10)));
+  EXPECT_THAT(Spans(p),
+              ElementsAre(std::pair(0, 2), std::pair(2, 4), std::pair(4, 5), std::pair(6, 10)));
   p = TokenizeOk(tok, "x " + std::string(200, 'a') + " y");
   EXPECT_THAT(Tokens(tok, p), ElementsAre("x", "[UNK]", "y"));
   EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 1), std::pair(2, 202), std::pair(203, 204)));
@@ -617,7 +646,9 @@ TEST(Tokenizer, InvalidUtf8IsAnError) {
       {"a\xC0\xAF", "invalid UTF-8 at byte 1 of 3: overlong encoding"},
       {"\xE0\x80\xAF", "invalid UTF-8 at byte 0 of 3: overlong encoding"},
       {"\xF0\x80\x80\xAF", "overlong encoding"},
-      {"\x80" "abc", "invalid UTF-8 at byte 0 of 4: unexpected continuation byte"},
+      {"\x80"
+       "abc",
+       "invalid UTF-8 at byte 0 of 4: unexpected continuation byte"},
       {"ok \xBF", "unexpected continuation byte"},
       {"\xED\xA0\x80", "UTF-16 surrogate"},
       {"\xF4\x90\x80\x80", "code point above U+10FFFF"},
@@ -633,9 +664,11 @@ TEST(Tokenizer, InvalidUtf8IsAnError) {
   auto enc = tok.Encode("fine", std::string_view("bad\xC3"), 512, Truncation::kNone);
   ASSERT_FALSE(enc.ok());
   EXPECT_EQ(enc.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(enc.status().message()), HasSubstr("second text: invalid UTF-8 at byte 3"));
+  EXPECT_THAT(std::string(enc.status().message()),
+              HasSubstr("second text: invalid UTF-8 at byte 3"));
   // Valid 4-byte and boundary sequences are accepted.
-  EXPECT_TRUE(tok.Tokenize("\xF4\x8F\xBF\xBF \xEF\xBF\xBF \xC2\x80 \xED\x9F\xBF \xEE\x80\x80").ok());
+  EXPECT_TRUE(
+      tok.Tokenize("\xF4\x8F\xBF\xBF \xEF\xBF\xBF \xC2\x80 \xED\x9F\xBF \xEE\x80\x80").ok());
 }
 
 std::vector<Piece> FakePieces(int32_t first_id, int n, int32_t offset) {
@@ -648,10 +681,12 @@ TEST(Tokenizer, TruncationOfPairs) {
   const Tokenizer& tok = Uncased();
   const auto a = FakePieces(2000, 5, 0);
   const auto b = FakePieces(3000, 10, 100);
-  // 5 + 10 + 3 = 18 tokens into 12: longest_first takes 5 from b (10 -> 5), then the sixth from b (equal).
+  // 5 + 10 + 3 = 18 tokens into 12: longest_first takes 5 from b (10 -> 5), then the sixth from b
+  // (equal).
   auto enc = tok.Build(a, &b, 12, Truncation::kLongestFirst);
   ASSERT_TRUE(enc.ok()) << enc.status();
-  EXPECT_THAT(enc->ids, ElementsAre(101, 2000, 2001, 2002, 2003, 2004, 102, 3000, 3001, 3002, 3003, 102));
+  EXPECT_THAT(enc->ids,
+              ElementsAre(101, 2000, 2001, 2002, 2003, 2004, 102, 3000, 3001, 3002, 3003, 102));
   EXPECT_THAT(enc->type_ids, ElementsAre(0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1));
   EXPECT_THAT(enc->segment, ElementsAre(-1, 0, 0, 0, 0, 0, -1, 1, 1, 1, 1, -1));
   EXPECT_THAT(enc->begin, ElementsAre(0, 0, 1, 2, 3, 4, 0, 100, 101, 102, 103, 0));
@@ -663,7 +698,8 @@ TEST(Tokenizer, TruncationOfPairs) {
   // The first is longer: it loses tokens first.
   enc = tok.Build(b, &a, 12, Truncation::kLongestFirst);
   ASSERT_TRUE(enc.ok());
-  EXPECT_THAT(enc->ids, ElementsAre(101, 3000, 3001, 3002, 3003, 3004, 102, 2000, 2001, 2002, 2003, 102));
+  EXPECT_THAT(enc->ids,
+              ElementsAre(101, 3000, 3001, 3002, 3003, 3004, 102, 2000, 2001, 2002, 2003, 102));
   // Down to nothing but the specials.
   enc = tok.Build(a, &b, 3, Truncation::kLongestFirst);
   ASSERT_TRUE(enc.ok());
@@ -676,15 +712,18 @@ TEST(Tokenizer, TruncationOfPairs) {
   // only_second / only_first.
   enc = tok.Build(a, &b, 12, Truncation::kOnlySecond);
   ASSERT_TRUE(enc.ok());
-  EXPECT_THAT(enc->ids, ElementsAre(101, 2000, 2001, 2002, 2003, 2004, 102, 3000, 3001, 3002, 3003, 102));
+  EXPECT_THAT(enc->ids,
+              ElementsAre(101, 2000, 2001, 2002, 2003, 2004, 102, 3000, 3001, 3002, 3003, 102));
   enc = tok.Build(b, &a, 12, Truncation::kOnlyFirst);
   ASSERT_TRUE(enc.ok());
-  EXPECT_THAT(enc->ids, ElementsAre(101, 3000, 3001, 3002, 3003, 102, 2000, 2001, 2002, 2003, 2004, 102));
+  EXPECT_THAT(enc->ids,
+              ElementsAre(101, 3000, 3001, 3002, 3003, 102, 2000, 2001, 2002, 2003, 2004, 102));
   // Would have to remove a whole sequence (Hugging Face refuses as well).
   enc = tok.Build(a, &b, 12, Truncation::kOnlyFirst);
   ASSERT_FALSE(enc.ok());
   EXPECT_EQ(enc.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(enc.status().message()), HasSubstr("6 tokens must go but the first sequence has only 5"));
+  EXPECT_THAT(std::string(enc.status().message()),
+              HasSubstr("6 tokens must go but the first sequence has only 5"));
   enc = tok.Build(a, &b, 8, Truncation::kOnlySecond);
   ASSERT_FALSE(enc.ok());
   EXPECT_THAT(std::string(enc.status().message()), HasSubstr("second sequence has only 10"));
@@ -694,7 +733,8 @@ TEST(Tokenizer, TruncationOfPairs) {
   ASSERT_FALSE(enc.ok());
   EXPECT_THAT(std::string(enc.status().message()), HasSubstr("18 tokens"));
   // Fits exactly: nothing removed whatever the strategy.
-  for (const Truncation t : {Truncation::kLongestFirst, Truncation::kOnlyFirst, Truncation::kOnlySecond}) {
+  for (const Truncation t :
+       {Truncation::kLongestFirst, Truncation::kOnlyFirst, Truncation::kOnlySecond}) {
     enc = tok.Build(a, &b, 18, t);
     ASSERT_TRUE(enc.ok());
     EXPECT_EQ(enc->size(), 18u);
@@ -713,7 +753,8 @@ TEST(Tokenizer, TruncationOfSingleSequences) {
   }
   auto enc = tok.Build(a, nullptr, 5, Truncation::kOnlySecond);
   ASSERT_FALSE(enc.ok());
-  EXPECT_THAT(std::string(enc.status().message()), HasSubstr("only_second truncation needs a second sequence"));
+  EXPECT_THAT(std::string(enc.status().message()),
+              HasSubstr("only_second truncation needs a second sequence"));
   EXPECT_TRUE(tok.Build(a, nullptr, 7, Truncation::kOnlySecond).ok());  // fits: nothing to truncate
   // Real text through Encode.
   enc = tok.Encode("one two three four five six", std::nullopt, 5, Truncation::kLongestFirst);
@@ -729,10 +770,12 @@ TEST(Tokenizer, MaxLengthSmallerThanSpecialTokens) {
   auto enc = tok.Build(none, &none, 2, Truncation::kLongestFirst);
   ASSERT_FALSE(enc.ok());
   EXPECT_EQ(enc.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(enc.status().message()), HasSubstr("max_length 2 is smaller than the 3 special tokens"));
+  EXPECT_THAT(std::string(enc.status().message()),
+              HasSubstr("max_length 2 is smaller than the 3 special tokens"));
   enc = tok.Build(none, nullptr, 1, Truncation::kNone);
   ASSERT_FALSE(enc.ok());
-  EXPECT_THAT(std::string(enc.status().message()), HasSubstr("max_length 1 is smaller than the 2 special tokens"));
+  EXPECT_THAT(std::string(enc.status().message()),
+              HasSubstr("max_length 1 is smaller than the 2 special tokens"));
   EXPECT_FALSE(tok.Build(none, nullptr, 0, Truncation::kLongestFirst).ok());
   EXPECT_TRUE(tok.Build(none, nullptr, 2, Truncation::kNone).ok());
   EXPECT_TRUE(tok.Build(none, &none, 3, Truncation::kNone).ok());
@@ -753,7 +796,8 @@ TEST(TokenizerVocab, LoadErrorsNameTheFile) {
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string(t.status().message()), HasSubstr("no_such_vocab.txt"));
   for (const auto& [name, content, missing] :
-       {std::tuple<const char*, const char*, const char*>{"no_unk", "[PAD]\n[CLS]\n[SEP]\nhello\n", "[UNK]"},
+       {std::tuple<const char*, const char*, const char*>{"no_unk", "[PAD]\n[CLS]\n[SEP]\nhello\n",
+                                                          "[UNK]"},
         {"no_cls", "[UNK]\n[SEP]\n", "[CLS]"},
         {"no_sep", "[UNK]\n[CLS]\n[SEP] \n", "[SEP]"},
         {"empty", "", "[UNK]"}}) {
@@ -772,9 +816,11 @@ TEST(TokenizerVocab, LoadErrorsNameTheFile) {
 }
 
 TEST(TokenizerVocab, LineEndsDuplicatesAndGreedyMatching) {
-  // \r\n, \r and \n line ends; the last line has none. "ab" appears twice: the last id wins (as in HF).
-  const std::string path =
-      VocabFile("small", "[PAD]\r\n[UNK]\r[CLS]\n[SEP]\nab\na\n##c\n##bc\nab\nx\n##y\n##yz\n##z\n\u00e9\n##\u00e9");
+  // \r\n, \r and \n line ends; the last line has none. "ab" appears twice: the last id wins (as in
+  // HF).
+  const std::string path = VocabFile(
+      "small",
+      "[PAD]\r\n[UNK]\r[CLS]\n[SEP]\nab\na\n##c\n##bc\nab\nx\n##y\n##yz\n##z\n\u00e9\n##\u00e9");
   const auto tok = LoadOrDie(path, {});
   ASSERT_NE(tok, nullptr);
   EXPECT_EQ(tok->vocab_size(), 15u);
@@ -790,8 +836,9 @@ TEST(TokenizerVocab, LineEndsDuplicatesAndGreedyMatching) {
   auto p = TokenizeOk(*tok, "abc ABC a xyz");
   EXPECT_THAT(Tokens(*tok, p), ElementsAre("ab", "##c", "ab", "##c", "a", "x", "##yz"));
   EXPECT_EQ(p[0].id, 8);
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 2), std::pair(2, 3), std::pair(4, 6), std::pair(6, 7), std::pair(8, 9),
-                                    std::pair(10, 11), std::pair(11, 13)));
+  EXPECT_THAT(Spans(p),
+              ElementsAre(std::pair(0, 2), std::pair(2, 3), std::pair(4, 6), std::pair(6, 7),
+                          std::pair(8, 9), std::pair(10, 11), std::pair(11, 13)));
   // A word that cannot be fully matched is one [UNK] for the whole word.
   p = TokenizeOk(*tok, "abx xyq b");
   EXPECT_THAT(Tokens(*tok, p), ElementsAre("[UNK]", "[UNK]", "[UNK]"));
@@ -802,7 +849,8 @@ TEST(TokenizerVocab, LineEndsDuplicatesAndGreedyMatching) {
   // Accents: stripped when lower-casing; kept with strip_accents = false.
   EXPECT_THAT(Tokens(*tok, TokenizeOk(*tok, "\u00e9\u00e9")), ElementsAre("[UNK]"));
   const auto keep = LoadOrDie(path, {true, false, true, 512});
-  EXPECT_THAT(Tokens(*keep, TokenizeOk(*keep, "\u00c9\u00e9 e\u0301")), ElementsAre("\u00e9", "##\u00e9", "\u00e9"));
+  EXPECT_THAT(Tokens(*keep, TokenizeOk(*keep, "\u00c9\u00e9 e\u0301")),
+              ElementsAre("\u00e9", "##\u00e9", "\u00e9"));
   // No "##" continuation in the vocab at all.
   const auto bare = LoadOrDie(VocabFile("bare", "[UNK]\n[CLS]\n[SEP]\nab\n"), {});
   EXPECT_THAT(Tokens(*bare, TokenizeOk(*bare, "ab abab")), ElementsAre("ab", "[UNK]"));
@@ -811,18 +859,20 @@ TEST(TokenizerVocab, LineEndsDuplicatesAndGreedyMatching) {
 TEST(TokenizerVocab, CanonicalOrderingAndComposition) {
   // U+1E0B (d, dot above) + U+0323 (dot below) is canonically d + U+0323 + U+0307, whose NFC is
   // U+1E0D (d, dot below) + U+0307: marks are reordered by combining class before composing.
-  const std::string path = VocabFile(
-      "marks", "[UNK]\n[CLS]\n[SEP]\nd\n\u1e0d\n##\u0307\n\u1e0b\n##\u0323\n\uac01\n\u1100\n##\u1161\n##\u11a8\n");
+  const std::string path = VocabFile("marks",
+                                     "[UNK]\n[CLS]\n[SEP]\nd\n\u1e0d\n##\u0307\n\u1e0b\n##"
+                                     "\u0323\n\uac01\n\u1100\n##\u1161\n##\u11a8\n");
   const auto keep = LoadOrDie(path, {true, false, true, 512});  // lower-case, keep accents: NFC
   auto p = TokenizeOk(*keep, "\u1e0b\u0323 d\u0307\u0323 \u1100\u1161\u11a8");
   EXPECT_THAT(Tokens(*keep, p), ElementsAre("\u1e0d", "##\u0307", "\u1e0d", "##\u0307", "\uac01"));
   // The composite spans every byte it was made of; the mark left over keeps its own.
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 5), std::pair(0, 3), std::pair(6, 11), std::pair(7, 9),
-                                    std::pair(12, 21)));
+  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 5), std::pair(0, 3), std::pair(6, 11),
+                                    std::pair(7, 9), std::pair(12, 21)));
   const auto strip = LoadOrDie(path, {});  // NFD, marks dropped (their bytes join the letter)
   p = TokenizeOk(*strip, "\u1e0b\u0323 \uac01");
   EXPECT_THAT(Tokens(*strip, p), ElementsAre("d", "\u1100", "##\u1161", "##\u11a8"));
-  EXPECT_THAT(Spans(p), ElementsAre(std::pair(0, 5), std::pair(6, 9), std::pair(6, 9), std::pair(6, 9)));
+  EXPECT_THAT(Spans(p),
+              ElementsAre(std::pair(0, 5), std::pair(6, 9), std::pair(6, 9), std::pair(6, 9)));
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -879,10 +929,12 @@ TEST(TokenizerSpeed, SquadContextsSingleThread) {
   }
   EXPECT_EQ(pieces, expected_pieces * rounds);
   const double contexts_per_s = static_cast<double>(ref.contexts.size()) / best;
-  std::printf("tokenizer speed (Encode, best of %d rounds, thread CPU time): %.0f SQuAD contexts/s, %.1f MB/s, "
-              "%.2f M pieces/s\n",
-              rounds, contexts_per_s, static_cast<double>(bytes) / best / 1e6,
-              static_cast<double>(expected_pieces) / best / 1e6);
+  std::printf(
+      "tokenizer speed (Encode, best of %d rounds, thread CPU time): %.0f SQuAD contexts/s, %.1f "
+      "MB/s, "
+      "%.2f M pieces/s\n",
+      rounds, contexts_per_s, static_cast<double>(bytes) / best / 1e6,
+      static_cast<double>(expected_pieces) / best / 1e6);
   RecordProperty("contexts_per_second", static_cast<int>(contexts_per_s));
 }
 

@@ -29,7 +29,8 @@ std::vector<nlohmann::json> Read(const std::string& name) {
 
 // Runs the dumped sentences as one batch with the given plans and placement (the model's unless
 // given).
-std::vector<SequenceOutput> RunBatch(const BertModel& model, const std::vector<std::vector<int32_t>>& ids,
+std::vector<SequenceOutput> RunBatch(const BertModel& model,
+                                     const std::vector<std::vector<int32_t>>& ids,
                                      const std::vector<std::vector<int32_t>>& kept,
                                      std::optional<Placement> placement = std::nullopt) {
   Workspace ws(model);
@@ -68,7 +69,8 @@ void Compare(const std::string& dump, double budget) {
     EXPECT_EQ(kept[i], rows[i]["kept"].get<std::vector<int32_t>>()) << "sentence " << i;
     const auto want = rows[i]["logits"].get<std::vector<double>>();
     ASSERT_EQ(out[i].logits.size(), want.size());
-    for (size_t k = 0; k < want.size(); ++k) worst = std::max(worst, std::abs(out[i].logits[k] - want[k]));
+    for (size_t k = 0; k < want.size(); ++k)
+      worst = std::max(worst, std::abs(out[i].logits[k] - want[k]));
   }
   EXPECT_LT(worst, 1e-4);
   std::cout << dump << ": max abs diff " << worst << "\n";
@@ -86,7 +88,8 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisions) {
   const Precision precision = GetParam();
   if (precision == Precision::kBfloat16 && !CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
   const std::string what(PrecisionName(precision));
-  auto model = BertModel::Load(kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
+  auto model = BertModel::Load(
+      kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_EQ((*model)->precision(), precision);
   const auto rows = Read("parity-schedule.jsonl");
@@ -94,7 +97,8 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisions) {
   std::vector<std::vector<int32_t>> ids, kept;
   for (const auto& r : rows) {
     ids.push_back(r["input_ids"].get<std::vector<int32_t>>());
-    kept.push_back(KeptTokens(static_cast<int64_t>(ids.back().size()), (*model)->schedule().keep_ratios));
+    kept.push_back(
+        KeptTokens(static_cast<int64_t>(ids.back().size()), (*model)->schedule().keep_ratios));
   }
   const std::vector<SequenceOutput> out = RunBatch(**model, ids, kept);
   ASSERT_EQ(out.size(), rows.size());
@@ -107,11 +111,13 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisions) {
     agree += argmax(want) == argmax(out[i].logits);
     right_fp32 += argmax(want) == label;
     right_reduced += argmax(out[i].logits) == label;
-    for (size_t k = 0; k < want.size(); ++k) worst = std::max(worst, std::abs(out[i].logits[k] - want[k]));
+    for (size_t k = 0; k < want.size(); ++k)
+      worst = std::max(worst, std::abs(out[i].logits[k] - want[k]));
   }
   const double n = static_cast<double>(rows.size());
   std::cout << what << " vs trainer: " << agree << "/" << rows.size() << " same label, accuracy "
-            << right_reduced / n << " vs " << right_fp32 / n << ", max abs logit diff " << worst << "\n";
+            << right_reduced / n << " vs " << right_fp32 / n << ", max abs logit diff " << worst
+            << "\n";
   EXPECT_GE(agree, 0.995 * n);
   EXPECT_LE(std::abs(right_reduced - right_fp32), 0.01 * n);
   EXPECT_GT(worst, 1e-5) << what << " outputs equal fp32 ones: the precision did not run";
@@ -124,27 +130,31 @@ TEST_P(ReducedPrecisionParity, KeepsTheDecisionsBetweenLayers) {
   const Precision precision = GetParam();
   if (precision == Precision::kBfloat16 && !CpuHasNativeBf16()) GTEST_SKIP() << "no native bf16";
   auto fp32 = BertModel::Load(kModel, {.num_threads = 2});
-  auto reduced = BertModel::Load(kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
+  auto reduced = BertModel::Load(
+      kModel, {.num_threads = 2, .precision = precision, .bf16_kernels = Bf16Kernels::kAlways});
   ASSERT_TRUE(fp32.ok() && reduced.ok());
   const auto rows = Read("parity-schedule.jsonl");
   std::vector<std::vector<int32_t>> ids, kept;
   for (const auto& r : rows) {
     ids.push_back(r["input_ids"].get<std::vector<int32_t>>());
-    kept.push_back(KeptTokens(static_cast<int64_t>(ids.back().size()), (*fp32)->schedule().keep_ratios));
+    kept.push_back(
+        KeptTokens(static_cast<int64_t>(ids.back().size()), (*fp32)->schedule().keep_ratios));
   }
   const auto want = RunBatch(**fp32, ids, kept, Placement::kBetweenLayers);
   const auto got = RunBatch(**reduced, ids, kept, Placement::kBetweenLayers);
   auto argmax = [](const auto& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
   int agree = 0;
   for (size_t i = 0; i < rows.size(); ++i) agree += argmax(want[i].logits) == argmax(got[i].logits);
-  std::cout << PrecisionName(precision) << " vs fp32, between layers: " << agree << "/" << rows.size()
-            << " same label\n";
+  std::cout << PrecisionName(precision) << " vs fp32, between layers: " << agree << "/"
+            << rows.size() << " same label\n";
   EXPECT_GE(agree, 0.995 * static_cast<double>(rows.size()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, ReducedPrecisionParity,
                          ::testing::Values(Precision::kInt8, Precision::kBfloat16),
-                         [](const auto& param_info) { return std::string(PrecisionName(param_info.param)); });
+                         [](const auto& param_info) {
+                           return std::string(PrecisionName(param_info.param));
+                         });
 
 }  // namespace
 }  // namespace topserve::engine

@@ -75,14 +75,16 @@ int main(int argc, char** argv) {
   auto t = Clock::now();
   // IsMember checked the name.
   auto loaded = BertModel::Load(
-      model_dir, {.num_threads = threads, .precision = *topserve::engine::PrecisionFromName(precision)});
+      model_dir,
+      {.num_threads = threads, .precision = *topserve::engine::PrecisionFromName(precision)});
   if (!loaded.ok()) return Fail(std::string(loaded.status().message()));
   const BertModel& model = **loaded;
   out["timings_ms"]["load"] = MsSince(t);
   topserve::engine::Workspace ws(model);
   const bool is_qa = model.config().task == topserve::engine::Task::kQuestionAnswering;
   if (model.config().task == topserve::engine::Task::kFeatureExtraction) {
-    return Fail("this model is a headless encoder (BertModel): it has no classification or QA head");
+    return Fail(
+        "this model is a headless encoder (BertModel): it has no classification or QA head");
   }
 
   if (classify->parsed()) {
@@ -95,7 +97,8 @@ int main(int argc, char** argv) {
       if (!pairs.empty()) b = pairs[i];
       auto enc = model.tokenizer().Encode(texts[i], b, static_cast<size_t>(model.max_length()),
                                           topserve::engine::Truncation::kLongestFirst);
-      if (!enc.ok()) return Fail("text " + std::to_string(i) + ": " + std::string(enc.status().message()));
+      if (!enc.ok())
+        return Fail("text " + std::to_string(i) + ": " + std::string(enc.status().message()));
       encodings.push_back(std::move(*enc));
     }
     out["timings_ms"]["tokenize"] = MsSince(t);
@@ -145,7 +148,8 @@ int main(int argc, char** argv) {
     out["windows"] = windows->size();
     out["answers"] = nlohmann::json::array();
     for (const auto& s : spans) {
-      out["answers"].push_back({{"text", s.text}, {"begin", s.begin}, {"end", s.end}, {"score", s.score}});
+      out["answers"].push_back(
+          {{"text", s.text}, {"begin", s.begin}, {"end", s.end}, {"score", s.score}});
     }
   }
   out["model"] = model.dir();

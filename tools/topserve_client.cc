@@ -22,9 +22,9 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
+#include <CLI/CLI.hpp>
 
 #include "topserve/v1/inference.grpc.pb.h"
 
@@ -33,12 +33,23 @@ namespace {
 namespace v1 = topserve::v1;
 
 const char* CodeName(grpc::StatusCode code) {
-  static const char* const kNames[] = {
-      "OK",        "CANCELLED",         "UNKNOWN",            "INVALID_ARGUMENT",
-      "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",     "PERMISSION_DENIED",
-      "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-      "UNIMPLEMENTED", "INTERNAL",      "UNAVAILABLE",        "DATA_LOSS",
-      "UNAUTHENTICATED"};
+  static const char* const kNames[] = {"OK",
+                                       "CANCELLED",
+                                       "UNKNOWN",
+                                       "INVALID_ARGUMENT",
+                                       "DEADLINE_EXCEEDED",
+                                       "NOT_FOUND",
+                                       "ALREADY_EXISTS",
+                                       "PERMISSION_DENIED",
+                                       "RESOURCE_EXHAUSTED",
+                                       "FAILED_PRECONDITION",
+                                       "ABORTED",
+                                       "OUT_OF_RANGE",
+                                       "UNIMPLEMENTED",
+                                       "INTERNAL",
+                                       "UNAVAILABLE",
+                                       "DATA_LOSS",
+                                       "UNAUTHENTICATED"};
   const int c = static_cast<int>(code);
   return c >= 0 && c <= 16 ? kNames[c] : "UNKNOWN";
 }
@@ -63,8 +74,7 @@ int Report(const grpc::Status& status, const google::protobuf::Message& response
 
 void SetDeadline(grpc::ClientContext& context, int timeout_ms) {
   if (timeout_ms > 0) {
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::milliseconds(timeout_ms));
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(timeout_ms));
   }
 }
 
@@ -81,8 +91,10 @@ int main(int argc, char** argv) {
   if (const char* env = std::getenv("TOPSERVE_TOKEN"); env != nullptr) token = env;
   app.add_option("--token", token, "bearer token (default: $TOPSERVE_TOKEN)");
   std::string tls_ca, tls_cert, tls_key;
-  app.add_option("--tls-ca", tls_ca, "connect over TLS; PEM CA bundle that signed the server's "
-                 "certificate")->check(CLI::ExistingFile);
+  app.add_option("--tls-ca", tls_ca,
+                 "connect over TLS; PEM CA bundle that signed the server's "
+                 "certificate")
+      ->check(CLI::ExistingFile);
   app.add_option("--tls-cert", tls_cert, "PEM client certificate (mutual TLS; needs --tls-ca)")
       ->check(CLI::ExistingFile);
   app.add_option("--tls-key", tls_key, "PEM private key of --tls-cert")->check(CLI::ExistingFile);
@@ -92,7 +104,8 @@ int main(int argc, char** argv) {
   int priority = 0;
 
   auto* classify = app.add_subcommand("classify", "Classify texts (one call, many inputs)");
-  auto* stream = app.add_subcommand("stream", "Classify texts over ClassifyStream, one per message");
+  auto* stream =
+      app.add_subcommand("stream", "Classify texts over ClassifyStream, one per message");
   std::vector<std::string> texts, pairs;
   bool logits = false;
   std::string truncation = "longest_first";
@@ -157,10 +170,14 @@ int main(int argc, char** argv) {
       return 2;
     }
     v1::Truncation trunc = v1::TRUNCATION_UNSPECIFIED;
-    if (truncation == "none") trunc = v1::TRUNCATION_NONE;
-    else if (truncation == "longest_first") trunc = v1::TRUNCATION_LONGEST_FIRST;
-    else if (truncation == "only_first") trunc = v1::TRUNCATION_ONLY_FIRST;
-    else if (truncation == "only_second") trunc = v1::TRUNCATION_ONLY_SECOND;
+    if (truncation == "none")
+      trunc = v1::TRUNCATION_NONE;
+    else if (truncation == "longest_first")
+      trunc = v1::TRUNCATION_LONGEST_FIRST;
+    else if (truncation == "only_first")
+      trunc = v1::TRUNCATION_ONLY_FIRST;
+    else if (truncation == "only_second")
+      trunc = v1::TRUNCATION_ONLY_SECOND;
     else {
       std::cerr << "unknown --truncation " << truncation << "\n";
       return 2;
