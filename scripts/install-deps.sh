@@ -54,6 +54,8 @@ full_pkgs=(
   python3 python3-venv python3-pip python3-torch python3-numpy python3-yaml python3-matplotlib
   python3-requests python3-packaging libopenblas0-pthread
   prometheus yamllint shellcheck clang-14 libfuzzer-14-dev libclang-rt-14-dev
+  # ctest `format` (tests/format_test.py): the repository's .clang-format, applied by version 14.
+  clang-format-14
   # The gRPC (HTTP/2) balancer of the multi-replica test (tests/deploy/replicas_nginx.py).
   nginx
 )
