@@ -12,357 +12,14 @@
 #include "engine/model_config.h"
 #include "engine/qa.h"
 #include "engine/tokenizer.h"
+#include "server/jobs.h"
 #include "server/report.h"
+#include "server/request_options.h"
 
 namespace topserve::server {
 namespace {
 
-constexpr int64_t kDefaultQaMaxLength = 384;
-constexpr int64_t kDefaultDocStride = 128;
-constexpr int64_t kDefaultMaxQueryTokens = 64;
-constexpr int64_t kDefaultMaxAnswerTokens = 30;
-
-absl::Status Invalid(absl::string_view field, absl::string_view why) {
-  return absl::InvalidArgumentError(absl::StrCat(field, ": ", why));
-}
-
 double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
-
-struct Budget {
-  double budget = 1;
-  std::optional<double> min_budget;
-};
-
-absl::StatusOr<Budget> ResolveBudget(bool has_budget, double budget, bool has_min,
-                                     double min_budget, const ModelConfig& model) {
-  Budget b;
-  b.budget = has_budget ? budget : model.default_budget;
-  if (has_budget) {
-    if (absl::Status s = engine::ValidateBudget(budget); !s.ok()) {
-      return Invalid("budget", absl::StrCat(budget, " is outside (0, 1]"));
-    }
-    if (budget > model.max_budget) {
-      return absl::ResourceExhaustedError(absl::StrCat("budget: ", budget, " is above model '",
-                                                       model.name, "''s max_budget ",
-                                                       model.max_budget));
-    }
-  }
-  if (has_min) {
-    if (!(min_budget > 0 && min_budget <= b.budget)) {
-      return Invalid("min_budget",
-                     absl::StrCat(min_budget, " is outside (0, budget = ", b.budget, "]"));
-    }
-    b.min_budget = min_budget;
-  }
-  return b;
-}
-
-absl::Status CheckText(absl::string_view field, const std::string& text, int64_t max_bytes,
-                       bool allow_empty) {
-  if (!allow_empty && text.empty()) return Invalid(field, "must not be empty");
-  if (static_cast<int64_t>(text.size()) > max_bytes) {
-    return Invalid(field, absl::StrCat(text.size(), " bytes is over the limit of ", max_bytes,
-                                       " (limits.max_text_bytes)"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckPriority(int32_t priority, int64_t max_priority) {
-  if (std::abs(static_cast<int64_t>(priority)) > max_priority) {
-    return Invalid("priority", absl::StrCat(priority, " is outside [", -max_priority, ", ",
-                                            max_priority, "] (limits.max_priority)"));
-  }
-  return absl::OkStatus();
-}
-
-// A call whose sequences or tokens exceed the model's whole queue can never be admitted: that is
-// RESOURCE_EXHAUSTED (do not retry), not the UNAVAILABLE of a queue that is full right now.
-absl::Status CheckFitsQueue(int64_t sequences, int64_t tokens, const ModelConfig& model) {
-  const QueueConfig& q = model.batching;
-  if (q.max_queue_size && sequences > *q.max_queue_size) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the request needs ", sequences, " sequences; model '", model.name,
-                     "' queues at most ", *q.max_queue_size, " (batching.max_queue_size)"));
-  }
-  if (q.max_queue_tokens && tokens > *q.max_queue_tokens) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("the request has ", tokens, " tokens; model '", model.name,
-                     "' queues at most ", *q.max_queue_tokens, " (batching.max_queue_tokens)"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status CheckTokens(int64_t tokens, int64_t quota) {
-  if (tokens > quota) {
-    return absl::ResourceExhaustedError(absl::StrCat("the request has ", tokens,
-                                                     " tokens; the quota is ", quota,
-                                                     " per call (limits.max_tokens_per_call)"));
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
-// ---------------------------------------------------------------------------------------------
-// A call in progress: its sequences are scheduled as separate tasks; the last one to complete
-// assembles the response and calls `done`.
-class Job : public std::enable_shared_from_this<Job> {
- public:
-  Job(Runtime& rt, ServedModel& model, Method method, absl::Time start, Budget budget,
-      absl::Time deadline, int32_t priority, batching::CancellationToken token,
-      Runtime::DoneFn done)
-      : rt_(rt),
-        model_(model),
-        method_(method),
-        start_(start),
-        budget_(budget),
-        deadline_(deadline),
-        priority_(priority),
-        token_(std::move(token)),
-        done_(std::move(done)) {
-    rt_.metrics().AddInflight(model_.config.name, method_, 1);
-  }
-  virtual ~Job() = default;
-
-  // Schedules every task, all or none (so a refused call leaves no sibling queued that a worker
-  // would have to sweep before the call could answer). The call may complete (and `done` run)
-  // before this returns.
-  void Run(std::vector<std::unique_ptr<InferTask>> tasks) {
-    num_tasks_ = static_cast<int>(tasks.size());
-    pending_.store(num_tasks_ + 1, std::memory_order_relaxed);  // +1: this function's guard
-    std::vector<std::unique_ptr<batching::Task>> group;
-    group.reserve(tasks.size());
-    for (auto& t : tasks) {
-      t->model = model_.config.name;
-      t->tokens = static_cast<int64_t>(t->ids.size());
-      t->budget = budget_.budget;
-      t->min_budget = budget_.min_budget;
-      t->priority = priority_;
-      t->deadline = deadline_;
-      t->cancellation = token_;
-      t->done = [self = shared_from_this()](std::unique_ptr<batching::Task> task,
-                                            absl::Status status) {
-        self->TaskDone(batching::TaskAs<InferTask>(std::move(task)), std::move(status));
-      };
-      group.push_back(std::move(t));
-    }
-    int failed = -1;
-    absl::Status s = rt_.scheduler().ScheduleAll(std::span(group), &failed);
-    if (!s.ok()) {
-      // Nothing was queued. The tasks hold callbacks that keep this job alive: drop them first.
-      group.clear();
-      Fail(std::move(s), failed);
-      Release(num_tasks_ + 1);
-      return;
-    }
-    Release(1);  // Drop the guard.
-  }
-
- protected:
-  // A sequence finished OK: write its part of the response (tasks write disjoint parts and may
-  // run concurrently).
-  virtual void SequenceDone(InferTask& task) = 0;
-  // Every sequence finished OK: complete the response (runs once, alone).
-  virtual absl::Status Assemble() { return absl::OkStatus(); }
-  // How an error of sequence `index` is introduced ("inputs[3]").
-  virtual std::string Where(int index) const = 0;
-
-  void Record(const InferTask& task) {
-    rt_.metrics().RecordSequence(model_.config.name, method_, task.report(), task.plan,
-                                 FlopsFromMacs(task.plan.macs),
-                                 FlopsFromMacs(task.plan.unpruned_macs));
-  }
-
-  Runtime& rt_;
-  ServedModel& model_;
-  const Method method_;
-  const absl::Time start_;
-  const Budget budget_;
-
- private:
-  void TaskDone(std::unique_ptr<InferTask> task, absl::Status status) {
-    if (status.ok()) {
-      Record(*task);
-      SequenceDone(*task);
-    } else {
-      Fail(std::move(status), task->index);
-    }
-    task.reset();
-    Release(1);
-  }
-
-  // Keeps the most telling error: a real failure wins over the CANCELLED it caused in the siblings.
-  void Fail(absl::Status status, int index) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      const bool replace = error_.ok() || (absl::IsCancelled(error_) && !absl::IsCancelled(status));
-      if (replace) {
-        error_ =
-            num_tasks_ > 1 && index >= 0 ? WithPrefix(status, Where(index)) : std::move(status);
-      }
-    }
-    failed_.store(true, std::memory_order_release);
-    token_.Cancel();  // Drop the rest of the call.
-  }
-
-  void Release(int n) {
-    if (pending_.fetch_sub(n, std::memory_order_acq_rel) != n) return;
-    absl::Status status;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      status = error_;
-    }
-    if (status.ok()) status = Assemble();
-    rt_.metrics().RecordRequest(model_.config.name, method_, status.code(),
-                                Seconds(absl::Now() - start_));
-    rt_.metrics().AddInflight(model_.config.name, method_, -1);
-    Runtime::DoneFn done = std::move(done_);
-    done(std::move(status));
-  }
-
-  const absl::Time deadline_;
-  const int32_t priority_;
-  batching::CancellationToken token_;
-  Runtime::DoneFn done_;
-  int num_tasks_ = 0;
-  std::atomic<int> pending_{0};
-  std::atomic<bool> failed_{false};
-  std::mutex mu_;
-  absl::Status error_;
-};
-
-namespace {
-
-class ClassifyJob final : public Job {
- public:
-  ClassifyJob(Runtime& rt, ServedModel& model, Method method, absl::Time start, Budget budget,
-              absl::Time deadline, int32_t priority, batching::CancellationToken token,
-              Runtime::DoneFn done, v1::ClassifyResponse* response, bool return_logits,
-              std::vector<bool> truncated)
-      : Job(rt, model, method, start, budget, deadline, priority, std::move(token),
-            std::move(done)),
-        response_(response),
-        return_logits_(return_logits),
-        truncated_(std::move(truncated)) {}
-
- protected:
-  void SequenceDone(InferTask& task) override {
-    v1::Classification* r = response_->mutable_results(task.index);
-    const std::vector<std::string>& labels = model_.engine->config().labels;
-    const std::vector<float>& logits = task.logits;
-    const float top = logits.empty() ? 0.f : *std::max_element(logits.begin(), logits.end());
-    double z = 0;
-    for (float v : logits) z += std::exp(static_cast<double>(v) - top);
-    size_t best = 0;
-    auto* probs = r->mutable_probabilities();
-    for (size_t k = 0; k < logits.size() && k < labels.size(); ++k) {
-      (*probs)[labels[k]] = static_cast<float>(std::exp(static_cast<double>(logits[k]) - top) / z);
-      if (logits[k] > logits[best]) best = k;
-    }
-    if (best < labels.size()) {
-      r->set_label(labels[best]);
-      r->set_score(static_cast<float>(std::exp(static_cast<double>(logits[best]) - top) / z));
-    }
-    if (return_logits_) r->mutable_logits()->Add(logits.begin(), logits.end());
-    const batching::TaskReport& rep = task.report();
-    FillPruningReport(task.plan, model_.layers, budget_.budget, rep, r->mutable_report());
-    r->set_queue_seconds(Seconds(rep.queue_time));
-    r->set_compute_seconds(Seconds(rep.compute_time));
-    r->set_batch_size(rep.batch_size);
-    r->set_batch_tokens(rep.batch_tokens);
-    r->set_truncated(truncated_[static_cast<size_t>(task.index)]);
-  }
-  std::string Where(int index) const override { return absl::StrCat("inputs[", index, "]"); }
-
- private:
-  v1::ClassifyResponse* response_;
-  const bool return_logits_;
-  const std::vector<bool> truncated_;
-};
-
-class AnswerJob final : public Job {
- public:
-  AnswerJob(Runtime& rt, ServedModel& model, absl::Time start, Budget budget, absl::Time deadline,
-            int32_t priority, batching::CancellationToken token, Runtime::DoneFn done,
-            const v1::AnswerRequest* request, v1::AnswerResponse* response,
-            std::vector<engine::Encoding> windows, engine::QaOptions options)
-      : Job(rt, model, Method::kAnswer, start, budget, deadline, priority, std::move(token),
-            std::move(done)),
-        request_(request),
-        response_(response),
-        windows_(std::move(windows)),
-        options_(options),
-        starts_(windows_.size()),
-        ends_(windows_.size()) {}
-
- protected:
-  void SequenceDone(InferTask& task) override {
-    const size_t w = static_cast<size_t>(task.index);
-    starts_[w] = std::move(task.start_logits);
-    ends_[w] = std::move(task.end_logits);
-    v1::WindowReport* r = response_->mutable_windows(task.index);
-    const batching::TaskReport& rep = task.report();
-    FillPruningReport(task.plan, model_.layers, budget_.budget, rep, r->mutable_report());
-    r->set_queue_seconds(Seconds(rep.queue_time));
-    r->set_compute_seconds(Seconds(rep.compute_time));
-    r->set_batch_size(rep.batch_size);
-    r->set_batch_tokens(rep.batch_tokens);
-  }
-
-  absl::Status Assemble() override {
-    const std::string& context = request_->context();
-    std::vector<engine::AnswerSpan> spans =
-        engine::BestSpans(context, windows_, starts_, ends_, options_);
-    for (const engine::AnswerSpan& s : spans) {
-      v1::AnswerSpan* a = response_->add_n_best();
-      a->set_text(s.text);
-      a->set_byte_start(s.begin);
-      a->set_byte_end(s.end);
-      const int32_t start = CodePoints(context, s.begin);
-      a->set_start(start);
-      a->set_end(start + CodePoints(std::string_view(context).substr(static_cast<size_t>(s.begin)),
-                                    s.end - s.begin));
-      a->set_score(s.score);
-      a->set_window(s.window);
-    }
-    if (!spans.empty()) *response_->mutable_answer() = response_->n_best(0);
-    int64_t flops = 0, unpruned = 0;
-    double queue = 0, compute = 0;
-    for (const v1::WindowReport& w : response_->windows()) {
-      flops += w.report().flops();
-      unpruned += w.report().unpruned_flops();
-      queue = std::max(queue, w.queue_seconds());
-      compute = std::max(compute, w.compute_seconds());
-    }
-    response_->set_flops(flops);
-    response_->set_unpruned_flops(unpruned);
-    response_->set_flops_fraction(
-        unpruned > 0 ? static_cast<double>(flops) / static_cast<double>(unpruned) : 1.0);
-    response_->set_queue_seconds(queue);
-    response_->set_compute_seconds(compute);
-    return absl::OkStatus();
-  }
-  std::string Where(int index) const override { return absl::StrCat("window ", index); }
-
- private:
-  const v1::AnswerRequest* request_;
-  v1::AnswerResponse* response_;
-  const std::vector<engine::Encoding> windows_;
-  const engine::QaOptions options_;
-  std::vector<std::vector<float>> starts_, ends_;
-};
-
-absl::StatusOr<engine::Truncation> ToTruncation(v1::Truncation t) {
-  switch (t) {
-    case v1::TRUNCATION_UNSPECIFIED:
-    case v1::TRUNCATION_LONGEST_FIRST: return engine::Truncation::kLongestFirst;
-    case v1::TRUNCATION_NONE: return engine::Truncation::kNone;
-    case v1::TRUNCATION_ONLY_FIRST: return engine::Truncation::kOnlyFirst;
-    case v1::TRUNCATION_ONLY_SECOND: return engine::Truncation::kOnlySecond;
-    default: break;
-  }
-  return Invalid("truncation", absl::StrCat("unknown value ", static_cast<int>(t)));
-}
 
 }  // namespace
 
@@ -642,10 +299,9 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   resp->set_model(model.config.name);
   resp->clear_results();
   for (int i = 0; i < n; ++i) resp->add_results();
-  auto job = std::make_shared<ClassifyJob>(*this, model, method, start, *budget, deadline,
-                                           req.priority(), std::move(token), std::move(done), resp,
-                                           req.return_logits(), std::move(truncated));
-  job->Run(std::move(tasks));
+  StartClassifyJob({*this, model, method, start, *budget, deadline, req.priority(),
+                    std::move(token), std::move(done)},
+                   resp, req.return_logits(), std::move(truncated), std::move(tasks));
 }
 
 void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp,
@@ -677,31 +333,10 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   if (absl::Status s = CheckPriority(req.priority(), limits.max_priority); !s.ok()) {
     return reject(s);
   }
-  engine::QaOptions qa;
-  qa.max_length =
-      req.max_length() == 0 ? std::min(kDefaultQaMaxLength, model_max) : req.max_length();
-  if (qa.max_length < 8 || qa.max_length > model_max) {
-    return reject(
-        Invalid("max_length", absl::StrCat(req.max_length(), " is outside [8, ", model_max, "]")));
-  }
-  qa.max_query_tokens = req.max_query_tokens() == 0
-                            ? std::min(kDefaultMaxQueryTokens, qa.max_length - 4)
-                            : req.max_query_tokens();
-  if (qa.max_query_tokens < 1 || qa.max_query_tokens > qa.max_length - 4) {
-    return reject(Invalid("max_query_tokens",
-                          absl::StrCat(req.max_query_tokens(), " is outside [1, max_length - 4 = ",
-                                       qa.max_length - 4, "]")));
-  }
-  qa.max_answer_tokens =
-      req.max_answer_tokens() == 0 ? kDefaultMaxAnswerTokens : req.max_answer_tokens();
-  if (qa.max_answer_tokens < 1 || qa.max_answer_tokens > 512) {
-    return reject(Invalid("max_answer_tokens",
-                          absl::StrCat(req.max_answer_tokens(), " is outside [1, 512]")));
-  }
-  qa.n_best = req.n_best() == 0 ? 1 : req.n_best();
-  if (qa.n_best < 1 || qa.n_best > 100) {
-    return reject(Invalid("n_best", absl::StrCat(req.n_best(), " is outside [1, 100]")));
-  }
+  auto resolved_qa = ResolveQaOptions(req.max_length(), req.max_query_tokens(),
+                                      req.max_answer_tokens(), req.n_best(), model_max);
+  if (!resolved_qa.ok()) return reject(resolved_qa.status());
+  engine::QaOptions qa = *resolved_qa;
   if (absl::Status s = scheduler_->PreAdmit(model.config.name, 1, req.priority(), deadline);
       !s.ok()) {
     return reject(s);
@@ -712,17 +347,10 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   auto pieces = engine::TokenizeQa(tok, req.question(), req.context(), qa);
   if (!pieces.ok()) return reject(absl::InvalidArgumentError(pieces.status().message()));
   const int64_t room = qa.max_length - 3 - static_cast<int64_t>(pieces->question.size());
-  if (req.has_doc_stride()) {
-    if (req.doc_stride() < 0 || req.doc_stride() >= room) {
-      return reject(Invalid("doc_stride", absl::StrCat(req.doc_stride(), " is outside [0, ", room,
-                                                       ") (the context tokens per window)")));
-    }
-    qa.doc_stride = req.doc_stride();
-  } else {
-    // Hugging Face's 128, but never more than half a window (else windows crawl one token at a
-    // time when max_length is small).
-    qa.doc_stride = std::min(kDefaultDocStride, room / 2);
-  }
+  auto stride = ResolveDocStride(
+      req.has_doc_stride() ? std::optional<int64_t>(req.doc_stride()) : std::nullopt, room);
+  if (!stride.ok()) return reject(stride.status());
+  qa.doc_stride = *stride;
   auto count = engine::CountQaWindows(*pieces, qa);
   if (!count.ok()) return reject(absl::InvalidArgumentError(count.status().message()));
   if (pieces->context.empty()) return reject(Invalid("context", "has no tokens"));
@@ -758,10 +386,9 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
     task->index = static_cast<int>(w);
     tasks.push_back(std::move(task));
   }
-  auto job = std::make_shared<AnswerJob>(*this, model, start, *budget, deadline, req.priority(),
-                                         std::move(token), std::move(done), &req, resp,
-                                         std::move(*windows), qa);
-  job->Run(std::move(tasks));
+  StartAnswerJob({*this, model, Method::kAnswer, start, *budget, deadline, req.priority(),
+                  std::move(token), std::move(done)},
+                 &req, resp, std::move(*windows), qa, std::move(tasks));
 }
 
 void Runtime::FillInfo(const ServedModel& m, v1::ModelInfo* out) const {
