@@ -3,11 +3,12 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <mutex>
 #include <span>
 #include <utility>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "base/status_macros.h"
 #include "server/report.h"
 
@@ -120,7 +121,7 @@ class Job : public std::enable_shared_from_this<Job> {
   // Keeps the most telling error: a real failure wins over the CANCELLED it caused in the siblings.
   void Fail(absl::Status status, int index) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       const bool replace = error_.ok() || (absl::IsCancelled(error_) && !absl::IsCancelled(status));
       if (replace) {
         error_ =
@@ -135,7 +136,7 @@ class Job : public std::enable_shared_from_this<Job> {
     if (pending_.fetch_sub(n, std::memory_order_acq_rel) != n) return;
     absl::Status status;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      absl::MutexLock lock(&mu_);
       status = error_;
     }
     if (status.ok()) status = Assemble();
@@ -153,8 +154,8 @@ class Job : public std::enable_shared_from_this<Job> {
   int num_tasks_ = 0;
   std::atomic<int> pending_{0};
   std::atomic<bool> failed_{false};
-  std::mutex mu_;
-  absl::Status error_;
+  absl::Mutex mu_;
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
 };
 
 namespace {

@@ -11,39 +11,35 @@ MemoryTrimmer::MemoryTrimmer(absl::Duration min_interval)
 
 MemoryTrimmer::~MemoryTrimmer() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    absl::MutexLock lock(&mu_);
+    stop_ = true;  // Loop's conditions are re-evaluated on unlock.
   }
-  cv_.notify_all();
   thread_.join();
 }
 
 void MemoryTrimmer::Notify() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    pending_ = true;
-  }
-  cv_.notify_one();
+  absl::MutexLock lock(&mu_);
+  pending_ = true;
 }
 
 void MemoryTrimmer::Loop() {
   absl::Time last = absl::InfinitePast();
-  std::unique_lock<std::mutex> lock(mu_);
+  auto woken = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ || stop_; };
+  auto stopped = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stop_; };
+  mu_.Lock();
   while (true) {
-    cv_.wait(lock, [this] { return pending_ || stop_; });
-    if (stop_) return;
+    mu_.Await(absl::Condition(&woken));
+    if (stop_) break;
     // Rate limit: a notice inside the interval waits for its end (a later notice merges into it).
     const absl::Time due = last + min_interval_;
-    if (absl::Now() < due) {
-      cv_.wait_for(lock, absl::ToChronoNanoseconds(due - absl::Now()), [this] { return stop_; });
-      if (stop_) return;
-    }
+    if (absl::Now() < due && mu_.AwaitWithDeadline(absl::Condition(&stopped), due)) break;
     pending_ = false;
-    lock.unlock();
+    mu_.Unlock();
     malloc_trim(0);
     last = absl::Now();
-    lock.lock();
+    mu_.Lock();
   }
+  mu_.Unlock();
 }
 
 }  // namespace topserve::server

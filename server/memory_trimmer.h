@@ -1,10 +1,10 @@
 #ifndef TOPSERVE_SERVER_MEMORY_TRIMMER_H_
 #define TOPSERVE_SERVER_MEMORY_TRIMMER_H_
 
-#include <condition_variable>
-#include <mutex>
 #include <thread>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 
 namespace topserve::server {
@@ -28,10 +28,9 @@ class MemoryTrimmer {
   void Loop();
 
   const absl::Duration min_interval_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool pending_ = false;
-  bool stop_ = false;
+  absl::Mutex mu_;
+  bool pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;  // Last: starts once the rest is set up.
 };
 

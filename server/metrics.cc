@@ -258,7 +258,7 @@ prometheus::Counter& Metrics::RequestCounter(ModelSeries& s, Method method, int 
   auto& slot = s.methods[static_cast<size_t>(method)].requests[static_cast<size_t>(code)];
   prometheus::Counter* c = slot.load(std::memory_order_acquire);
   if (c != nullptr) return *c;
-  std::lock_guard<std::mutex> lock(add_mu_);
+  absl::MutexLock lock(&add_mu_);
   c = slot.load(std::memory_order_relaxed);
   if (c == nullptr) {
     c = &requests_->Add(

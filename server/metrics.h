@@ -9,7 +9,6 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,6 +19,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 
 #include "absl/container/flat_hash_map.h"
 #include "batching/observer.h"
@@ -96,8 +96,10 @@ class Metrics final : public batching::SchedulerObserver {
   prometheus::Counter& RequestCounter(ModelSeries& series, Method method, int code);
 
   std::shared_ptr<prometheus::Registry> registry_;
+  // Serialises lazy creation of rare request-counter series in requests_ (the family is
+  // prometheus-cpp's, thread-safe itself; the lock keeps two callers from adding one series twice).
+  absl::Mutex add_mu_;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
-  std::mutex add_mu_;  // Serialises lazy creation of rare request-counter series.
   // Built in the constructor and never changed: lock-free lookups.
   absl::flat_hash_map<std::string, std::unique_ptr<ModelSeries>> models_;
 };

@@ -231,12 +231,12 @@ absl::Status Server::LoadModels() {
   for (const auto& m : runtime_->models()) {
     if (runtime_->draining()) return absl::OkStatus();
     RETURN_IF_ERROR(runtime_->LoadModel(*m));
-    std::lock_guard<std::mutex> lock(health_mu_);
+    absl::MutexLock lock(&health_mu_);
     if (!runtime_->draining()) {
       grpc_server_->GetHealthCheckService()->SetServingStatus(m->config.name, true);
     }
   }
-  std::lock_guard<std::mutex> lock(health_mu_);
+  absl::MutexLock lock(&health_mu_);
   if (!runtime_->draining()) {
     grpc_server_->GetHealthCheckService()->SetServingStatus(kServiceHealthName, true);
   }
@@ -245,7 +245,7 @@ absl::Status Server::LoadModels() {
 
 void Server::BeginDrain() {
   {
-    std::lock_guard<std::mutex> lock(health_mu_);
+    absl::MutexLock lock(&health_mu_);
     runtime_->BeginDrain();
     grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
     health->SetServingStatus(kServiceHealthName, false);

@@ -13,13 +13,13 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 #include <prometheus/exposer.h>
 
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "batching/scheduler.h"
 #include "server/config.h"
@@ -92,7 +92,9 @@ class Server {
   std::unique_ptr<Runtime> runtime_;
   std::unique_ptr<InferenceService> service_;
   std::unique_ptr<grpc::Server> grpc_server_;
-  std::mutex health_mu_;  // Orders health updates of LoadModels() and BeginDrain().
+  // Orders the health updates of LoadModels() and BeginDrain() (the health service is not ours to
+  // annotate: what it guards is the order of calls, not a field).
+  absl::Mutex health_mu_;
   int grpc_port_ = 0;
   int metrics_port_ = -1;
   bool drained_ = false;

@@ -216,13 +216,13 @@ class InferenceService::StreamCall final
       : service_(service),
         deadline_(Deadline(context)),
         max_inflight_(service->rt_.config().limits.max_stream_inflight) {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     reading_ = true;
     StartRead(&request_);
   }
 
   void OnReadDone(bool ok) override {
-    std::unique_lock<std::mutex> lock(mu_);
+    absl::ReleasableMutexLock lock(&mu_);
     reading_ = false;
     if (!ok) {
       read_done_ = true;
@@ -240,7 +240,7 @@ class InferenceService::StreamCall final
       reading_ = true;
       StartRead(&request_);
     }
-    lock.unlock();  // The Runtime may complete the item on this thread.
+    lock.Release();  // The Runtime may complete the item on this thread.
 
     Metrics& metrics = service_->rt_.metrics();
     if (const absl::Status parsed = ParseRequest(body, &item->request); !parsed.ok()) {
@@ -269,7 +269,7 @@ class InferenceService::StreamCall final
   }
 
   void OnWriteDone(bool ok) override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     writing_ = false;
     outbox_.pop_front();
     if (!ok) {
@@ -283,7 +283,7 @@ class InferenceService::StreamCall final
   }
 
   void OnCancel() override {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     if (DeadlineReached(deadline_)) return;  // Expired work is the scheduler's to fail.
     for (auto& [serial, token] : tokens_) token.Cancel();
     cancelled_ = true;
@@ -292,13 +292,13 @@ class InferenceService::StreamCall final
   void OnDone() override {
     InferenceService* service = service_;
     service->Unregister(this);
-    { std::lock_guard<std::mutex> lock(mu_); }
+    { absl::MutexLock lock(&mu_); }
     delete this;
     service->CallDone();
   }
 
   void BeginDrain() {
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     draining_ = true;
     MaybeFinishLocked();
   }
@@ -326,7 +326,7 @@ class InferenceService::StreamCall final
       failed.mutable_error()->set_message(std::string(s.message()));
       (void)SerializeResponse(failed, &out);
     }
-    std::lock_guard<std::mutex> lock(mu_);
+    absl::MutexLock lock(&mu_);
     --inflight_;
     tokens_.erase(item->serial);
     if (!broken_ && !cancelled_ && !finished_) {
@@ -344,7 +344,7 @@ class InferenceService::StreamCall final
     MaybeFinishLocked();
   }
 
-  void MaybeFinishLocked() {
+  void MaybeFinishLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || writing_ || inflight_ > 0) return;
     if (broken_ || cancelled_) {
       finished_ = true;
@@ -362,20 +362,20 @@ class InferenceService::StreamCall final
   const absl::Time deadline_;
   const int64_t max_inflight_;
 
-  std::mutex mu_;
-  grpc::ByteBuffer request_;  // Target of the outstanding read.
-  std::deque<grpc::ByteBuffer>
-      outbox_;  // Serialized responses; front() is being written when writing_.
-  std::map<uint64_t, batching::CancellationToken> tokens_;  // Requests in progress.
-  uint64_t next_serial_ = 0;
-  int64_t inflight_ = 0;
-  bool reading_ = false;
-  bool writing_ = false;
-  bool read_done_ = false;
-  bool broken_ = false;
-  bool cancelled_ = false;
-  bool draining_ = false;
-  bool finished_ = false;
+  absl::Mutex mu_;
+  grpc::ByteBuffer request_ ABSL_GUARDED_BY(mu_);  // Target of the outstanding read.
+  // Serialized responses; front() is being written when writing_.
+  std::deque<grpc::ByteBuffer> outbox_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, batching::CancellationToken> tokens_ ABSL_GUARDED_BY(mu_);  // In progress.
+  uint64_t next_serial_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool reading_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::ClassifyStream(
@@ -394,33 +394,33 @@ grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* InferenceService::C
 }
 
 void InferenceService::Register(StreamCall* call) {
-  std::lock_guard<std::mutex> lock(streams_mu_);
+  absl::MutexLock lock(&streams_mu_);
   streams_.insert(call);
 }
 
 void InferenceService::Unregister(StreamCall* call) {
-  std::lock_guard<std::mutex> lock(streams_mu_);
+  absl::MutexLock lock(&streams_mu_);
   streams_.erase(call);
 }
 
 void InferenceService::CallStarted() {
-  std::lock_guard<std::mutex> lock(calls_mu_);
+  absl::MutexLock lock(&calls_mu_);
   ++live_calls_;
 }
 
 void InferenceService::CallDone() {
-  std::lock_guard<std::mutex> lock(calls_mu_);
-  if (--live_calls_ == 0) calls_cv_.notify_all();
+  absl::MutexLock lock(&calls_mu_);
+  --live_calls_;  // WaitForCalls' condition is re-evaluated on unlock.
 }
 
 bool InferenceService::WaitForCalls(absl::Time deadline) {
-  std::unique_lock<std::mutex> lock(calls_mu_);
-  return calls_cv_.wait_until(lock, absl::ToChronoTime(deadline),
-                              [this] { return live_calls_ == 0; });
+  absl::MutexLock lock(&calls_mu_);
+  auto none_left = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(calls_mu_) { return live_calls_ == 0; };
+  return calls_mu_.AwaitWithDeadline(absl::Condition(&none_left), deadline);
 }
 
 void InferenceService::DrainStreams() {
-  std::lock_guard<std::mutex> lock(streams_mu_);
+  absl::MutexLock lock(&streams_mu_);
   for (StreamCall* call : streams_) call->BeginDrain();
 }
 

@@ -8,16 +8,16 @@
 // see the same service and messages.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <set>
 #include <string>
 #include <utility>
 
 #include <grpcpp/grpcpp.h>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "server/auth.h"
 #include "server/runtime.h"
@@ -81,11 +81,10 @@ class InferenceService final : public RawInferenceService {
 
   Runtime& rt_;
   const Authenticator auth_;
-  std::mutex streams_mu_;  // Ordered before StreamCall::mu_.
-  std::set<StreamCall*> streams_;
-  std::mutex calls_mu_;
-  std::condition_variable calls_cv_;
-  int64_t live_calls_ = 0;  // Reactors created and not yet done.
+  absl::Mutex streams_mu_;  // Ordered before StreamCall::mu_.
+  std::set<StreamCall*> streams_ ABSL_GUARDED_BY(streams_mu_);
+  absl::Mutex calls_mu_;
+  int64_t live_calls_ ABSL_GUARDED_BY(calls_mu_) = 0;  // Reactors created and not yet done.
 };
 
 }  // namespace topserve::server
