@@ -63,16 +63,17 @@ absl::StatusOr<std::unique_ptr<BertModel>> BertModel::Load(const std::string& di
       m->uses_bf16_ = m->bf16_probe_->bf16_faster();
     }
   }
-  if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_ && m->bf16_probe_.has_value()) {
-    std::fprintf(
-        stderr,
-        "topserve: %s: precision bf16: this CPU's bf16 matmul ran slower than fp32 (%.2f vs "
-        "%.2f ms, oneDNN %s); running fp32\n",
-        dir.c_str(), m->bf16_probe_->bf16_ms, m->bf16_probe_->fp32_ms,
-        std::string(DnnlIsaName()).c_str());
+  if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_) {
+    // The measurement lost (said once per load), or the caller asked for Bf16Kernels::kNever.
+    if (m->bf16_probe_.has_value()) {
+      std::fprintf(
+          stderr,
+          "topserve: %s: precision bf16: this CPU's bf16 matmul ran slower than fp32 (%.2f vs "
+          "%.2f ms, oneDNN %s); running fp32\n",
+          dir.c_str(), m->bf16_probe_->bf16_ms, m->bf16_probe_->fp32_ms,
+          std::string(DnnlIsaName()).c_str());
+    }
     m->precision_ = Precision::kFloat32;
-  } else if (m->precision_ == Precision::kBfloat16 && !m->uses_bf16_) {
-    m->precision_ = Precision::kFloat32;  // Bf16Kernels::kNever, asked for by the caller
   }
   m->max_length_ =
       std::min(m->config_.max_position_embeddings, m->tokenizer_config_.model_max_length);

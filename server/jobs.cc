@@ -13,12 +13,6 @@
 #include "server/report.h"
 
 namespace topserve::server {
-namespace {
-
-double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
-
-}  // namespace
-
 // A call in progress: its sequences are scheduled as separate tasks; the last one to complete
 // assembles the response and calls `done`.
 class Job : public std::enable_shared_from_this<Job> {
@@ -88,8 +82,8 @@ class Job : public std::enable_shared_from_this<Job> {
   void FillSequenceReport(const InferTask& task, Out* r) const {
     const batching::TaskReport& rep = task.report();
     FillPruningReport(task.plan, model_.layers, budget_.budget, rep, r->mutable_report());
-    r->set_queue_seconds(Seconds(rep.queue_time));
-    r->set_compute_seconds(Seconds(rep.compute_time));
+    r->set_queue_seconds(absl::ToDoubleSeconds(rep.queue_time));
+    r->set_compute_seconds(absl::ToDoubleSeconds(rep.compute_time));
     r->set_batch_size(rep.batch_size);
     r->set_batch_tokens(rep.batch_tokens);
   }
@@ -140,8 +134,7 @@ class Job : public std::enable_shared_from_this<Job> {
       status = error_;
     }
     if (status.ok()) status = Assemble();
-    rt_.metrics().RecordRequest(model_.config.name, method_, status.code(),
-                                Seconds(absl::Now() - start_));
+    rt_.metrics().RecordRequest(model_.config.name, method_, status.code(), SecondsSince(start_));
     rt_.metrics().AddInflight(model_.config.name, method_, -1);
     Runtime::DoneFn done = std::move(done_);
     done(std::move(status));

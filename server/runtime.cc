@@ -17,12 +17,6 @@
 #include "server/request_options.h"
 
 namespace topserve::server {
-namespace {
-
-double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
-
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------
 
 absl::StatusOr<std::vector<std::unique_ptr<ServedModel>>> PrepareModels(
@@ -215,7 +209,7 @@ void Runtime::StartClassify(const v1::ClassifyRequest& req, v1::ClassifyResponse
   const absl::Time start = absl::Now();
   std::string label(Metrics::kUnknownModel);
   auto reject = [&](const absl::Status& s) {
-    metrics_->RecordRequest(label, method, s.code(), Seconds(absl::Now() - start));
+    metrics_->RecordRequest(label, method, s.code(), SecondsSince(start));
     done(s);
   };
   if (draining()) return reject(absl::UnavailableError("the server is shutting down"));
@@ -309,7 +303,7 @@ void Runtime::StartAnswer(const v1::AnswerRequest& req, v1::AnswerResponse* resp
   const absl::Time start = absl::Now();
   std::string label(Metrics::kUnknownModel);
   auto reject = [&](const absl::Status& s) {
-    metrics_->RecordRequest(label, Method::kAnswer, s.code(), Seconds(absl::Now() - start));
+    metrics_->RecordRequest(label, Method::kAnswer, s.code(), SecondsSince(start));
     done(s);
   };
   if (draining()) return reject(absl::UnavailableError("the server is shutting down"));
@@ -424,7 +418,7 @@ absl::Status Runtime::ListModels(v1::ListModelsResponse* response) {
   const absl::Time start = absl::Now();
   for (const auto& m : models_) FillInfo(*m, response->add_models());
   metrics_->RecordRequest(Metrics::kAllModels, Method::kListModels, absl::StatusCode::kOk,
-                          Seconds(absl::Now() - start));
+                          SecondsSince(start));
   return absl::OkStatus();
 }
 
@@ -441,7 +435,7 @@ absl::Status Runtime::GetModel(const v1::GetModelRequest& request, v1::ModelInfo
     label = it->second->config.name;
     FillInfo(*it->second, response);
   }
-  metrics_->RecordRequest(label, Method::kGetModel, status.code(), Seconds(absl::Now() - start));
+  metrics_->RecordRequest(label, Method::kGetModel, status.code(), SecondsSince(start));
   return status;
 }
 

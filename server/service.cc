@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "server/report.h"
 #include "server/wire.h"
 
 namespace topserve::server {
@@ -33,8 +34,6 @@ std::string TruncatedId(const std::string& id) {
   while (cut > 0 && (static_cast<unsigned char>(id[cut]) & 0xC0) == 0x80) --cut;
   return id.substr(0, cut);
 }
-
-double SecondsSince(absl::Time start) { return absl::ToDoubleSeconds(absl::Now() - start); }
 
 // Whether a cancellation is the deadline's. gRPC's deadline timer and absl's clock may disagree
 // by a few milliseconds, so a cancellation just before the deadline counts as the deadline.

@@ -16,7 +16,6 @@ Python 3 standard library only.
 """
 import argparse
 import json
-import os
 import pathlib
 import shlex
 import shutil
@@ -89,7 +88,6 @@ def check(build, files=None):
 
 
 def selftest(build):
-    root = pathlib.Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as tmp:
         bad = pathlib.Path(tmp) / "bad.cc"
         bad.write_text(
