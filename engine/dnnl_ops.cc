@@ -232,216 +232,6 @@ dnnl::algorithm EltwiseOf(Epilogue e) {
   return dnnl::algorithm::undef;
 }
 
-// min(0, x[0..k)) and max(0, x[0..k)).
-void RowRange(const float* x, int64_t k, float& lo, float& hi) {
-  lo = 0.0f;
-  hi = 0.0f;
-  int64_t c = 0;
-#ifdef __AVX2__
-  __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
-  for (; c + 8 <= k; c += 8) {
-    const __m256 v = _mm256_loadu_ps(x + c);
-    vlo = _mm256_min_ps(vlo, v);
-    vhi = _mm256_max_ps(vhi, v);
-  }
-  alignas(32) float l[8], h[8];
-  _mm256_store_ps(l, vlo);
-  _mm256_store_ps(h, vhi);
-  for (int i = 0; i < 8; ++i) {
-    lo = std::min(lo, l[i]);
-    hi = std::max(hi, h[i]);
-  }
-#endif
-  for (; c < k; ++c) {
-    lo = std::min(lo, x[c]);
-    hi = std::max(hi, x[c]);
-  }
-}
-
-// q[c] = clamp(round(x[c] inv + z), 0, 255), rounding to nearest even.
-void QuantizeRow(const float* x, int64_t k, float inv, float z, uint8_t* q) {
-  int64_t c = 0;
-#ifdef __AVX2__
-  const __m256 vinv = _mm256_set1_ps(inv), vz = _mm256_set1_ps(z);
-  const __m256 v0 = _mm256_setzero_ps(), v255 = _mm256_set1_ps(255.0f);
-  // The two packs interleave 128-bit lanes; this puts the 4-byte groups back in order.
-  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-  for (; c + 32 <= k; c += 32) {
-    __m256i i32[4];
-    for (int u = 0; u < 4; ++u) {
-      __m256 v = _mm256_fmadd_ps(_mm256_loadu_ps(x + c + 8 * u), vinv, vz);
-      v = _mm256_min_ps(_mm256_max_ps(v, v0), v255);
-      i32[u] = _mm256_cvtps_epi32(v);
-    }
-    const __m256i i16a = _mm256_packus_epi32(i32[0], i32[1]);
-    const __m256i i16b = _mm256_packus_epi32(i32[2], i32[3]);
-    const __m256i u8 = _mm256_permutevar8x32_epi32(_mm256_packus_epi16(i16a, i16b), order);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + c), u8);
-  }
-#endif
-  for (; c < k; ++c) {
-    q[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(std::fma(x[c], inv, z)), 0.0f, 255.0f));
-  }
-}
-
-// GCC 12's AVX-512 intrinsics pass _mm512_undefined_ps() as the unused merge source, which its own
-// -Wmaybe-uninitialized then reports (GCC bug 105593); nothing here reads an undefined lane.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
-// The same two on AVX-512, chosen at run time (the baseline is x86-64-v3): 16 lanes, and the codes
-// narrowed by one saturating vpmovusdb instead of two packs and a permute. Same arithmetic as the
-// AVX2 code (fma, nearest even, clamp), so a row's codes do not depend on which one ran.
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void RowRangeAvx512(const float* x,
-                                                                                  int64_t k,
-                                                                                  float& lo,
-                                                                                  float& hi) {
-  __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
-  int64_t c = 0;
-  for (; c + 16 <= k; c += 16) {
-    const __m512 v = _mm512_loadu_ps(x + c);
-    vlo = _mm512_min_ps(vlo, v);
-    vhi = _mm512_max_ps(vhi, v);
-  }
-  if (c < k) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (k - c)) - 1);
-    const __m512 v =
-        _mm512_maskz_loadu_ps(tail, x + c);  // zeros elsewhere: the range includes 0 anyway
-    vlo = _mm512_min_ps(vlo, v);
-    vhi = _mm512_max_ps(vhi, v);
-  }
-  alignas(64) float l[16], h[16];
-  _mm512_store_ps(l, vlo);
-  _mm512_store_ps(h, vhi);
-  lo = 0.0f;
-  hi = 0.0f;
-  for (int i = 0; i < 16; ++i) {
-    lo = std::min(lo, l[i]);
-    hi = std::max(hi, h[i]);
-  }
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"))) void QuantizeRowAvx512(
-    const float* x, int64_t k, float inv, float z, uint8_t* q) {
-  const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z);
-  const __m512 v0 = _mm512_setzero_ps(), v255 = _mm512_set1_ps(255.0f);
-  int64_t c = 0;
-  for (; c + 16 <= k; c += 16) {
-    __m512 v = _mm512_fmadd_ps(_mm512_loadu_ps(x + c), vinv, vz);
-    v = _mm512_min_ps(_mm512_max_ps(v, v0), v255);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + c),
-                     _mm512_cvtusepi32_epi8(_mm512_cvtps_epi32(v)));
-  }
-  for (; c < k; ++c) {
-    q[c] = static_cast<uint8_t>(std::clamp(std::nearbyint(std::fma(x[c], inv, z)), 0.0f, 255.0f));
-  }
-}
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-
-}  // namespace
-
-namespace {
-
-// Row i of `out` from k floats: its range (widened to include 0), scale, zero point and codes.
-void QuantizeOne(const float* x, int64_t k, const QuantizedRows& out, int64_t i) {
-  const bool avx512 = GetCpuFeatures().avx512;
-  float lo, hi;
-  if (avx512) {
-    RowRangeAvx512(x, k, lo, hi);
-  } else {
-    RowRange(x, k, lo, hi);
-  }
-  const float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
-  const float z = std::clamp(std::nearbyint(-lo / s), 0.0f, 255.0f);
-  if (avx512) {
-    QuantizeRowAvx512(x, k, 1.0f / s, z, out.q + i * k);
-  } else {
-    QuantizeRow(x, k, 1.0f / s, z, out.q + i * k);
-  }
-  out.scale[i] = s;
-  out.shift[i] = s * z;
-}
-
-}  // namespace
-
-void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out) {
-#pragma omp parallel for schedule(static)
-  for (int64_t i = 0; i < m; ++i) QuantizeOne(x + i * k, k, out, i);
-}
-
-namespace {
-
-// One output row of an int8 layer, in place in d: d = act(s d - sz wc + b (+ acc when given)), as
-// the fp32 matmul's sum-then-eltwise post-ops order it,
-// 16 lanes at a time while the row is in registers (simd_math.h); the tail runs the same formula in
-// scalar code with the library's functions.
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void DequantizeRow(
-    float* d, int64_t n, float s, float sz, const float* wc, const float* b, Epilogue epilogue,
-    const float* acc) {
-  using simd::F16;
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    F16 v, w, bb;
-    std::memcpy(&v, d + j, sizeof(v));
-    std::memcpy(&w, wc + j, sizeof(w));
-    std::memcpy(&bb, b + j, sizeof(bb));
-    v = s * v - sz * w + bb;
-    if (acc != nullptr) {
-      F16 a;
-      std::memcpy(&a, acc + j, sizeof(a));
-      v += a;
-    }
-    switch (epilogue) {
-      case Epilogue::kNone: break;
-      case Epilogue::kGeluErf: simd::GeluErfInPlace(v); break;
-      case Epilogue::kGeluTanh: simd::GeluTanhInPlace(v); break;
-      case Epilogue::kRelu: simd::ReluInPlace(v); break;
-      case Epilogue::kTanh: simd::TanhInPlace(v); break;
-    }
-    std::memcpy(d + j, &v, sizeof(v));
-  }
-  for (; j < n; ++j) {
-    float v = s * d[j] - sz * wc[j] + b[j] + (acc != nullptr ? acc[j] : 0.0f);
-    switch (epilogue) {
-      case Epilogue::kNone: break;
-      case Epilogue::kGeluErf: v = 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752f)); break;
-      case Epilogue::kGeluTanh:
-        v = 0.5f * v * (1.0f + std::tanh(0.7978845608028654f * (v + 0.044715f * v * v * v)));
-        break;
-      case Epilogue::kRelu: v = std::max(v, 0.0f); break;
-      case Epilogue::kTanh: v = std::tanh(v); break;
-    }
-    d[j] = v;
-  }
-}
-
-// Rounds fp32 to bf16, nearest even (what the AVX512-BF16 instruction does; NaN stays NaN).
-uint16_t ToBf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void ToBf16RowNative(
-    const float* x, int64_t k, uint16_t* out) {
-  int64_t c = 0;
-  for (; c + 32 <= k; c += 32) {
-    const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(x + c + 16), _mm512_loadu_ps(x + c));
-    _mm512_storeu_si512(out + c, reinterpret_cast<const __m512i&>(v));
-  }
-  for (; c < k; ++c) out[c] = ToBf16(x[c]);
-}
-
-void ToBf16Row(const float* x, int64_t k, uint16_t* out) {
-  for (int64_t c = 0; c < k; ++c) out[c] = ToBf16(x[c]);
-}
-
 }  // namespace
 
 namespace {
@@ -458,22 +248,6 @@ int64_t Int8ChunkBytes() {
   return bytes;
 }
 
-// Row i of m rows of n floats rounded to bf16 (nearest even) into `planes` planes [m x n/planes]
-// (Int8Output's bf16_planes layout; one plane is a plain row-major copy). `native`: the CPU's
-// AVX512-BF16 conversion, decided once per call by the caller rather than per row.
-void RowToBf16Planes(const float* row, int64_t i, int64_t m, int64_t n, int64_t planes, bool native,
-                     uint16_t* out) {
-  const int64_t w = n / planes;
-  for (int64_t p = 0; p < planes; ++p) {
-    uint16_t* dst = out + (p * m + i) * w;
-    if (native) {
-      ToBf16RowNative(row + p * w, w, dst);
-    } else {
-      ToBf16Row(row + p * w, w, dst);
-    }
-  }
-}
-
 }  // namespace
 
 void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, int64_t m,
@@ -488,9 +262,13 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
   const bool in_place = out.y != nullptr && !accumulate_;
   const auto& eng = cache.engine();
   const dnnl::memory w(packed_desc_, eng, packed_.get());
-  const float* b = bias_.get();
-  const float* wc = w_colsum_.get();
-  const bool native_bf16 = out.bf16 != nullptr && CpuHasNativeBf16();
+  const Int8Rows rows_of{.in = &in,
+                         .w_colsum = w_colsum_.get(),
+                         .bias = bias_.get(),
+                         .epilogue = epilogue_,
+                         .accumulate = accumulate_,
+                         .m = m,
+                         .n = n};
   OpProfile* prof = cache.profile();
   for (int64_t begin = 0; begin < m; begin += chunk) {
     const int64_t rows = std::min(chunk, m - begin);
@@ -506,24 +284,9 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
                    {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, w}, {DNNL_ARG_DST, dst}});
       cache.stream().wait();
     }
-    // v = act(s_i (d - z_i wc_j) + b_j) (+ y): x . w = s_i (q . w_q - z_i colsum_j) w_scale_j.
-    // Then the norm and every requested form of the row, while it is in L1.
+    // Then the output pass over the chunk's rows while they are in L2 (engine/int8_rows.h).
     ScopedOp timed(prof, Op::kDequantize);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = begin; i < begin + rows; ++i) {
-      float* di = d + (i - begin) * n;
-      DequantizeRow(di, n, in.scale[i], in.shift[i], wc, b, epilogue_,
-                    accumulate_ ? out.y + i * n : nullptr);
-      if (out.norm != nullptr) {
-        const ResidualNorm& ln = *out.norm;
-        LayerNormRow(di, ln.residual + i * n, n, ln.gamma, ln.beta, ln.eps);
-      }
-      if (out.y != nullptr && !in_place) {
-        std::memcpy(out.y + i * n, di, static_cast<size_t>(n) * sizeof(float));
-      }
-      if (out.bf16 != nullptr) RowToBf16Planes(di, i, m, n, out.bf16_planes, native_bf16, out.bf16);
-      if (out.quantized != nullptr) QuantizeOne(di, n, *out.quantized, i);
-    }
+    FinishInt8Rows(rows_of, d, begin, rows, out);
   }
 }
 

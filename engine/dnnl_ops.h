@@ -15,6 +15,7 @@
 #include <dnnl.hpp>
 
 #include "absl/status/statusor.h"
+#include "engine/int8_rows.h"
 #include "engine/profile.h"
 #include "engine/small_gemm.h"
 
@@ -35,8 +36,6 @@ class DnnlContext {
  private:
   dnnl::engine engine_;
 };
-
-enum class Epilogue { kNone, kGeluErf, kGeluTanh, kRelu, kTanh };
 
 // Arithmetic of a dense layer. kInt8 is dynamic quantization: weights int8 per output channel
 // (symmetric, fixed at load), activations uint8 per row (token) with the row's own scale and zero
@@ -141,41 +140,6 @@ class PrimitiveCache {
   std::vector<uint8_t> bytes_;
   std::vector<float> floats_;
   std::unordered_map<Key, dnnl::primitive, KeyHash> cache_;
-};
-
-// int8 activations of M rows of K values: row i is s_i (q[i, :] - z_i), q in [0, 255], with
-// scale[i] = s_i and shift[i] = s_i z_i. Made by QuantizeRows or by a Linear's fused epilogue, so
-// the next int8 layer reads them without another pass over fp32 memory.
-struct QuantizedRows {
-  uint8_t* q = nullptr;    // [M x K]
-  float* scale = nullptr;  // [M]
-  float* shift = nullptr;  // [M]
-};
-
-// Quantizes m rows of x [m x k] per row (range widened to include 0, so 0 is exact).
-void QuantizeRows(const float* x, int64_t m, int64_t k, const QuantizedRows& out);
-
-// y = LayerNorm(v + residual) * gamma + beta, the residual connection fused into an int8 layer's
-// output pass.
-struct ResidualNorm {
-  const float* residual = nullptr;  // [m x n]
-  const float* gamma = nullptr;
-  const float* beta = nullptr;
-  float eps = 0.0f;
-};
-
-// Where an int8 layer's result rows go. Each row is dequantized (scales, zero point, bias,
-// activation), then normed with `norm` when set, then written to any of y (fp32), bf16 and
-// quantized (the next int8 layer's input) while it is in L1: the int32 -> fp32 matmul output is the
-// only whole-matrix pass (oneDNN 2.6 cannot apply per-row scales itself).
-struct Int8Output {
-  float* y = nullptr;        // [m x n] fp32, or null
-  uint16_t* bf16 = nullptr;  // [m x n] bf16 (nearest even), or null
-  // bf16 as this many planes [m x n/planes] side by side in memory (column block p of row i at
-  // bf16 + (p m + i) n/planes): Q, K and V apart, so attention reads them as dense matrices.
-  int64_t bf16_planes = 1;
-  const QuantizedRows* quantized = nullptr;  // [m x n] per-row u8, or null
-  const ResidualNorm* norm = nullptr;        // applied before the writes above, or null
 };
 
 // y[M,N] = epilogue(x[M,K] W^T + b) (+ y when accumulate). W is given as [N,K] row-major (the

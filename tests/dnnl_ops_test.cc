@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <iostream>
 #include <random>
 #include <vector>
@@ -362,6 +363,185 @@ TEST(AttentionTest, CacheKeepsHeadSplitsApart) {
     }
   }
 }
+
+// The int8 output pass (engine/int8_rows.h), the fused AVX-512 kernel and the portable functions
+// each against the formula in float64: v = act(s d - sz colsum + b (+ y_old)), then
+// LayerNorm(v + residual) when normed. Every output form is checked against the fp32 row the pass
+// wrote: the codes and scale against QuantizeRowsTest's formula, bf16 planes against rounding to
+// nearest even. Widths cover the vector tails, and one row is wider than the fused kernel's stack
+// buffer. The two kernels agree within float rounding.
+struct RowPassCase {
+  int64_t n;
+  Epilogue epilogue;
+  bool accumulate, norm, fp32_out, quantized, bf16;
+};
+
+class Int8RowsTest : public ::testing::TestWithParam<RowPassCase> {};
+
+uint16_t Bf16Nearest(float f) {  // written out here, not the engine's
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t lsb = (u >> 16) & 1u;
+  return static_cast<uint16_t>((u + 0x7fffu + lsb) >> 16);
+}
+
+TEST_P(Int8RowsTest, MatchesTheFormulaInEveryOutputForm) {
+  const RowPassCase c = GetParam();
+  const int64_t n = c.n, m = 6, planes = c.bf16 ? 3 : 1;
+  std::mt19937 rng(static_cast<unsigned>(n * 31 + static_cast<int>(c.epilogue)));
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  auto randoms = [&](int64_t count, float sd) {
+    std::vector<float> v(static_cast<size_t>(count));
+    for (float& x : v) x = sd * dist(rng);
+    return v;
+  };
+  const std::vector<float> d0 = randoms(m * n, 20.0f), colsum = randoms(n, 3.0f),
+                           bias = randoms(n, 0.5f), residual = randoms(m * n, 1.0f),
+                           gamma = randoms(n, 1.0f), beta = randoms(n, 0.2f),
+                           y_old = randoms(m * n, 1.0f);
+  std::vector<float> scale(m), shift(m);
+  for (int64_t i = 0; i < m; ++i) {
+    scale[i] = 0.01f * static_cast<float>(i + 1);
+    shift[i] = scale[i] * static_cast<float>(17 * i);
+  }
+  QuantizedRows in{nullptr, scale.data(), shift.data()};
+  const ResidualNorm ln{residual.data(), gamma.data(), beta.data(), 1e-12f};
+  // Reference in float64.
+  std::vector<double> want(static_cast<size_t>(m * n));
+  for (int64_t i = 0; i < m; ++i) {
+    double mean = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      const size_t e = static_cast<size_t>(i * n + j);
+      double v = double(scale[i]) * d0[e] - double(shift[i]) * colsum[j] + bias[j];
+      if (c.accumulate) v += y_old[e];
+      v = Activate(c.epilogue, v);
+      if (c.norm) v += residual[e];
+      want[e] = v;
+      mean += v;
+    }
+    if (!c.norm) continue;
+    mean /= double(n);
+    double var = 0;
+    for (int64_t j = 0; j < n; ++j) var += std::pow(want[i * n + j] - mean, 2);
+    const double inv = 1.0 / std::sqrt(var / double(n) + 1e-12);
+    for (int64_t j = 0; j < n; ++j) {
+      double& v = want[i * n + j];
+      v = (v - mean) * inv * gamma[j] + beta[j];
+    }
+  }
+  const Int8Rows layer{.in = &in,
+                       .w_colsum = colsum.data(),
+                       .bias = bias.data(),
+                       .epilogue = c.epilogue,
+                       .accumulate = c.accumulate,
+                       .m = m,
+                       .n = n};
+  std::vector<std::vector<float>> fp32_of_kernel;
+  for (RowKernel kernel : {RowKernel::kBest, RowKernel::kPortable}) {
+    SCOPED_TRACE(kernel == RowKernel::kBest ? "best kernel" : "portable kernel");
+    std::vector<float> d = d0, y = c.accumulate ? y_old : std::vector<float>(d0.size(), -7.0f);
+    std::vector<uint8_t> codes(d0.size(), 1);
+    std::vector<float> qscale(m, -1.0f), qshift(m, -1.0f);
+    std::vector<uint16_t> bf16(d0.size(), 1);
+    const QuantizedRows q{codes.data(), qscale.data(), qshift.data()};
+    Int8Output out;
+    // In place when the fp32 rows are wanted and nothing else needs y's old contents.
+    const bool in_place = c.fp32_out && !c.accumulate;
+    if (c.fp32_out) out.y = y.data();
+    if (c.quantized) out.quantized = &q;
+    if (c.bf16) {
+      out.bf16 = bf16.data();
+      out.bf16_planes = planes;
+    }
+    if (c.norm) out.norm = &ln;
+    // Two calls of three rows each: rows are placed by their index in the whole output.
+    for (int64_t begin = 0; begin < m; begin += 3) {
+      float* rows = in_place ? y.data() + begin * n : d.data() + begin * n;
+      if (in_place) std::copy(d0.begin() + begin * n, d0.begin() + (begin + 3) * n, rows);
+      FinishInt8Rows(layer, rows, begin, 3, out, kernel);
+    }
+    // The fp32 row each form came from: y when written, else the reference rounded to float.
+    std::vector<float> got(d0.size());
+    for (size_t e = 0; e < got.size(); ++e) got[e] = static_cast<float>(want[e]);
+    if (c.fp32_out) got = y;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        const size_t e = static_cast<size_t>(i * n + j);
+        if (c.fp32_out) {
+          ASSERT_NEAR(y[e], want[e], 2e-5 * (1.0 + std::fabs(want[e]))) << i << "," << j;
+        }
+      }
+      if (c.quantized) {
+        // Codes against the formula, from the row the pass had (y when written).
+        float lo = 0.0f, hi = 0.0f;
+        double worst = 0;
+        for (int64_t j = 0; j < n; ++j) {
+          lo = std::min(lo, got[i * n + j]);
+          hi = std::max(hi, got[i * n + j]);
+        }
+        const float sc = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+        const float z = std::clamp(std::nearbyint(-lo / sc), 0.0f, 255.0f);
+        if (c.fp32_out) {
+          ASSERT_EQ(qscale[i], sc) << "row " << i;
+          ASSERT_EQ(qshift[i], sc * z) << "row " << i;
+        } else {
+          ASSERT_NEAR(qscale[i], sc, 1e-5 * sc) << "row " << i;
+        }
+        for (int64_t j = 0; j < n; ++j) {
+          // What the codes stand for is the reference value within a step of the scale.
+          const double back = double(qscale[i]) * codes[i * n + j] - qshift[i];
+          worst = std::max(worst, std::fabs(back - want[i * n + j]) / qscale[i]);
+          if (c.fp32_out) {
+            const float v = std::fma(got[i * n + j], 1.0f / sc, z);
+            ASSERT_EQ(codes[i * n + j], std::clamp(std::nearbyint(v), 0.0f, 255.0f))
+                << i << "," << j;
+          }
+        }
+        ASSERT_LE(worst, 0.5 + 1e-3) << "row " << i;
+      }
+      if (c.bf16) {
+        const int64_t w = n / planes;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t p = j / w;
+          const uint16_t b = bf16[static_cast<size_t>((p * m + i) * w + j % w)];
+          if (c.fp32_out) {
+            ASSERT_EQ(b, Bf16Nearest(y[i * n + j])) << i << "," << j;
+          } else {
+            uint32_t u = static_cast<uint32_t>(b) << 16;
+            float back;
+            std::memcpy(&back, &u, sizeof(back));
+            ASSERT_NEAR(back, want[i * n + j], 1e-2 * (1.0 + std::fabs(want[i * n + j])))
+                << i << "," << j;
+          }
+        }
+      }
+    }
+    fp32_of_kernel.push_back(y);
+  }
+  if (c.fp32_out) {
+    for (size_t e = 0; e < fp32_of_kernel[0].size(); ++e) {
+      ASSERT_NEAR(fp32_of_kernel[0][e], fp32_of_kernel[1][e],
+                  1e-5 * (1.0 + std::fabs(fp32_of_kernel[1][e])))
+          << e;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Forms, Int8RowsTest,
+    ::testing::Values(
+        // The encoder's four uses: Q|K|V to bf16 planes or fp32, the up projection to codes only,
+        // the out/down projections normed to fp32 and codes.
+        RowPassCase{768 * 3, Epilogue::kNone, false, false, false, false, true},
+        RowPassCase{768 * 3, Epilogue::kNone, false, false, true, false, false},
+        RowPassCase{3072, Epilogue::kGeluErf, false, false, false, true, false},
+        RowPassCase{768, Epilogue::kNone, false, true, true, true, false},
+        // Tails, every activation, accumulation, and a row wider than the stack buffer.
+        RowPassCase{37, Epilogue::kGeluTanh, false, true, true, true, false},
+        RowPassCase{100, Epilogue::kRelu, true, false, true, true, false},
+        RowPassCase{33, Epilogue::kTanh, true, true, true, true, false},
+        RowPassCase{51, Epilogue::kGeluErf, false, false, false, true, true},
+        RowPassCase{8200, Epilogue::kGeluErf, false, false, false, true, false}));
 
 }  // namespace
 }  // namespace topserve::engine
