@@ -73,6 +73,7 @@ const CpuFeatures& GetCpuFeatures() {
     f.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
     f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+    f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
     // CPUID leaf 7 (EDX bits 22, 24, 25: AMX-BF16, AMX-TILE, AMX-INT8) rather than
     // __builtin_cpu_supports, whose "amx-*" names clang 14 (the fuzz build) does not know. Whether
     // the kernel lets us use the tiles is oneDNN's business (it asks for them itself).

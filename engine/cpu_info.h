@@ -16,6 +16,7 @@ std::string CpuModelName();
 struct CpuFeatures {
   bool avx512 = false;       // AVX-512 F/BW/DQ/VL
   bool avx512_bf16 = false;  // AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids)
+  bool avx512_vnni = false;  // AVX512-VNNI (Cascade Lake and later, Zen 4)
   bool amx = false;          // AMX tiles with bf16 and int8 (Sapphire Rapids)
 };
 const CpuFeatures& GetCpuFeatures();

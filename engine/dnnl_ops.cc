@@ -94,6 +94,16 @@ dnnl::matmul::primitive_desc Int8LinearDesc(const dnnl::engine& eng, int64_t m, 
 // Weights are quantized to [-Int8WeightMax(), Int8WeightMax()]. Without VNNI, oneDNN's u8 x s8 path
 // adds pairs of products in int16 (vpmaddubsw), which saturates at full range: 7-bit weights keep
 // 2 x 255 x 63 below 32767 (ONNX Runtime's reduce_range does the same).
+// TOPSERVE_SMALL_GEMM=0 leaves every row count to oneDNN, for A/B benchmarks of the few-row
+// kernels in one binary.
+bool SmallGemmEnabled() {
+  static const bool enabled = [] {
+    const char* env = std::getenv("TOPSERVE_SMALL_GEMM");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return enabled;
+}
+
 int Int8WeightMax() {
   const dnnl::cpu_isa isa = dnnl::get_effective_cpu_isa();
   const bool vnni = isa == dnnl::cpu_isa::avx512_core_vnni ||
@@ -147,6 +157,7 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
       dnnl::memory::desc any({k, n}, dt::s8, tag::any);
       lin.packed_desc_ =
           Int8LinearDesc(ctx.engine(), 64, k, n, any, lin.w_scale_.get()).weights_desc();
+      if (SmallGemmEnabled()) lin.small_ = SmallGemmInt8LayoutOf(lin.packed_desc_);
       src_desc = dnnl::memory::desc({k, n}, dt::s8, dims{1, k});
       src_data = q.data();
     } else if (precision == Precision::kBfloat16) {
@@ -158,7 +169,7 @@ absl::StatusOr<Linear> Linear::Create(const DnnlContext& ctx, const float* weigh
       dnnl::memory::desc any({k, n}, dt::f32, tag::any);
       lin.packed_desc_ =
           LinearDesc(ctx.engine(), 64, k, n, any, epilogue, accumulate).weights_desc();
-      lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
+      if (SmallGemmEnabled()) lin.small_ = SmallGemmLayoutOf(lin.packed_desc_);
     }
     lin.packed_floats_ = static_cast<int64_t>(lin.packed_desc_.get_size() / sizeof(float)) + 1;
     lin.packed_ = AllocFloats(lin.packed_floats_);
@@ -273,8 +284,12 @@ void Linear::ForwardQuantized(PrimitiveCache& cache, const QuantizedRows& in, in
   for (int64_t begin = 0; begin < m; begin += chunk) {
     const int64_t rows = std::min(chunk, m - begin);
     float* d = in_place ? out.y + begin * n : scratch;
-    {
-      // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j].
+    // d[i, j] = w_scale[j] x sum_c q[i, c] w_q[c, j]: a few rows on SmallGemmInt8 (the same
+    // floats, bit for bit; engine/small_gemm.h says up to how many), more on oneDNN's matmul.
+    if (small_.has_value() && rows <= SmallGemmInt8MaxRows()) {
+      SmallGemmInt8(*small_, reinterpret_cast<const int8_t*>(packed_.get()), w_scale_.get(),
+                    in.q + begin * k, rows, k, n, d);
+    } else {
       const auto& prim = cache.Get(this, {rows, 1}, [&] {
         return dnnl::matmul(Int8LinearDesc(eng, rows, k, n, packed_desc_, w_scale_.get()));
       });

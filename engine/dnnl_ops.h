@@ -165,6 +165,8 @@ class Linear {
   int64_t n() const { return n_; }
   int64_t k() const { return k_; }
   Precision precision() const { return precision_; }
+  // Whether up to kSmallGemmMaxRows rows run on our few-row kernel (engine/small_gemm.h).
+  bool has_small_gemm() const { return small_.has_value(); }
 
  private:
   void ForwardInt8(PrimitiveCache& cache, const float* x, int64_t m, float* y) const;
@@ -181,7 +183,8 @@ class Linear {
   std::shared_ptr<float> packed_;  // owned buffer behind the packed weights
   std::shared_ptr<float> bias_;
   int64_t packed_floats_ = 0;
-  std::optional<SmallGemmLayout> small_;  // set when SmallGemm can read packed_
+  // Set when SmallGemm (fp32) or SmallGemmInt8 (int8) can read packed_.
+  std::optional<SmallGemmLayout> small_;
   // kInt8: packed_ holds int8 weights (packed_desc_ is s8); per output channel, the weight scale
   // and scale x the sum of the quantized weights (for the activations' zero point).
   Precision precision_ = Precision::kFloat32;

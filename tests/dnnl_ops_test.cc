@@ -166,6 +166,43 @@ INSTANTIATE_TEST_SUITE_P(Shapes, Int8LinearTest,
                                             ::testing::Values(Epilogue::kNone, Epilogue::kGeluErf),
                                             ::testing::Bool()));
 
+// The int8 few-row kernel (SmallGemmInt8) against oneDNN's matmul: every row count it takes, run
+// alone, gives the same floats bit for bit as the same rows inside a 40-row call (oneDNN), for K
+// not a multiple of 4 or 64 and N not a multiple of 64, with activations and accumulation. On a
+// CPU with AVX512-VNNI the kernel must be in use, or this compares oneDNN with itself.
+TEST(SmallGemmInt8Test, EveryRowCountBitExactAgainstOneDnn) {
+  const bool vnni = __builtin_cpu_supports("avx512vnni");
+  DnnlContext ctx;
+  for (const Shape s :
+       {Shape{2304, 768}, Shape{3072, 768}, Shape{768, 3072}, Shape{100, 37}, Shape{70, 130}}) {
+    for (const bool accumulate : {false, true}) {
+      SCOPED_TRACE(testing::Message() << s.n << "x" << s.k << (accumulate ? " accumulate" : ""));
+      // A cache per layer: it keys a layer's primitives by the layer's address, which the next
+      // iteration's layer may reuse.
+      PrimitiveCache cache(ctx);
+      RandomLayer layer(s.n, s.k, static_cast<unsigned>(s.n + 3 * s.k));
+      auto lin = Linear::Create(ctx, layer.w.data(), layer.b.data(), s.n, s.k, Epilogue::kGeluErf,
+                                accumulate, Precision::kInt8);
+      ASSERT_TRUE(lin.ok()) << lin.status();
+      EXPECT_EQ(lin->has_small_gemm(), vnni);
+      const int64_t m = 40;
+      std::vector<float> x(static_cast<size_t>(m * s.k)), y0(static_cast<size_t>(m * s.n));
+      for (float& v : x) v = layer.dist(layer.rng);
+      for (float& v : y0) v = layer.dist(layer.rng);
+      std::vector<float> all = y0;
+      lin->Forward(cache, x.data(), m, all.data());
+      for (int64_t rows = 1; rows <= SmallGemmInt8MaxRows(); ++rows) {
+        const int64_t first = rows % 7;
+        std::vector<float> few(y0.begin() + first * s.n, y0.begin() + (first + rows) * s.n);
+        lin->Forward(cache, x.data() + first * s.k, rows, few.data());
+        for (int64_t e = 0; e < rows * s.n; ++e) {
+          ASSERT_EQ(few[e], all[first * s.n + e]) << rows << " rows, element " << e;
+        }
+      }
+    }
+  }
+}
+
 TEST(SmallGemmTest, TakesOneDnnsPackedLayoutOnAvx512) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512: oneDNN packs differently";
   // The few-row path must actually be in use here (otherwise the tests above compare oneDNN with
@@ -541,7 +578,11 @@ INSTANTIATE_TEST_SUITE_P(
         RowPassCase{100, Epilogue::kRelu, true, false, true, true, false},
         RowPassCase{33, Epilogue::kTanh, true, true, true, true, false},
         RowPassCase{51, Epilogue::kGeluErf, false, false, false, true, true},
-        RowPassCase{8200, Epilogue::kGeluErf, false, false, false, true, false}));
+        RowPassCase{8200, Epilogue::kGeluErf, false, false, false, true, false},
+        // bf16 planes beside fp32 rows (exact), planes of 17 columns.
+        RowPassCase{51, Epilogue::kGeluErf, false, false, true, true, true},
+        RowPassCase{768 * 3, Epilogue::kNone, true, false, true, false, true},
+        RowPassCase{51, Epilogue::kNone, false, true, true, false, true}));
 
 }  // namespace
 }  // namespace topserve::engine
