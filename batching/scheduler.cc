@@ -1,3 +1,9 @@
+// The scheduler: admission, the per-model queues (entries, sweep, candidates), batch forming and
+// the worker loop. Why one file of ~1,100 lines: all of it runs under the scheduler's one mutex,
+// and the queue operations and the worker loop share the *Locked helpers that read the whole
+// scheduler state (running work, sleepers, the clock). The pure arithmetic is already apart
+// (budget_level.h, cost_predictor.h); moving the per-model queue into a class of its own file,
+// behind its own interface, is still to do.
 #include "batching/scheduler.h"
 
 #include <algorithm>

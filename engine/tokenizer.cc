@@ -7,15 +7,18 @@
 // vocab.txt pipeline for one text, in a single pass over the bytes:
 //   1. decode UTF-8 (strictly: no overlong forms, surrogates, or values above U+10FFFF);
 //   2. a literal special token ("[CLS]", ...) becomes its piece;
-//   3. dropped characters are skipped, separators end the current word, a CJK ideograph is a word
-//   of
-//      its own, anything else is appended to the word as (code point, byte span of the original);
-//   4. each word: lower-case, NFD + drop Mn (or NFC), split off punctuation, greedy WordPiece over
-//   a
-//      code-point trie of the vocab. A normalised character keeps the span of the character it came
-//      from, so every piece maps back to the original bytes.
+//   3. dropped characters are skipped, separators end the current word, a CJK ideograph is a
+//      word of its own, anything else is appended to the word as (code point, byte span of the
+//      original);
+//   4. each word: lower-case, NFD + drop Mn (or NFC), split off punctuation, greedy WordPiece
+//      over a code-point trie of the vocab. A normalised character keeps the span of the
+//      character it came from, so every piece maps back to the original bytes.
 // ASCII words skip the Unicode steps. Words are built in thread-local scratch buffers, so
 // steady-state tokenization allocates only the output vector.
+//
+// Why one file of ~900 lines: the vocab.txt pipeline is one pass over the bytes whose stages share
+// the per-text state (code points with their byte spans, the current word), and the WordPiece
+// trie at its end is the one tokenizer_json.cc uses; split, each part would expose that state.
 #include "engine/tokenizer.h"
 
 #include <sys/stat.h>

@@ -19,6 +19,11 @@
 //  - WordPiece: greedy longest match with continuing_subword_prefix, a word over
 //    max_input_chars_per_word characters or with an unmatched part -> unk_token spanning the word.
 // Character classes come from utf8proc (Unicode 15).
+//
+// Why one file of ~700 lines: every component class here is small and is built from one node of
+// the same tokenizer.json document by one dispatch (ParseNormalizer, ParsePreTokenizer, ...); the
+// file reads as the list of supported component types, as tokenizers' own model/normalizer folders
+// would if merged.
 #include <utf8proc.h>
 
 #include <algorithm>
